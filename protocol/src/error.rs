@@ -1,0 +1,85 @@
+//! Stable error codes carried by error replies, and the WebSocket close codes the server uses.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The machine-readable part of an error reply. The strings are stable: clients may match on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The frame or a field in it is malformed or out of range.
+    BadRequest,
+    /// The `op` is not one this server knows.
+    UnknownOp,
+    /// A hook refused the request (permissions).
+    Forbidden,
+    /// The frame exceeds the configured size limit.
+    TooLarge,
+    /// A per-connection limit was reached (for example the number of subscriptions).
+    LimitExceeded,
+    /// The storage engine (Redis) cannot be reached right now; retrying later may succeed.
+    Unavailable,
+    /// A bug or an unexpected engine reply; details are in the server log.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::UnknownOp => "unknown_op",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::LimitExceeded => "limit_exceeded",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An error that becomes an error reply: a stable code and a human-readable message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ProtocolError {
+    /// Stable code for programs.
+    pub code: ErrorCode,
+    /// Explanation for people; wording may change between releases.
+    pub message: String,
+}
+
+impl ProtocolError {
+    /// Builds an error from a code and a message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ProtocolError { code, message: message.into() }
+    }
+
+    /// Shorthand for a [`ErrorCode::BadRequest`] error.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::BadRequest, message)
+    }
+}
+
+/// WebSocket close codes, used only where a reply cannot answer.
+pub mod close {
+    /// Normal closure (the client asked to close).
+    pub const NORMAL: u16 = 1000;
+    /// The server is shutting down or restarting: reconnect, preferably to another instance.
+    pub const GOING_AWAY: u16 = 1001;
+    /// The connect hook refused the connection; the close reason says why.
+    pub const POLICY_VIOLATION: u16 = 1008;
+    /// A frame exceeded the hard size limit, so it could not even be read to answer it.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// The server hit an unexpected error on this connection.
+    pub const INTERNAL_ERROR: u16 = 1011;
+    /// The client read too slowly and its send queue overflowed. Nothing is lost: reconnect and
+    /// resubscribe after the last offset received.
+    pub const LAGGING: u16 = 4000;
+}
