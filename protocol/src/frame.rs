@@ -105,6 +105,7 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
+#[allow(clippy::ptr_arg)] // serde's skip_serializing_if passes the field as it is
 fn is_empty(entries: &Cow<'_, [Entry]>) -> bool {
     entries.is_empty()
 }

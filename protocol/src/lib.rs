@@ -10,12 +10,15 @@
 //! - [`request`]: parsing and validating client requests, with precise error messages.
 //! - [`frame`]: replies and pushes, the frames the server sends.
 //! - [`error`]: stable error codes and close codes.
+//! - [`backoff`]: the reconnect schedule servers and clients share.
 
+pub mod backoff;
 pub mod error;
 pub mod frame;
 pub mod offset;
 pub mod request;
 
+pub use backoff::Backoff;
 pub use error::{ErrorCode, ProtocolError, close};
 pub use frame::{Entry, ErrorBody, Push, Reply};
 pub use offset::{ParseOffsetError, Start, StreamId};

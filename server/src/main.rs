@@ -1,1 +1,162 @@
-fn main(){}
+//! `redistribute-server`: parses options, starts the server, and shuts it down gracefully on
+//! Ctrl-C or SIGTERM. All behaviour lives in the `redistribute` library.
+
+use anyhow::Context;
+use clap::Parser;
+use redistribute::{Config, ListenOptions, Server};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use tracing_subscriber::EnvFilter;
+
+/// WebSocket server that bridges browsers to Redis Streams.
+///
+/// Every option can also be set through the environment variable shown with it; list options
+/// take comma-separated values there.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// Address to listen on for WebSocket upgrades (on `/`) and `GET /healthz`.
+    #[arg(long, env = "REDISTRIBUTE_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+
+    /// Redis URI; repeat to shard channels over several Redis servers (stable hash of the name).
+    #[arg(long = "redis", env = "REDISTRIBUTE_REDIS", value_delimiter = ',', default_value = "redis://127.0.0.1:6379")]
+    redis: Vec<String>,
+
+    /// PEM private key; with --tls-cert the server speaks TLS (wss://).
+    #[arg(long, env = "REDISTRIBUTE_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// PEM certificate chain for --tls-key.
+    #[arg(long, env = "REDISTRIBUTE_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// Per-channel trim, CHANNEL=N (XADD MAXLEN ~ N); repeatable.
+    #[arg(long = "maxlen", env = "REDISTRIBUTE_MAXLEN", value_delimiter = ',', value_parser = parse_maxlen)]
+    maxlen: Vec<(String, u64)>,
+
+    /// Trim applied to channels with no --maxlen and publishes with no maxlen of their own.
+    #[arg(long, env = "REDISTRIBUTE_DEFAULT_MAXLEN", value_parser = clap::value_parser!(u64).range(1..))]
+    default_maxlen: Option<u64>,
+
+    /// Largest text frame answered normally, in bytes; larger ones get a `too_large` error, and
+    /// frames over twice this (at least 64 KiB more) close the connection with 1009.
+    #[arg(long, env = "REDISTRIBUTE_MAX_FRAME_BYTES", default_value_t = 1 << 20)]
+    max_frame_bytes: usize,
+
+    /// Longest channel name, in bytes.
+    #[arg(long, env = "REDISTRIBUTE_MAX_CHANNEL_LEN", default_value_t = 256)]
+    max_channel_len: usize,
+
+    /// Most strings in one publish's fields (names and values counted separately; even).
+    #[arg(long, env = "REDISTRIBUTE_MAX_FIELDS", default_value_t = 256)]
+    max_fields: usize,
+
+    /// Most channels one connection may subscribe to.
+    #[arg(long, env = "REDISTRIBUTE_MAX_SUBSCRIPTIONS", default_value_t = 256)]
+    max_subscriptions: usize,
+
+    /// Most simultaneous connections; further ones wait to be accepted.
+    #[arg(long, env = "REDISTRIBUTE_MAX_CONNECTIONS", default_value_t = 10_000)]
+    max_connections: usize,
+
+    /// Frames queued per connection before a slow client is closed with code 4000.
+    #[arg(long, env = "REDISTRIBUTE_SEND_QUEUE", default_value_t = 1024)]
+    send_queue: usize,
+
+    /// Live entries parked per subscriber during its replay before it is closed with code 4000.
+    #[arg(long, env = "REDISTRIBUTE_JOIN_BUFFER", default_value_t = 100_000)]
+    join_buffer: usize,
+
+    /// Blocking stream readers (dedicated Redis connections) per Redis target.
+    #[arg(long, env = "REDISTRIBUTE_READERS", default_value_t = 1)]
+    readers: usize,
+
+    /// Entries per stream per read, and per history page.
+    #[arg(long, env = "REDISTRIBUTE_BATCH", default_value_t = 1000)]
+    batch: usize,
+
+    /// Timeout of Redis commands, in milliseconds.
+    #[arg(long, env = "REDISTRIBUTE_REDIS_TIMEOUT_MS", default_value_t = 5000)]
+    redis_timeout_ms: u64,
+
+    /// Seconds to wait for connections to close on shutdown.
+    #[arg(long, env = "REDISTRIBUTE_SHUTDOWN_GRACE", default_value_t = 10)]
+    shutdown_grace: u64,
+
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `redistribute=debug`.
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    log: String,
+}
+
+fn parse_maxlen(text: &str) -> Result<(String, u64), String> {
+    let (channel, n) = text.rsplit_once('=').ok_or("expected CHANNEL=N")?;
+    let n: u64 = n.parse().map_err(|_| format!("{n:?} is not a positive integer"))?;
+    if channel.is_empty() || n == 0 {
+        return Err("expected CHANNEL=N with a non-empty channel and N ≥ 1".into());
+    }
+    Ok((channel.to_owned(), n))
+}
+
+impl Args {
+    fn config(&self) -> Config {
+        let mut config = Config::with_targets(self.redis.iter().cloned());
+        config.max_frame_bytes = self.max_frame_bytes;
+        config.limits.max_channel_len = self.max_channel_len;
+        config.limits.max_fields = self.max_fields;
+        config.max_subscriptions = self.max_subscriptions;
+        config.max_connections = self.max_connections;
+        config.send_queue = self.send_queue;
+        config.join_buffer = self.join_buffer;
+        config.readers_per_target = self.readers;
+        config.read_count = self.batch;
+        config.history_page = self.batch;
+        config.redis_timeout = Duration::from_millis(self.redis_timeout_ms);
+        config.default_maxlen = self.default_maxlen;
+        config.maxlen = self.maxlen.iter().cloned().collect();
+        config
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt().with_env_filter(EnvFilter::try_new(&args.log).context("invalid --log filter")?).init();
+
+    let server = Server::builder(args.config()).build()?;
+    let mut options = ListenOptions::new(args.listen);
+    if let (Some(key), Some(cert)) = (&args.tls_key, &args.tls_cert) {
+        options = options.with_tls(key, cert);
+    }
+    let listener = server.bind(&options).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    let scheme = if options.tls_key.is_some() { "wss" } else { "ws" };
+    tracing::info!(url = %format!("{scheme}://{}/", listener.local_addr()?), redis = ?server.config().targets.len(), "redistribute-server ready");
+    if let Err(e) = server.health().await {
+        tracing::warn!(error = %e, "Redis is not reachable yet; retrying in the background");
+    }
+
+    let serving = tokio::spawn(listener.run());
+    shutdown_signal().await;
+    tracing::info!("shutting down: closing sockets with 1001");
+    server.shutdown();
+    if tokio::time::timeout(Duration::from_secs(args.shutdown_grace), server.stopped()).await.is_err() {
+        tracing::warn!("some connections did not close within the grace period");
+    }
+    serving.await??;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,112 @@
+//! Server settings: Redis targets, limits, queue sizes, trimming defaults.
+
+use redistribute_protocol::Limits;
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// Everything a [`crate::Server`] can be tuned with. [`Config::default`] gives the documented
+/// defaults with one Redis target on `redis://127.0.0.1:6379`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Redis URIs; channels are sharded over them by a stable hash of the channel name.
+    pub targets: Vec<String>,
+    /// Largest text frame answered normally; larger ones get a `too_large` error reply.
+    pub max_frame_bytes: usize,
+    /// Channel name length and publish field count limits.
+    pub limits: Limits,
+    /// Most channels one connection may subscribe to at once.
+    pub max_subscriptions: usize,
+    /// Most simultaneous WebSocket connections; further ones wait to be accepted.
+    pub max_connections: usize,
+    /// Frames a connection may have queued before it is closed as lagging (close code 4000).
+    pub send_queue: usize,
+    /// Live entries parked for one subscriber while its replay runs, before it is closed as
+    /// lagging.
+    pub join_buffer: usize,
+    /// Entries per history read (`XRANGE … COUNT`).
+    pub history_page: usize,
+    /// Entries per stream per blocking read (`XREAD COUNT`).
+    pub read_count: usize,
+    /// Stream readers (dedicated Redis connections) per target; channels are hashed over them.
+    pub readers_per_target: usize,
+    /// How long one `XREAD BLOCK` waits before it is reissued.
+    pub block: Duration,
+    /// Timeout of Redis commands and connection attempts.
+    pub redis_timeout: Duration,
+    /// `MAXLEN ~` applied to publishes with no per-request or per-channel cap.
+    pub default_maxlen: Option<u64>,
+    /// Per-channel `MAXLEN ~` (the seed's `server.maxlen(channel, n)`).
+    pub maxlen: HashMap<String, u64>,
+    /// WebSocket read buffer per connection. Small on purpose: tungstenite zero-fills it before
+    /// each read, which costs real CPU with many connections at 128 KiB.
+    pub read_buffer_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            targets: vec!["redis://127.0.0.1:6379".into()],
+            max_frame_bytes: 1 << 20,
+            limits: Limits::default(),
+            max_subscriptions: 256,
+            max_connections: 10_000,
+            send_queue: 1024,
+            join_buffer: 100_000,
+            history_page: 1000,
+            read_count: 1000,
+            readers_per_target: 1,
+            block: Duration::from_secs(5),
+            redis_timeout: Duration::from_secs(5),
+            default_maxlen: None,
+            maxlen: HashMap::new(),
+            read_buffer_bytes: 16 << 10,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults with the given Redis targets.
+    pub fn with_targets<I, S>(targets: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Config { targets: targets.into_iter().map(Into::into).collect(), ..Config::default() }
+    }
+
+    /// Frames above this are not even read: the connection closes with 1009. Between
+    /// `max_frame_bytes` and this, the client gets a `too_large` reply and stays connected.
+    pub fn hard_frame_limit(&self) -> usize {
+        self.max_frame_bytes.saturating_mul(2).max(self.max_frame_bytes + (64 << 10))
+    }
+
+    /// Checks that the numbers make sense.
+    ///
+    /// # Errors
+    /// [`crate::Error::Config`] naming the first bad setting.
+    pub fn validate(&self) -> Result<(), crate::Error> {
+        let positive = [
+            ("max_frame_bytes", self.max_frame_bytes),
+            ("max_channel_len", self.limits.max_channel_len),
+            ("max_fields", self.limits.max_fields),
+            ("max_subscriptions", self.max_subscriptions),
+            ("max_connections", self.max_connections),
+            ("send_queue", self.send_queue),
+            ("join_buffer", self.join_buffer),
+            ("history_page", self.history_page),
+            ("read_count", self.read_count),
+            ("readers_per_target", self.readers_per_target),
+            ("read_buffer_bytes", self.read_buffer_bytes),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(crate::Error::Config(format!("{name} must be at least 1")));
+        }
+        if !self.limits.max_fields.is_multiple_of(2) {
+            return Err(crate::Error::Config("max_fields must be even (fields come in pairs)".into()));
+        }
+        if self.targets.is_empty() {
+            return Err(crate::Error::Config("at least one Redis target is required".into()));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,237 @@
+//! One WebSocket connection: requests in, replies and pushes out.
+//!
+//! The socket is split in two halves run side by side: the *handler* reads frames and answers
+//! them one at a time (so one client's publishes keep their order), and the *writer* drains the
+//! connection's [`Outbox`], batching frames into as few flushes as possible. Both are generic over
+//! `Stream`/`Sink`, so the protocol handling tests without a network.
+
+use crate::error::client_error;
+use crate::hooks::{ConnInfo, Decision};
+use crate::outbox::Outbox;
+use crate::{Shared, replay};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use redistribute_protocol::frame::OkBody;
+use redistribute_protocol::{ErrorCode, Op, ProtocolError, Reply, Request, Start, close};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+/// Runs a connection to its end: the connect hook, then requests until the socket closes, the
+/// client is kicked or the server shuts down; then cleanup and the disconnect hook.
+pub(crate) async fn run<S>(shared: Arc<Shared>, conn: Arc<ConnInfo>, socket: S)
+where
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin + Send,
+{
+    let (mut sink, stream) = socket.split();
+    if let Decision::Deny(reason) = shared.hooks.on_connect(&conn).await {
+        debug!(conn = conn.id, %reason, "connection refused by hook");
+        let _ = sink.send(close_message(close::POLICY_VIOLATION, &reason)).await;
+        return;
+    }
+    let (outbox, queue) = Outbox::new(shared.config.send_queue);
+    let writer = write_loop(sink, queue, outbox.clone(), shared.shutdown.clone());
+    let mut handler = Handler { shared: shared.clone(), conn: conn.clone(), outbox, subscriptions: HashMap::new() };
+    let reader = async move {
+        handler.read_loop(stream).await;
+        handler.cleanup().await;
+        // `handler` (and its outbox) drops here, which lets the writer finish.
+    };
+    tokio::join!(writer, reader);
+    shared.hooks.on_disconnect(&conn).await;
+}
+
+fn close_message(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame { code: CloseCode::from(code), reason: Utf8Bytes::from(reason) }))
+}
+
+async fn write_loop<W>(mut sink: W, mut queue: mpsc::Receiver<Message>, outbox: Outbox, shutdown: CancellationToken)
+where
+    W: Sink<Message, Error = WsError> + Unpin,
+{
+    // Frames already queued are written in one go, then flushed once.
+    const MAX_BURST: usize = 256;
+    let closing = loop {
+        let first = tokio::select! {
+            biased;
+            () = outbox.kicked() => break outbox.kick_reason().map(|(code, reason)| close_message(code, &reason)),
+            () = shutdown.cancelled() => break Some(close_message(close::GOING_AWAY, "server shutting down")),
+            next = queue.recv() => match next {
+                Some(message) => message,
+                None => break None,
+            },
+        };
+        if sink.feed(first).await.is_err() {
+            return;
+        }
+        for _ in 1..MAX_BURST {
+            match queue.try_recv() {
+                Ok(message) => {
+                    if sink.feed(message).await.is_err() {
+                        return;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    };
+    if let Some(message) = closing {
+        let _ = sink.send(message).await;
+    }
+    let _ = sink.close().await;
+}
+
+struct Subscription {
+    replay: JoinHandle<()>,
+}
+
+struct Handler {
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    outbox: Outbox,
+    subscriptions: HashMap<String, Subscription>,
+}
+
+impl Handler {
+    async fn read_loop<R>(&mut self, mut stream: R)
+    where
+        R: Stream<Item = Result<Message, WsError>> + Unpin,
+    {
+        loop {
+            let next = tokio::select! {
+                biased;
+                () = self.outbox.kicked() => return,
+                () = self.shared.shutdown.cancelled() => return,
+                next = stream.next() => next,
+            };
+            match next {
+                Some(Ok(Message::Text(text))) => self.on_text(&text).await,
+                Some(Ok(Message::Binary(_))) => {
+                    let error = ProtocolError::bad_request("binary frames are not supported: send JSON text frames");
+                    self.reply(Reply::error(None, error)).await;
+                }
+                Some(Ok(Message::Close(_))) | None => return,
+                Some(Ok(_)) => {} // ping/pong: tungstenite answers pings itself
+                Some(Err(WsError::Capacity(e))) => {
+                    debug!(conn = self.conn.id, error = %e, "frame over the hard limit");
+                    let limit = self.shared.config.hard_frame_limit();
+                    self.outbox.kick(close::MESSAGE_TOO_BIG, &format!("frame exceeds {limit} bytes"));
+                    return;
+                }
+                Some(Err(e)) => {
+                    if !matches!(e, WsError::ConnectionClosed | WsError::AlreadyClosed) {
+                        debug!(conn = self.conn.id, error = %e, "socket error");
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn reply(&self, reply: Reply) {
+        // A closed outbox means the connection is ending; there is no one left to tell.
+        let _ = self.outbox.send(reply.to_json().into()).await;
+    }
+
+    async fn on_text(&mut self, text: &str) {
+        let max = self.shared.config.max_frame_bytes;
+        if text.len() > max {
+            let error = ProtocolError::new(ErrorCode::TooLarge, format!("frame is {} bytes, the limit is {max}", text.len()));
+            return self.reply(Reply::error(None, error)).await;
+        }
+        let request = match Request::parse(text, &self.shared.config.limits) {
+            Ok(request) => request,
+            Err(e) => return self.reply(Reply::error(e.id, e.error)).await,
+        };
+        let id = Some(request.id);
+        match request.op {
+            Op::Subscribe { channel, start } => match self.subscribe(&channel, start).await {
+                Ok((body, plan)) => {
+                    // The reply is queued before the replay can queue any push.
+                    self.reply(Reply::ok(id, body)).await;
+                    let replay = self.shared.tasks.spawn(plan.run());
+                    self.subscriptions.insert(channel, Subscription { replay });
+                }
+                Err(error) => self.reply(Reply::error(id, error)).await,
+            },
+            Op::Unsubscribe { channel } => {
+                self.unsubscribe(&channel).await;
+                self.reply(Reply::ok(id, OkBody::default())).await;
+            }
+            Op::Publish { channel, fields, maxlen } => {
+                let reply = match self.publish(&channel, &fields, maxlen).await {
+                    Ok(body) => Reply::ok(id, body),
+                    Err(error) => Reply::error(id, error),
+                };
+                self.reply(reply).await;
+            }
+            Op::Ping => self.reply(Reply::ok(id, OkBody::default())).await,
+            _ => self.reply(Reply::error(id, ProtocolError::new(ErrorCode::UnknownOp, "op not supported by this server"))).await,
+        }
+    }
+
+    async fn subscribe(&mut self, channel: &str, start: Start) -> Result<(OkBody, replay::Replay), ProtocolError> {
+        if self.subscriptions.contains_key(channel) {
+            return Err(ProtocolError::bad_request(format!(
+                "already subscribed to {channel:?}; unsubscribe first to change the offset"
+            )));
+        }
+        let max = self.shared.config.max_subscriptions;
+        if self.subscriptions.len() >= max {
+            return Err(ProtocolError::new(ErrorCode::LimitExceeded, format!("a connection may hold at most {max} subscriptions")));
+        }
+        if let Decision::Deny(reason) = self.shared.hooks.on_subscribe(&self.conn, channel, start).await {
+            return Err(ProtocolError::new(ErrorCode::Forbidden, reason));
+        }
+        let state = self.shared.engine.state(channel).await.map_err(|e| client_error(&e))?;
+        let after = match start {
+            Start::Latest => state.last_generated,
+            Start::After(id) => id,
+        };
+        let partition = self.shared.partition_of(channel);
+        partition.join(channel, &self.conn, &self.outbox, state.last_generated);
+        let loss = state.loss_after(after);
+        let body = OkBody { offset: Some(after), truncated: loss.is_some() };
+        let plan = replay::Replay {
+            shared: self.shared.clone(),
+            conn: self.conn.clone(),
+            outbox: self.outbox.clone(),
+            channel: channel.to_owned(),
+            after,
+            reported_loss: loss,
+        };
+        Ok((body, plan))
+    }
+
+    async fn unsubscribe(&mut self, channel: &str) {
+        if let Some(subscription) = self.subscriptions.remove(channel) {
+            subscription.replay.abort();
+            let _ = subscription.replay.await;
+            self.shared.partition_of(channel).leave(channel, self.conn.id);
+        }
+    }
+
+    async fn publish(&self, channel: &str, fields: &[String], maxlen: Option<u64>) -> Result<OkBody, ProtocolError> {
+        if let Decision::Deny(reason) = self.shared.hooks.on_publish(&self.conn, channel, fields).await {
+            return Err(ProtocolError::new(ErrorCode::Forbidden, reason));
+        }
+        let maxlen = maxlen.or_else(|| self.shared.maxlen_for(channel));
+        let offset = self.shared.engine.publish(channel, fields, maxlen).await.map_err(|e| client_error(&e))?;
+        Ok(OkBody { offset: Some(offset), ..OkBody::default() })
+    }
+
+    async fn cleanup(&mut self) {
+        let channels: Vec<String> = self.subscriptions.keys().cloned().collect();
+        for channel in channels {
+            self.unsubscribe(&channel).await;
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! The Redis engine: streams in one or more Redis servers, channels sharded by a stable hash.
+//!
+//! Each target has one multiplexed command connection (publish, inspect, history, `CLIENT
+//! UNBLOCK`) that reconnects by itself. Blocking reads never run on it: the stream readers open
+//! their own dedicated connections through [`Target::reader_connection`].
+
+use super::{EngineError, HistoryPage, StreamState, reply};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, Client, RedisError, Value};
+use redistribute_protocol::{Entry, StreamId};
+use std::time::Duration;
+
+/// One Redis server that holds a share of the channels.
+#[derive(Clone)]
+pub struct Target {
+    /// The URI with any password removed, for logs.
+    display: String,
+    client: Client,
+    commands: ConnectionManager,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target").field("uri", &self.display).finish_non_exhaustive()
+    }
+}
+
+impl Target {
+    /// The URI with any password removed.
+    pub fn display(&self) -> &str {
+        &self.display
+    }
+
+    /// Opens a dedicated connection for blocking reads. It has no response timeout of its own:
+    /// the reader bounds each `XREAD BLOCK` itself.
+    ///
+    /// # Errors
+    /// [`EngineError::Unavailable`] when Redis cannot be reached.
+    pub async fn reader_connection(&self) -> Result<MultiplexedConnection, EngineError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(None);
+        self.client.get_multiplexed_async_connection_with_config(&config).await.map_err(|e| classify(e, ""))
+    }
+
+    /// Wakes the connection with this `CLIENT ID` if it is blocked. Returns whether it was.
+    ///
+    /// # Errors
+    /// When the command connection fails.
+    pub async fn unblock(&self, client_id: i64) -> Result<bool, EngineError> {
+        let woken: i64 = redis::cmd("CLIENT")
+            .arg("UNBLOCK")
+            .arg(client_id)
+            .query_async(&mut self.commands.clone())
+            .await
+            .map_err(|e| classify(e, ""))?;
+        Ok(woken == 1)
+    }
+
+    async fn ping(&self) -> Result<(), EngineError> {
+        let _: String = redis::cmd("PING").query_async(&mut self.commands.clone()).await.map_err(|e| classify(e, ""))?;
+        Ok(())
+    }
+}
+
+/// Streams in Redis, sharded over one or more targets.
+#[derive(Clone, Debug)]
+pub struct RedisEngine {
+    targets: Vec<Target>,
+}
+
+impl RedisEngine {
+    /// Prepares connections to every target. Connections are made lazily, so a Redis that is
+    /// down at start-up is not an error: the server starts, reports unhealthy, and retries.
+    ///
+    /// # Errors
+    /// When the list is empty or a URI cannot be parsed.
+    pub fn new(uris: &[String], timeout: Duration) -> Result<Self, crate::Error> {
+        if uris.is_empty() {
+            return Err(crate::Error::Config("at least one Redis target is required".into()));
+        }
+        let targets = uris
+            .iter()
+            .map(|uri| {
+                let client = Client::open(uri.as_str())
+                    .map_err(|e| crate::Error::Config(format!("invalid Redis URI {:?}: {e}", redact(uri))))?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(timeout))
+                    .set_response_timeout(Some(timeout))
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_millis(500));
+                let commands = ConnectionManager::new_lazy_with_config(client.clone(), config)
+                    .map_err(|e| crate::Error::Config(format!("Redis target {:?}: {e}", redact(uri))))?;
+                Ok(Target { display: redact(uri), client, commands, timeout })
+            })
+            .collect::<Result<_, crate::Error>>()?;
+        Ok(RedisEngine { targets })
+    }
+
+    /// All targets, in configuration order.
+    pub fn targets(&self) -> &[Target] {
+        &self.targets
+    }
+
+    /// Which target holds `channel`: FNV-1a of the name modulo the number of targets. Stable
+    /// across processes and restarts, so every instance agrees (as long as the list is the same).
+    pub fn target_of(&self, channel: &str) -> usize {
+        (channel_hash(channel) % self.targets.len() as u64) as usize
+    }
+
+    fn target(&self, channel: &str) -> ConnectionManager {
+        self.targets[self.target_of(channel)].commands.clone()
+    }
+
+    /// Appends an entry; returns its ID. `maxlen` trims approximately (`MAXLEN ~`).
+    ///
+    /// # Errors
+    /// [`EngineError::Unavailable`] when Redis is down; [`EngineError::WrongType`] when the key
+    /// is not a stream.
+    pub async fn publish(&self, channel: &str, fields: &[String], maxlen: Option<u64>) -> Result<StreamId, EngineError> {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(channel);
+        if let Some(n) = maxlen {
+            cmd.arg("MAXLEN").arg("~").arg(n);
+        }
+        cmd.arg("*").arg(fields);
+        let id: Value = cmd.query_async(&mut self.target(channel)).await.map_err(|e| classify(e, channel))?;
+        reply::stream_id(&id)
+    }
+
+    /// The stream's current state; a missing stream is empty (`0-0`, nothing deleted).
+    ///
+    /// # Errors
+    /// As for [`RedisEngine::publish`].
+    pub async fn state(&self, channel: &str) -> Result<StreamState, EngineError> {
+        let info = redis::cmd("XINFO")
+            .arg("STREAM")
+            .arg(channel)
+            .query_async::<Value>(&mut self.target(channel))
+            .await;
+        match info {
+            Ok(value) => reply::stream_state(&value),
+            Err(e) if e.detail().is_some_and(is_no_such_key) => Ok(StreamState::default()),
+            Err(e) => Err(classify(e, channel)),
+        }
+    }
+
+    /// Reads up to `count` entries after `after`, atomically (MULTI) with the stream's state, so
+    /// that a trim racing the read cannot go unnoticed.
+    ///
+    /// # Errors
+    /// As for [`RedisEngine::publish`].
+    pub async fn history_page(&self, channel: &str, after: StreamId, count: usize) -> Result<HistoryPage, EngineError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic().ignore_errors();
+        pipe.cmd("XINFO").arg("STREAM").arg(channel);
+        pipe.cmd("XRANGE").arg(channel).arg(format!("({after}")).arg("+").arg("COUNT").arg(count);
+        let results: Vec<Value> = pipe.query_async(&mut self.target(channel)).await.map_err(|e| classify(e, channel))?;
+        let [info, range] = results.as_slice() else {
+            return Err(EngineError::Protocol(format!("MULTI returned {} results", results.len())));
+        };
+        let state = match info {
+            Value::ServerError(e) if e.details().is_some_and(is_no_such_key) => StreamState::default(),
+            Value::ServerError(e) if e.code() == "WRONGTYPE" => return Err(EngineError::WrongType(channel.into())),
+            other => reply::stream_state(other)?,
+        };
+        let entries: Vec<Entry> = match range {
+            Value::ServerError(e) if e.code() == "WRONGTYPE" => return Err(EngineError::WrongType(channel.into())),
+            other => reply::entries(other)?,
+        };
+        Ok(HistoryPage { state, entries })
+    }
+
+    /// Pings every target; `Ok` only if all answer.
+    ///
+    /// # Errors
+    /// The first target that does not answer, named.
+    pub async fn ping(&self) -> Result<(), EngineError> {
+        for target in &self.targets {
+            target
+                .ping()
+                .await
+                .map_err(|e| EngineError::Unavailable(format!("{}: {e}", target.display)))?;
+        }
+        Ok(())
+    }
+}
+
+/// FNV-1a, 64 bits: tiny, stable, and good enough to spread channel names.
+pub(crate) fn channel_hash(channel: &str) -> u64 {
+    channel.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+fn is_no_such_key(detail: &str) -> bool {
+    detail.contains("no such key")
+}
+
+/// Maps a Redis error to what the client should be told.
+fn classify(e: RedisError, channel: &str) -> EngineError {
+    const TRANSIENT: [&str; 5] = ["LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN"];
+    if e.code() == Some("WRONGTYPE") {
+        EngineError::WrongType(channel.to_owned())
+    } else if e.is_io_error()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.code().is_some_and(|c| TRANSIENT.contains(&c))
+    {
+        EngineError::Unavailable(e.to_string())
+    } else {
+        EngineError::Protocol(e.to_string())
+    }
+}
+
+/// Removes the password from `redis://user:password@host` for logging.
+fn redact(uri: &str) -> String {
+    match (uri.find("://"), uri.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &uri[scheme + 3..at];
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            format!("{}{}:***{}", &uri[..scheme + 3], user, &uri[at..])
+        }
+        _ => uri.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact("redis://:secret@h:6379/0"), "redis://:***@h:6379/0");
+        assert_eq!(redact("rediss://u:p@h"), "rediss://u:***@h");
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+
+    #[test]
+    fn hash_is_stable() {
+        // Fixed values: changing them would move channels between targets in running fleets.
+        assert_eq!(channel_hash(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(channel_hash("a"), 0xaf63_dc4c_8601_ec8c);
+    }
+}

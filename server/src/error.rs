@@ -1,0 +1,41 @@
+//! The crate's error type, and the one place that decides what a client is told about a failure.
+
+use crate::engine::EngineError;
+use redistribute_protocol::{ErrorCode, ProtocolError};
+
+/// Errors of the server library.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A setting is invalid.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// Binding or accepting failed.
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// The TLS key or certificate could not be loaded.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The storage engine failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// A channel name or publish argument is invalid.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+}
+
+/// What a client is told about an engine failure. Unexpected failures are logged here, once.
+pub(crate) fn client_error(e: &EngineError) -> ProtocolError {
+    match e {
+        EngineError::Unavailable(_) => {
+            ProtocolError::new(ErrorCode::Unavailable, "storage is unavailable right now; retry later")
+        }
+        EngineError::WrongType(channel) => {
+            ProtocolError::bad_request(format!("the Redis key of channel {channel:?} is not a stream"))
+        }
+        EngineError::Protocol(_) => {
+            tracing::error!(error = %e, "unexpected storage reply");
+            ProtocolError::new(ErrorCode::Internal, "internal error; see the server log")
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! Hooks: the application's say over who connects, subscribes and publishes, and what reaches
+//! each socket.
+//!
+//! Implement [`Hooks`] and pass it to [`crate::ServerBuilder::hooks`]. Every method has an
+//! allow-all default, so an implementation overrides only what it needs. Async hooks run on the
+//! connection's task (a slow hook delays only that connection); [`Hooks::on_stream_event`] is
+//! synchronous because it runs in the fan-out path for every subscriber: keep it fast.
+
+use redistribute_protocol::{Entry, Start};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+
+/// What the server knows about a connection, shown to every hook.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// Unique within this server process.
+    pub id: u64,
+    /// The peer's address (the proxy's, behind a reverse proxy: see the headers).
+    pub peer: SocketAddr,
+    /// The request target of the upgrade request, with its query string (`/?token=…`).
+    pub target: String,
+    /// The upgrade request's headers, names lower-cased, in order.
+    pub headers: Vec<(String, String)>,
+}
+
+impl ConnInfo {
+    /// The first header with this (case-insensitive) name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// The first query-string parameter with this name, undecoded (`/?token=abc` → `abc`).
+    pub fn query_param(&self, name: &str) -> Option<&str> {
+        let query = self.target.split_once('?')?.1;
+        query.split('&').find_map(|pair| match pair.split_once('=') {
+            Some((k, v)) if k == name => Some(v),
+            None if pair == name => Some(""),
+            _ => None,
+        })
+    }
+}
+
+/// A hook's verdict on a connection, subscription or publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Go ahead.
+    Allow,
+    /// Refuse; the reason is sent to the client (error code `forbidden`, or close code 1008 for
+    /// a refused connection).
+    Deny(String),
+}
+
+/// A hook's verdict on one stream entry on its way to one socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamEvent {
+    /// Deliver the entry as it is.
+    Pass,
+    /// Do not deliver the entry to this socket (its offset is still passed over on resume).
+    Drop,
+    /// Deliver these fields instead (same offset).
+    Rewrite(Vec<String>),
+}
+
+/// Application hooks. All methods default to allowing everything.
+pub trait Hooks: Send + Sync + 'static {
+    /// A WebSocket connection was upgraded. Deny closes it with code 1008.
+    fn on_connect(&self, conn: &ConnInfo) -> impl Future<Output = Decision> + Send {
+        let _ = conn;
+        async { Decision::Allow }
+    }
+
+    /// A socket asks to subscribe to `channel` from `start`.
+    fn on_subscribe(&self, conn: &ConnInfo, channel: &str, start: Start) -> impl Future<Output = Decision> + Send {
+        let _ = (conn, channel, start);
+        async { Decision::Allow }
+    }
+
+    /// A socket asks to publish `fields` to `channel`.
+    fn on_publish(&self, conn: &ConnInfo, channel: &str, fields: &[String]) -> impl Future<Output = Decision> + Send {
+        let _ = (conn, channel, fields);
+        async { Decision::Allow }
+    }
+
+    /// An entry of `channel` is about to be sent to `conn` (live or replayed).
+    fn on_stream_event(&self, conn: &ConnInfo, channel: &str, entry: &Entry) -> StreamEvent {
+        let _ = (conn, channel, entry);
+        StreamEvent::Pass
+    }
+
+    /// The connection ended (after its subscriptions were removed).
+    fn on_disconnect(&self, conn: &ConnInfo) -> impl Future<Output = ()> + Send {
+        let _ = conn;
+        async {}
+    }
+}
+
+/// The hooks of a server that installs none.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AllowAll;
+
+impl Hooks for AllowAll {}
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Object-safe twin of [`Hooks`], so the server stores `Arc<dyn DynHooks>` and stays non-generic.
+pub(crate) trait DynHooks: Send + Sync + 'static {
+    fn on_connect<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Decision>;
+    fn on_subscribe<'a>(&'a self, conn: &'a ConnInfo, channel: &'a str, start: Start) -> BoxFuture<'a, Decision>;
+    fn on_publish<'a>(&'a self, conn: &'a ConnInfo, channel: &'a str, fields: &'a [String]) -> BoxFuture<'a, Decision>;
+    fn on_stream_event(&self, conn: &ConnInfo, channel: &str, entry: &Entry) -> StreamEvent;
+    fn on_disconnect<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, ()>;
+}
+
+impl<H: Hooks> DynHooks for H {
+    fn on_connect<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Decision> {
+        Box::pin(Hooks::on_connect(self, conn))
+    }
+    fn on_subscribe<'a>(&'a self, conn: &'a ConnInfo, channel: &'a str, start: Start) -> BoxFuture<'a, Decision> {
+        Box::pin(Hooks::on_subscribe(self, conn, channel, start))
+    }
+    fn on_publish<'a>(&'a self, conn: &'a ConnInfo, channel: &'a str, fields: &'a [String]) -> BoxFuture<'a, Decision> {
+        Box::pin(Hooks::on_publish(self, conn, channel, fields))
+    }
+    fn on_stream_event(&self, conn: &ConnInfo, channel: &str, entry: &Entry) -> StreamEvent {
+        Hooks::on_stream_event(self, conn, channel, entry)
+    }
+    fn on_disconnect<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, ()> {
+        Box::pin(Hooks::on_disconnect(self, conn))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_headers_and_query() {
+        let conn = ConnInfo {
+            id: 1,
+            peer: "127.0.0.1:1".parse().unwrap(),
+            target: "/?room=a&token=xyz&flag".into(),
+            headers: vec![("origin".into(), "https://app".into())],
+        };
+        assert_eq!(conn.query_param("token"), Some("xyz"));
+        assert_eq!(conn.query_param("flag"), Some(""));
+        assert_eq!(conn.query_param("nope"), None);
+        assert_eq!(conn.header("Origin"), Some("https://app"));
+    }
+}

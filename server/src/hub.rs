@@ -1,0 +1,395 @@
+//! The in-process registry of local subscribers and the fan-out of stream entries to them.
+//!
+//! Channels are split into partitions, one per stream reader (see [`crate::reader`]). A partition
+//! records, per channel, the reader's cursor (the last ID it fanned out) and the local subscribers.
+//! A batch of entries is encoded to JSON once and the same bytes are queued to every subscriber;
+//! a subscriber only gets its own encoding when a hook rewrites or drops entries for it, or when it
+//! overlaps the batch at the handover from replay to live.
+//!
+//! A new subscriber starts *joining*: live batches are parked in its buffer (as shared references)
+//! while its replay reads history, then [`Partition::take_buffer`] hands them over and it turns
+//! live. Every subscriber remembers the last ID it was sent and skips anything at or below it, so
+//! the handover has neither gap nor duplicate.
+
+use crate::hooks::{ConnInfo, DynHooks, StreamEvent};
+use crate::outbox::Outbox;
+use redistribute_protocol::{Entry, Push, StreamId, close};
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// Entries read together for one channel, with their encoding shared by all subscribers.
+#[derive(Debug)]
+pub(crate) struct Batch {
+    pub(crate) entries: Vec<Entry>,
+    pub(crate) frame: Utf8Bytes,
+}
+
+impl Batch {
+    pub(crate) fn new(channel: &str, entries: Vec<Entry>) -> Batch {
+        let frame = Push::messages(channel, &entries).to_json().into();
+        Batch { entries, frame }
+    }
+
+    fn last(&self) -> StreamId {
+        self.entries.last().map_or(StreamId::ZERO, |e| e.offset)
+    }
+}
+
+/// Encodes what `conn` should receive of `entries` (sorted), given it was last sent `after`:
+/// entries at or below `after` are skipped and hooks applied. `shared` is the encoding of the
+/// whole slice, reused when nothing changes. `None` when nothing is left to send.
+pub(crate) fn render(
+    hooks: &dyn DynHooks,
+    conn: &ConnInfo,
+    channel: &str,
+    entries: &[Entry],
+    after: StreamId,
+    truncated: bool,
+    shared: Option<&Utf8Bytes>,
+) -> Option<Utf8Bytes> {
+    let fresh = &entries[entries.partition_point(|e| e.offset <= after)..];
+    let mut out: Option<Vec<Entry>> = None; // built only once an entry differs
+    for (i, entry) in fresh.iter().enumerate() {
+        match hooks.on_stream_event(conn, channel, entry) {
+            StreamEvent::Pass => {
+                if let Some(out) = &mut out {
+                    out.push(entry.clone());
+                }
+            }
+            StreamEvent::Drop => {
+                out.get_or_insert_with(|| fresh[..i].to_vec());
+            }
+            StreamEvent::Rewrite(fields) => {
+                out.get_or_insert_with(|| fresh[..i].to_vec()).push(Entry { offset: entry.offset, fields });
+            }
+        }
+    }
+    match out {
+        Some(changed) => encode(channel, Cow::Owned(changed), truncated),
+        None => match shared {
+            // Untouched and complete: the shared encoding is exactly this push.
+            Some(frame) if !truncated && !fresh.is_empty() && fresh.len() == entries.len() => Some(frame.clone()),
+            _ => encode(channel, Cow::Borrowed(fresh), truncated),
+        },
+    }
+}
+
+fn encode(channel: &str, messages: Cow<'_, [Entry]>, truncated: bool) -> Option<Utf8Bytes> {
+    if messages.is_empty() && !truncated {
+        return None;
+    }
+    let push = Push { channel: Cow::Borrowed(channel), messages, truncated, broadcast: None };
+    Some(push.to_json().into())
+}
+
+#[derive(Debug)]
+enum SubState {
+    /// Replaying history; live batches wait here.
+    Joining { buffer: Vec<Arc<Batch>>, buffered: usize },
+    /// Receiving live batches; everything up to `last_sent` was delivered.
+    Live { last_sent: StreamId },
+    /// Kicked for lagging; ignored until the connection removes it.
+    Dead,
+}
+
+#[derive(Debug)]
+struct Subscriber {
+    outbox: Outbox,
+    conn: Arc<ConnInfo>,
+    state: SubState,
+}
+
+#[derive(Debug)]
+struct Channel {
+    /// Last ID the reader fanned out for this channel; the next read starts after it.
+    cursor: StreamId,
+    subscribers: HashMap<u64, Subscriber>,
+}
+
+/// The channels one stream reader follows, and the bookkeeping that lets others wake it.
+pub(crate) struct Partition {
+    /// Index of the Redis target these channels live on.
+    pub(crate) target: usize,
+    channels: Mutex<HashMap<String, Channel>>,
+    hooks: Arc<dyn DynHooks>,
+    join_buffer_limit: usize,
+    /// Bumped whenever a channel is added; the reader records the value it last acted on in
+    /// `seen`, so a waker knows whether the reader already knows about the change.
+    generation: AtomicU64,
+    pub(crate) seen: AtomicU64,
+    /// The reader connection's `CLIENT ID` (0 while it has none), for `CLIENT UNBLOCK`.
+    pub(crate) reader_client_id: AtomicI64,
+    /// Wakes the reader when it idles with no channels.
+    pub(crate) idle: Notify,
+    /// Wakes the partition's waker task to unblock the reader.
+    pub(crate) wake: Notify,
+}
+
+impl std::fmt::Debug for Partition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Partition").field("target", &self.target).finish_non_exhaustive()
+    }
+}
+
+impl Partition {
+    pub(crate) fn new(target: usize, hooks: Arc<dyn DynHooks>, join_buffer_limit: usize) -> Self {
+        Partition {
+            target,
+            channels: Mutex::default(),
+            hooks,
+            join_buffer_limit,
+            generation: AtomicU64::new(0),
+            seen: AtomicU64::new(0),
+            reader_client_id: AtomicI64::new(0),
+            idle: Notify::new(),
+            wake: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Channel>> {
+        // A panic while holding the lock leaves consistent data (every update is one step).
+        self.channels.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Adds a joining subscriber. A channel new to this partition starts its cursor at
+    /// `stream_last` (the stream's last generated ID, read before this call), and the reader is
+    /// woken to follow it. Returns false if the connection already subscribes to the channel.
+    pub(crate) fn join(&self, channel: &str, conn: &Arc<ConnInfo>, outbox: &Outbox, stream_last: StreamId) -> bool {
+        let mut channels = self.lock();
+        let added = !channels.contains_key(channel);
+        let entry = channels
+            .entry(channel.to_owned())
+            .or_insert_with(|| Channel { cursor: stream_last, subscribers: HashMap::new() });
+        if entry.subscribers.contains_key(&conn.id) {
+            return false;
+        }
+        let state = SubState::Joining { buffer: Vec::new(), buffered: 0 };
+        entry.subscribers.insert(conn.id, Subscriber { outbox: outbox.clone(), conn: conn.clone(), state });
+        drop(channels);
+        if added {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            self.idle.notify_one();
+            self.wake.notify_one();
+        }
+        true
+    }
+
+    /// Ends a subscriber's replay. If live batches were parked meanwhile, returns them (to be sent
+    /// by the caller, who then calls again); otherwise the subscriber turns live with `last_sent`
+    /// and `None` is returned. `None` also when the subscriber is gone.
+    pub(crate) fn take_buffer(&self, channel: &str, conn_id: u64, last_sent: StreamId) -> Option<Vec<Arc<Batch>>> {
+        let mut channels = self.lock();
+        let subscriber = channels.get_mut(channel)?.subscribers.get_mut(&conn_id)?;
+        match &mut subscriber.state {
+            SubState::Joining { buffer, buffered } if !buffer.is_empty() => {
+                *buffered = 0;
+                Some(std::mem::take(buffer))
+            }
+            SubState::Joining { .. } => {
+                subscriber.state = SubState::Live { last_sent };
+                None
+            }
+            SubState::Live { .. } | SubState::Dead => None,
+        }
+    }
+
+    /// Removes a subscriber; forgets the channel when it was the last one.
+    pub(crate) fn leave(&self, channel: &str, conn_id: u64) {
+        let mut channels = self.lock();
+        if let Some(entry) = channels.get_mut(channel) {
+            entry.subscribers.remove(&conn_id);
+            if entry.subscribers.is_empty() {
+                channels.remove(channel);
+            }
+        }
+    }
+
+    /// The channels to follow and where to continue each; records the generation acted on.
+    pub(crate) fn snapshot(&self) -> Vec<(String, StreamId)> {
+        let channels = self.lock();
+        self.seen.store(self.generation(), Ordering::Release);
+        channels.iter().map(|(name, c)| (name.clone(), c.cursor)).collect()
+    }
+
+    /// Fans out entries the reader read for `channel` after `from`. Ignored if the channel's
+    /// cursor moved meanwhile (it was dropped and re-added), since then they are stale.
+    pub(crate) fn deliver(&self, channel: &str, from: StreamId, entries: Vec<Entry>) {
+        if entries.is_empty() {
+            return;
+        }
+        let batch = Arc::new(Batch::new(channel, entries));
+        let mut channels = self.lock();
+        let Some(entry) = channels.get_mut(channel) else { return };
+        if entry.cursor != from {
+            return;
+        }
+        entry.cursor = batch.last();
+        for subscriber in entry.subscribers.values_mut() {
+            match &mut subscriber.state {
+                SubState::Joining { buffer, buffered } => {
+                    *buffered += batch.entries.len();
+                    buffer.push(batch.clone());
+                    if *buffered > self.join_buffer_limit {
+                        subscriber.outbox.kick(close::LAGGING, "too far behind while replaying: resume from your last offset");
+                        subscriber.state = SubState::Dead;
+                    }
+                }
+                SubState::Live { last_sent } => {
+                    let frame = render(&*self.hooks, &subscriber.conn, channel, &batch.entries, *last_sent, false, Some(&batch.frame));
+                    *last_sent = (*last_sent).max(batch.last());
+                    if let Some(frame) = frame
+                        && !subscriber.outbox.push(frame)
+                    {
+                        subscriber.state = SubState::Dead;
+                    }
+                }
+                SubState::Dead => {}
+            }
+        }
+    }
+
+    /// Queues a transient message to the channel's live local subscribers; returns how many.
+    pub(crate) fn broadcast(&self, channel: &str, frame: &Utf8Bytes) -> usize {
+        let channels = self.lock();
+        let Some(entry) = channels.get(channel) else { return 0 };
+        entry
+            .subscribers
+            .values()
+            .filter(|s| matches!(s.state, SubState::Live { .. }))
+            .filter(|s| s.outbox.push(frame.clone()))
+            .count()
+    }
+
+    /// Number of channels followed (for tests and metrics).
+    #[cfg(test)]
+    pub(crate) fn channel_count(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hooks::{AllowAll, Hooks};
+    use tokio::sync::mpsc::Receiver;
+    use tokio_tungstenite::tungstenite::Message;
+
+    fn entry(ms: u64, value: &str) -> Entry {
+        Entry { offset: StreamId::new(ms, 0), fields: vec!["k".into(), value.into()] }
+    }
+
+    fn conn(id: u64) -> Arc<ConnInfo> {
+        Arc::new(ConnInfo { id, peer: "127.0.0.1:1".parse().unwrap(), target: "/".into(), headers: vec![] })
+    }
+
+    fn offsets(rx: &mut Receiver<Message>) -> Vec<u64> {
+        let mut out = Vec::new();
+        while let Ok(Message::Text(text)) = rx.try_recv() {
+            let push: Push<'_> = serde_json::from_str(&text).unwrap();
+            out.extend(push.messages.iter().map(|e| e.offset.ms));
+        }
+        out
+    }
+
+    #[test]
+    fn shares_one_encoding_among_live_subscribers() {
+        let part = Partition::new(0, Arc::new(AllowAll), 100);
+        let (a, mut rx_a) = Outbox::new(8);
+        let (b, mut rx_b) = Outbox::new(8);
+        assert!(part.join("c", &conn(1), &a, StreamId::ZERO));
+        assert!(part.join("c", &conn(2), &b, StreamId::ZERO));
+        assert!(!part.join("c", &conn(2), &b, StreamId::ZERO), "second subscribe of one connection");
+        assert!(part.take_buffer("c", 1, StreamId::ZERO).is_none());
+        assert!(part.take_buffer("c", 2, StreamId::ZERO).is_none());
+        part.deliver("c", StreamId::ZERO, vec![entry(1, "x"), entry(2, "y")]);
+        let (Ok(Message::Text(fa)), Ok(Message::Text(fb))) = (rx_a.try_recv(), rx_b.try_recv()) else { panic!() };
+        assert_eq!(fa.as_str(), fb.as_str());
+        assert_eq!(fa.as_str().as_ptr(), fb.as_str().as_ptr(), "same bytes, not a copy");
+    }
+
+    #[test]
+    fn joining_parks_batches_then_hands_over_without_duplicates() {
+        let part = Partition::new(0, Arc::new(AllowAll), 100);
+        let (a, mut rx) = Outbox::new(8);
+        part.join("c", &conn(1), &a, StreamId::ZERO);
+        part.deliver("c", StreamId::ZERO, vec![entry(1, "a"), entry(2, "b")]);
+        part.deliver("c", StreamId::new(2, 0), vec![entry(3, "c")]);
+        assert!(rx.try_recv().is_err(), "nothing sent while joining");
+        // The replay already sent up to 2-0 from history.
+        let parked = part.take_buffer("c", 1, StreamId::new(2, 0)).unwrap();
+        assert_eq!(parked.len(), 2);
+        let mut last = StreamId::new(2, 0);
+        for batch in &parked {
+            if let Some(frame) = render(&AllowAll, &conn(1), "c", &batch.entries, last, false, Some(&batch.frame)) {
+                a.push(frame);
+            }
+            last = last.max(batch.last());
+        }
+        assert!(part.take_buffer("c", 1, last).is_none());
+        part.deliver("c", StreamId::new(3, 0), vec![entry(4, "d")]);
+        assert_eq!(offsets(&mut rx), vec![3, 4]);
+    }
+
+    #[test]
+    fn stale_reads_are_ignored_and_live_skips_what_was_sent() {
+        let part = Partition::new(0, Arc::new(AllowAll), 100);
+        let (a, mut rx) = Outbox::new(8);
+        part.join("c", &conn(1), &a, StreamId::new(5, 0));
+        part.take_buffer("c", 1, StreamId::new(6, 0));
+        part.deliver("c", StreamId::new(1, 0), vec![entry(9, "stale")]);
+        part.deliver("c", StreamId::new(5, 0), vec![entry(6, "dup"), entry(7, "new")]);
+        assert_eq!(offsets(&mut rx), vec![7]);
+    }
+
+    #[test]
+    fn overflowing_join_buffer_kicks() {
+        let part = Partition::new(0, Arc::new(AllowAll), 2);
+        let (a, _rx) = Outbox::new(8);
+        part.join("c", &conn(1), &a, StreamId::ZERO);
+        part.deliver("c", StreamId::ZERO, vec![entry(1, "a"), entry(2, "b"), entry(3, "c")]);
+        assert_eq!(a.kick_reason().unwrap().0, close::LAGGING);
+    }
+
+    #[test]
+    fn leaving_forgets_empty_channels() {
+        let part = Partition::new(0, Arc::new(AllowAll), 2);
+        let (a, _rx) = Outbox::new(8);
+        let g = part.generation();
+        part.join("c", &conn(1), &a, StreamId::ZERO);
+        assert_eq!(part.generation(), g + 1);
+        assert_eq!(part.channel_count(), 1);
+        part.leave("c", 1);
+        assert_eq!(part.channel_count(), 0);
+    }
+
+    struct Redact;
+    impl Hooks for Redact {
+        fn on_stream_event(&self, _: &ConnInfo, _: &str, entry: &Entry) -> StreamEvent {
+            match entry.fields[1].as_str() {
+                "secret" => StreamEvent::Drop,
+                "shout" => StreamEvent::Rewrite(vec!["k".into(), "SHOUT".into()]),
+                _ => StreamEvent::Pass,
+            }
+        }
+    }
+
+    #[test]
+    fn hooks_drop_and_rewrite_per_subscriber() {
+        let entries = vec![entry(1, "a"), entry(2, "secret"), entry(3, "shout")];
+        let frame = render(&Redact, &conn(1), "c", &entries, StreamId::ZERO, false, None).unwrap();
+        let push: Push<'_> = serde_json::from_str(&frame).unwrap();
+        let values: Vec<&str> = push.messages.iter().map(|e| e.fields[1].as_str()).collect();
+        assert_eq!(values, ["a", "SHOUT"]);
+        assert!(render(&Redact, &conn(1), "c", &entries[1..2], StreamId::ZERO, false, None).is_none());
+        let gap = render(&Redact, &conn(1), "c", &entries[1..2], StreamId::ZERO, true, None).unwrap();
+        assert_eq!(gap.as_str(), r#"{"channel":"c","truncated":true}"#);
+    }
+}

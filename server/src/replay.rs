@@ -1,0 +1,94 @@
+//! Bringing a new subscriber from its offset to the live tail with no gap and no duplicate.
+//!
+//! The subscriber was registered as *joining* before its reply went out, so every live batch the
+//! reader fans out from then on is parked for it. The replay reads history after the offset in
+//! pages (each read atomically with the stream's state, to notice trimming that races it), sends
+//! it, then hands over the parked batches, skipping what history already covered. Sends wait
+//! for room in the client's queue, so a replay goes at the client's pace.
+
+use crate::error::client_error;
+use crate::hooks::ConnInfo;
+use crate::hub::render;
+use crate::outbox::Outbox;
+use crate::Shared;
+use crate::engine::EngineError;
+use redistribute_protocol::{Backoff, StreamId, close};
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::warn;
+
+/// A replay waiting to run once the subscribe reply is queued.
+pub(crate) struct Replay {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) conn: Arc<ConnInfo>,
+    pub(crate) outbox: Outbox,
+    pub(crate) channel: String,
+    /// The offset the subscription starts after.
+    pub(crate) after: StreamId,
+    /// Loss already reported by the subscribe reply (see [`crate::engine::StreamState::loss_after`]);
+    /// pages report only newer losses.
+    pub(crate) reported_loss: Option<StreamId>,
+}
+
+impl Replay {
+    pub(crate) async fn run(self) {
+        let Some(sent) = self.history().await else { return };
+        self.hand_over(sent).await;
+    }
+
+    /// Sends history after `self.after`; returns the last offset sent (`None` if the connection
+    /// went away).
+    async fn history(&self) -> Option<StreamId> {
+        let Replay { shared, conn, outbox, channel, .. } = self;
+        let page_size = shared.config.history_page;
+        let mut sent = self.after;
+        let mut reported = self.reported_loss;
+        let mut retry = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+        loop {
+            let page = match shared.engine.history_page(channel, sent, page_size).await {
+                Ok(page) => page,
+                Err(EngineError::Unavailable(e)) => {
+                    // Live batches keep being parked meanwhile (up to the join buffer limit).
+                    warn!(channel, error = %e, "replay paused: storage unavailable");
+                    tokio::time::sleep(retry.next_delay(rand::random())).await;
+                    continue;
+                }
+                Err(e) => {
+                    let message = client_error(&e).message;
+                    outbox.kick(close::INTERNAL_ERROR, &message);
+                    return None;
+                }
+            };
+            retry.reset();
+            let loss = page.state.loss_after(sent);
+            let lost = loss > reported;
+            reported = reported.max(loss);
+            if let Some(frame) = render(&*shared.hooks, conn, channel, &page.entries, sent, lost, None) {
+                outbox.send(frame).await.ok()?;
+            }
+            if let Some(last) = page.entries.last() {
+                sent = last.offset;
+            }
+            if page.entries.len() < page_size {
+                return Some(sent);
+            }
+        }
+    }
+
+    /// Sends the live batches parked during the replay, until none are left and the subscriber
+    /// turns live.
+    async fn hand_over(&self, mut sent: StreamId) {
+        let Replay { shared, conn, outbox, channel, .. } = self;
+        let partition = shared.partition_of(channel);
+        while let Some(batches) = partition.take_buffer(channel, conn.id, sent) {
+            for batch in batches {
+                if let Some(frame) = render(&*shared.hooks, conn, channel, &batch.entries, sent, false, Some(&batch.frame))
+                    && outbox.send(frame).await.is_err()
+                {
+                    return;
+                }
+                sent = sent.max(batch.entries.last().map_or(sent, |e| e.offset));
+            }
+        }
+    }
+}

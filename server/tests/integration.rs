@@ -1,0 +1,620 @@
+//! End-to-end tests of the server against a real `redis-server` and real WebSockets on loopback.
+
+mod support;
+
+use redistribute::{Config, ConnInfo, Decision, Hooks, ListenOptions, Server, StreamEvent};
+use redistribute::protocol::{Entry, Start};
+use serde_json::{Value, json};
+use std::time::Duration;
+use support::{PATIENCE, Redis, TestServer, config, connect};
+
+fn strings(fields: &[&str]) -> Vec<String> {
+    fields.iter().map(|s| s.to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_subscribe_round_trip_resolves_dollar() {
+    let redis = Redis::start();
+    let server = TestServer::start(config(&redis)).await;
+    let before = redis.xadd("chat", &[("early", "1")]);
+
+    let mut sub = connect(&server.url()).await;
+    let ok = sub.subscribe("chat", "$").await;
+    assert_eq!(ok, json!({"offset": before}), "`$` resolves to the last ID at once");
+
+    let mut publisher = connect(&server.url()).await;
+    let offset = publisher.publish("chat", &["TEST_MESSAGE", r#"{"foo":"bar"}"#]).await;
+    let got = sub.entries("chat", 1).await;
+    assert_eq!(got, vec![(offset.clone(), strings(&["TEST_MESSAGE", r#"{"foo":"bar"}"#]))]);
+    // What the server published is an ordinary stream entry with exactly those fields.
+    assert_eq!(redis.xrange_after("chat", &before), got);
+
+    // Omitting the offset means `$` too.
+    let mut late = connect(&server.url()).await;
+    let reply = late.request(json!({"op": "subscribe", "channel": "chat"})).await;
+    assert_eq!(reply["ok"], json!({"offset": offset}));
+    // A missing stream resolves to 0-0.
+    assert_eq!(late.subscribe("nothing-here", "$").await, json!({"offset": "0-0"}));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_published_on_one_instance_reaches_the_others() {
+    let redis = Redis::start();
+    let a = TestServer::start(config(&redis)).await;
+    let b = TestServer::start(config(&redis)).await;
+    let mut on_a = connect(&a.url()).await;
+    let mut on_b = connect(&b.url()).await;
+    on_a.subscribe("room", "$").await;
+    on_b.subscribe("room", "$").await;
+
+    let from_b = on_b.publish("room", &["who", "b"]).await;
+    let from_a = on_a.publish("room", &["who", "a"]).await;
+    let expected = vec![(from_b, strings(&["who", "b"])), (from_a, strings(&["who", "a"]))];
+    assert_eq!(on_a.entries("room", 2).await, expected);
+    assert_eq!(on_b.entries("room", 2).await, expected);
+
+    // Entries written by another program straight into Redis reach both.
+    let direct = redis.xadd("room", &[("from", "redis-cli")]);
+    assert_eq!(on_a.entries("room", 1).await, vec![(direct.clone(), strings(&["from", "redis-cli"]))]);
+    assert_eq!(on_b.entries("room", 1).await, vec![(direct, strings(&["from", "redis-cli"]))]);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_from_zero_and_from_a_middle_offset() {
+    let redis = Redis::start();
+    let mut cfg = config(&redis);
+    cfg.history_page = 7; // several pages
+    let server = TestServer::start(cfg).await;
+    let ids: Vec<String> = (0..40).map(|i| redis.xadd("log", &[("n", &i.to_string())])).collect();
+
+    let mut all = connect(&server.url()).await;
+    assert_eq!(all.subscribe("log", "0").await, json!({"offset": "0-0"}));
+    assert_eq!(all.entries("log", 40).await, redis.xrange_after("log", "0"));
+
+    let mut middle = connect(&server.url()).await;
+    assert_eq!(middle.subscribe("log", &ids[24]).await, json!({"offset": ids[24]}));
+    let got = middle.entries("log", 15).await;
+    assert_eq!(got, redis.xrange_after("log", &ids[24]));
+
+    // Both continue live after the replay, with nothing repeated.
+    let next = redis.xadd("log", &[("n", "40")]);
+    assert_eq!(all.entries("log", 1).await[0].0, next);
+    assert_eq!(middle.entries("log", 1).await[0].0, next);
+    all.assert_quiet().await;
+    middle.assert_quiet().await;
+    server.stop().await;
+}
+
+/// The central promise: subscribers joining at random offsets while a publisher writes at full
+/// speed each receive exactly `XRANGE` after their offset, entry by entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handover_from_replay_to_live_has_no_gap_and_no_duplicate_under_load() {
+    const TOTAL: usize = 4000;
+    const JOINERS: usize = 12;
+    let redis = Redis::start();
+    let mut cfg = config(&redis);
+    cfg.history_page = 50; // replays span many pages while the publisher runs
+    let a = TestServer::start(cfg.clone()).await;
+    let b = TestServer::start(cfg).await;
+    let urls = [a.url(), b.url()];
+
+    let publisher_url = a.url();
+    let publisher = tokio::spawn(async move {
+        let mut client = connect(&publisher_url).await;
+        let mut ids = Vec::with_capacity(TOTAL);
+        for i in 0..TOTAL {
+            ids.push(client.publish("load", &["seq", &i.to_string()]).await);
+        }
+        ids
+    });
+
+    let mut joiners = Vec::new();
+    for j in 0..JOINERS {
+        let url = urls[j % 2].clone();
+        let redis_url = redis.url();
+        joiners.push(tokio::spawn(async move {
+            // Join at staggered moments during the run, from varied offsets.
+            tokio::time::sleep(Duration::from_millis(40 * j as u64)).await;
+            let mut conn = redis::Client::open(redis_url).unwrap().get_connection().unwrap();
+            let existing: Vec<(String, Vec<String>)> = redis::cmd("XRANGE").arg("load").arg("-").arg("+").query(&mut conn).unwrap();
+            let offset = match j % 4 {
+                0 => "$".to_owned(),
+                1 => "0".to_owned(),
+                _ if existing.is_empty() => "0".to_owned(),
+                _ => existing[(existing.len() * j / JOINERS).min(existing.len() - 1)].0.clone(),
+            };
+            let mut client = connect(&url).await;
+            let ok = client.subscribe("load", &offset).await;
+            let start = ok["offset"].as_str().unwrap().to_owned();
+            let last = (TOTAL - 1).to_string();
+            let got = client.entries_until("load", |e| e.last().is_some_and(|(_, f)| f[1] == last)).await;
+            (start, got)
+        }));
+    }
+
+    let ids = publisher.await.unwrap();
+    assert_eq!(ids.len(), TOTAL);
+    for joiner in joiners {
+        let (start, got) = joiner.await.unwrap();
+        let expected = redis.xrange_after("load", &start);
+        assert_eq!(got.len(), expected.len(), "subscriber from {start} got {} entries, XRANGE has {}", got.len(), expected.len());
+        for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+            assert_eq!(g, e, "subscriber from {start}: entry {i} differs");
+        }
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trimmed_history_is_reported_as_truncated() {
+    let redis = Redis::start();
+    let server = TestServer::start(config(&redis)).await;
+    let ids: Vec<String> = (0..100).map(|i| redis.xadd("t", &[("n", &i.to_string())])).collect();
+    let _: i64 = redis::cmd("XTRIM").arg("t").arg("MAXLEN").arg(10).query(&mut redis.conn()).unwrap();
+
+    let mut client = connect(&server.url()).await;
+    let ok = client.subscribe("t", &ids[5]).await;
+    assert_eq!(ok, json!({"offset": ids[5], "truncated": true}));
+    assert_eq!(client.entries("t", 10).await, redis.xrange_after("t", "0"), "what is left is still delivered");
+
+    let mut intact = connect(&server.url()).await;
+    assert_eq!(intact.subscribe("t", &ids[90]).await, json!({"offset": ids[90]}), "the offset is still there: nothing lost");
+    assert_eq!(intact.entries("t", 9).await, redis.xrange_after("t", &ids[90]));
+    // An offset that was itself trimmed away cannot be told apart from one with losses after
+    // it, so it is reported: erring towards telling, never towards silence.
+    let mut boundary = connect(&server.url()).await;
+    assert_eq!(boundary.subscribe("t", &ids[89]).await["truncated"], json!(true));
+
+    let mut everything = connect(&server.url()).await;
+    assert_eq!(everything.subscribe("t", "0").await["truncated"], json!(true), "entries after 0 were trimmed");
+    let mut latest = connect(&server.url()).await;
+    assert!(latest.subscribe("t", "$").await.get("truncated").is_none());
+
+    // XDEL of an entry after the offset counts too.
+    let _: i64 = redis::cmd("XDEL").arg("t").arg(&ids[95]).query(&mut redis.conn()).unwrap();
+    let mut after_delete = connect(&server.url()).await;
+    assert_eq!(after_delete.subscribe("t", &ids[92]).await["truncated"], json!(true));
+    server.stop().await;
+}
+
+/// Trimming that overtakes a slow replay is reported in the push that follows the hole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trim_racing_a_replay_is_reported_in_the_next_push() {
+    let redis = Redis::start();
+    let mut cfg = config(&redis);
+    cfg.history_page = 5;
+    cfg.send_queue = 2;
+    let server = TestServer::start(cfg).await;
+    // 25 MiB of history: more than loopback socket buffers hold, so the replay must wait for
+    // the client, which reads nothing until the trim is done.
+    let payload = "z".repeat(64 << 10);
+    let ids: Vec<String> = (0..400).map(|i| redis.xadd("big", &[("n", &i.to_string()), ("p", &payload)])).collect();
+    let mut client = connect(&server.url()).await;
+    assert_eq!(client.subscribe("big", "0").await, json!({"offset": "0-0"}));
+    let _: i64 = redis::cmd("XTRIM").arg("big").arg("MAXLEN").arg(10).query(&mut redis.conn()).unwrap();
+
+    let mut received = Vec::new();
+    let mut flagged = 0;
+    while received.last() != ids.last() {
+        let push = client.push().await;
+        if push["truncated"] == json!(true) {
+            flagged += 1;
+        }
+        received.extend(push["messages"].as_array().unwrap().iter().map(|m| m["offset"].as_str().unwrap().to_owned()));
+    }
+    assert_eq!(flagged, 1, "the hole is reported once");
+    assert!(received.len() < ids.len(), "the trim did remove unsent entries");
+    assert!(received.windows(2).all(|w| ids.iter().position(|i| *i == w[0]) < ids.iter().position(|i| *i == w[1])), "in order, no repeats");
+    assert_eq!(received[received.len() - 10..], ids[390..], "everything still retained arrives");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_are_trimmed_with_maxlen() {
+    let redis = Redis::start();
+    let mut cfg = config(&redis);
+    cfg.maxlen.insert("configured".into(), 10);
+    cfg.default_maxlen = Some(50);
+    let server = TestServer::start(cfg).await;
+    server.server.maxlen("runtime", 20);
+    let mut client = connect(&server.url()).await;
+    let xlen = |key: &str| -> usize { redis::cmd("XLEN").arg(key).query(&mut redis.conn()).unwrap() };
+
+    for i in 0..1000 {
+        let n = i.to_string();
+        client.publish("configured", &["n", &n]).await;
+        client.publish("runtime", &["n", &n]).await;
+        client.publish("defaulted", &["n", &n]).await;
+        let reply = client.request(json!({"op": "publish", "channel": "per-request", "fields": ["n", n], "maxlen": 5})).await;
+        assert!(reply.get("ok").is_some());
+    }
+    // `MAXLEN ~` trims whole radix-tree nodes (100 entries by default), so lengths sit between
+    // the cap and cap + 100; without trimming they would be 1000.
+    for (key, cap) in [("configured", 10), ("runtime", 20), ("defaulted", 50), ("per-request", 5)] {
+        let len = xlen(key);
+        assert!(len >= cap && len <= cap + 100, "{key}: XLEN {len} for MAXLEN ~ {cap}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_error_and_the_connection_keeps_working() {
+    let redis = Redis::start();
+    let mut cfg = config(&redis);
+    cfg.max_frame_bytes = 4096;
+    cfg.max_subscriptions = 2;
+    let server = TestServer::start(cfg).await;
+    let mut bystander = connect(&server.url()).await;
+    bystander.subscribe("calm", "$").await;
+    let mut client = connect(&server.url()).await;
+
+    let cases: Vec<(&str, Option<u64>, &str, &str)> = vec![
+        ("{not json", None, "bad_request", "not valid JSON"),
+        ("[1,2,3]", None, "bad_request", "must be a JSON object"),
+        ("\"text\"", None, "bad_request", "must be a JSON object"),
+        (r#"{"op":"ping"}"#, None, "bad_request", "missing \"id\""),
+        (r#"{"id":"x","op":"ping"}"#, None, "bad_request", "\"id\" must be an integer"),
+        (r#"{"id":1,"op":"dance"}"#, Some(1), "unknown_op", "unknown op"),
+        (r#"{"id":2}"#, Some(2), "bad_request", "missing \"op\""),
+        (r#"{"id":3,"op":"publish","channel":"c"}"#, Some(3), "bad_request", "\"fields\" must be an array"),
+        (r#"{"id":4,"op":"publish","channel":"c","fields":["a"]}"#, Some(4), "bad_request", "even number"),
+        (r#"{"id":5,"op":"publish","channel":"c","fields":["a",1]}"#, Some(5), "bad_request", "fields[1] must be a string"),
+        (r#"{"id":6,"op":"publish","channel":"c","fields":["a","b"],"maxlen":-1}"#, Some(6), "bad_request", "maxlen"),
+        (r#"{"id":7,"op":"subscribe","channel":""}"#, Some(7), "bad_request", "must not be empty"),
+        (r#"{"id":8,"op":"subscribe","channel":"has space"}"#, Some(8), "bad_request", "allowed are"),
+        (r#"{"id":9,"op":"subscribe","channel":5}"#, Some(9), "bad_request", "\"channel\" must be a string"),
+        (r#"{"id":10,"op":"subscribe","channel":"c","offset":"yesterday"}"#, Some(10), "bad_request", "offset must be"),
+        (r#"{"id":11,"op":"subscribe","channel":"c","offset":"1-2-3"}"#, Some(11), "bad_request", "offset must be"),
+        (r#"{"id":12,"op":"unsubscribe"}"#, Some(12), "bad_request", "missing \"channel\""),
+    ];
+    for (frame, id, code, message) in cases {
+        client.send_text(frame).await;
+        let reply = client.reply().await;
+        assert_eq!(reply["id"], json!(id), "{frame} → {reply}");
+        assert_eq!(reply["error"]["code"], code, "{frame} → {reply}");
+        assert!(reply["error"]["message"].as_str().unwrap().contains(message), "{frame} → {reply}");
+    }
+
+    let long = "x".repeat(257);
+    let error = client.expect_error(json!({"op": "subscribe", "channel": long})).await;
+    assert!(error["message"].as_str().unwrap().contains("limit is 256"), "{error}");
+    let error = client.expect_error(json!({"op": "publish", "channel": long, "fields": ["a", "b"]})).await;
+    assert_eq!(error["code"], "bad_request");
+
+    // Too many fields, too many subscriptions, subscribing twice.
+    let many: Vec<String> = (0..258).map(|i| i.to_string()).collect();
+    assert_eq!(client.expect_error(json!({"op": "publish", "channel": "c", "fields": many})).await["code"], "too_large");
+    client.subscribe("one", "$").await;
+    assert_eq!(client.expect_error(json!({"op": "subscribe", "channel": "one"})).await["code"], "bad_request");
+    client.subscribe("two", "$").await;
+    assert_eq!(client.expect_error(json!({"op": "subscribe", "channel": "three"})).await["code"], "limit_exceeded");
+
+    // A binary frame and an oversized frame are answered with id null.
+    client.send(tokio_tungstenite::tungstenite::Message::Binary(vec![1, 2, 3].into())).await;
+    let reply = client.reply().await;
+    assert_eq!((reply["id"].clone(), reply["error"]["code"].clone()), (Value::Null, json!("bad_request")));
+    let big = json!({"id": 99, "op": "publish", "channel": "c", "fields": ["k", "v".repeat(5000)]}).to_string();
+    client.send_text(&big).await;
+    let reply = client.reply().await;
+    assert_eq!((reply["id"].clone(), reply["error"]["code"].clone()), (Value::Null, json!("too_large")));
+
+    // Still usable, and nobody else noticed.
+    let offset = client.publish("calm", &["still", "here"]).await;
+    assert_eq!(bystander.entries("calm", 1).await[0].0, offset);
+    assert_eq!(client.request(json!({"op": "unsubscribe", "channel": "never-subscribed"})).await["ok"], json!({}));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_over_the_hard_limit_closes_with_1009() {
+    let redis = Redis::start();
+    let mut cfg = config(&redis);
+    cfg.max_frame_bytes = 1024; // hard limit: 1024 + 64 KiB
+    let server = TestServer::start(cfg).await;
+    let mut client = connect(&server.url()).await;
+    client.send_text(&"x".repeat(200_000)).await;
+    let (code, reason) = client.closed().await;
+    assert_eq!(code, 1009, "{reason}");
+    let mut other = connect(&server.url()).await;
+    other.assert_quiet().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsubscribe_and_disconnect_stop_deliveries() {
+    let redis = Redis::start();
+    let server = TestServer::start(config(&redis)).await;
+    let mut leaving = connect(&server.url()).await;
+    let mut staying = connect(&server.url()).await;
+    leaving.subscribe("news", "$").await;
+    staying.subscribe("news", "$").await;
+    assert_eq!(leaving.request(json!({"op": "unsubscribe", "channel": "news"})).await["ok"], json!({}));
+    let offset = redis.xadd("news", &[("k", "v")]);
+    // Once `staying` has it, the fan-out that would have reached `leaving` is done.
+    assert_eq!(staying.entries("news", 1).await[0].0, offset);
+    leaving.assert_quiet().await;
+    // Subscribing again works, from any offset.
+    leaving.subscribe("news", "0").await;
+    assert_eq!(leaving.entries("news", 1).await[0].0, offset);
+    drop(leaving);
+    let offset = redis.xadd("news", &[("k", "w")]);
+    assert_eq!(staying.entries("news", 1).await[0].0, offset);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_and_restart_lose_nothing() {
+    let mut redis = Redis::start();
+    let server = TestServer::start(config(&redis)).await;
+    let mut sub = connect(&server.url()).await;
+    let mut publisher = connect(&server.url()).await;
+    let start = sub.subscribe("steady", "$").await["offset"].as_str().unwrap().to_owned();
+    publisher.publish("steady", &["n", "before"]).await;
+    assert_eq!(sub.entries("steady", 1).await.len(), 1);
+    assert_eq!(health(&server).await, 200);
+
+    redis.stop();
+    let error = publisher.expect_error(json!({"op": "publish", "channel": "steady", "fields": ["n", "lost?"]})).await;
+    assert_eq!(error["code"], "unavailable", "{error}");
+    assert_eq!(health(&server).await, 503);
+
+    redis.restart();
+    // Entries added while the reader is reconnecting are picked up from its cursor.
+    redis.xadd("steady", &[("n", "direct")]);
+    let mut offset = None;
+    for _ in 0..200 {
+        let reply = publisher.request(json!({"op": "publish", "channel": "steady", "fields": ["n", "after"]})).await;
+        if let Some(o) = reply["ok"]["offset"].as_str() {
+            offset = Some(o.to_owned());
+            break;
+        }
+        assert_eq!(reply["error"]["code"], "unavailable", "{reply}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let offset = offset.expect("publishing works again after Redis returns");
+    let got = sub.entries_until("steady", |e| e.last().is_some_and(|(o, _)| *o == offset)).await;
+    assert_eq!(got, redis.xrange_after("steady", &start)[1..].to_vec(), "every entry after the restart, once, in order");
+    assert_eq!(health(&server).await, 200);
+    server.stop().await;
+}
+
+async fn health(server: &TestServer) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(PATIENCE, tcp.read_to_string(&mut response)).await.unwrap().unwrap();
+    response[9..12].parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_requests_get_plain_answers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let redis = Redis::start();
+    let server = TestServer::start(config(&redis)).await;
+    for (request, status) in [
+        ("GET /healthz HTTP/1.1\r\n\r\n", "200"),
+        ("GET / HTTP/1.1\r\n\r\n", "426"),
+        ("GET /nope HTTP/1.1\r\n\r\n", "404"),
+        ("GARBAGE\r\n\r\n", "400"),
+        ("GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: other.v9\r\n\r\n", "400"),
+    ] {
+        let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        tokio::time::timeout(PATIENCE, tcp.read_to_string(&mut response)).await.unwrap().unwrap();
+        assert_eq!(&response[9..12], status, "{request:?} → {response}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_work_does_not_grow_with_subscribers() {
+    let redis = Redis::start();
+    let mut cfg = config(&redis);
+    cfg.readers_per_target = 2;
+    let server = TestServer::start(cfg).await;
+    let mut clients = Vec::new();
+    for i in 0..40 {
+        let mut c = connect(&server.url()).await;
+        c.subscribe(&format!("ch{}", i % 10), "$").await;
+        c.subscribe("shared", "$").await;
+        clients.push(c);
+    }
+    let offset = redis.xadd("shared", &[("k", "v")]);
+    for c in &mut clients {
+        assert_eq!(c.entries("shared", 1).await[0].0, offset);
+    }
+    // Exactly the two readers block in XREAD, whatever the number of sockets and channels.
+    let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut redis.conn()).unwrap();
+    let xreads = list.lines().filter(|l| l.contains("cmd=xread")).count();
+    assert_eq!(xreads, 2, "{list}");
+    // And every channel is served: the last one added woke its reader.
+    let offset = redis.xadd("ch9", &[("k", "v")]);
+    for c in clients.iter_mut().skip(9).step_by(10) {
+        assert_eq!(c.entries("ch9", 1).await[0].0, offset);
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_are_sharded_over_several_targets() {
+    let one = Redis::start();
+    let two = Redis::start();
+    let server = TestServer::start(Config::with_targets([one.url(), two.url()])).await;
+    let other = TestServer::start(Config::with_targets([one.url(), two.url()])).await;
+    let mut sub = connect(&other.url()).await;
+    let mut publisher = connect(&server.url()).await;
+    let channels: Vec<String> = (0..20).map(|i| format!("shard-{i}")).collect();
+    for channel in &channels {
+        sub.subscribe(channel, "$").await;
+    }
+    for channel in &channels {
+        let offset = publisher.publish(channel, &["k", channel]).await;
+        let got = sub.entries(channel, 1).await;
+        assert_eq!(got[0].0, offset);
+    }
+    let exists = |redis: &Redis, key: &str| -> bool { redis::cmd("EXISTS").arg(key).query::<i64>(&mut redis.conn()).unwrap() == 1 };
+    let on_one = channels.iter().filter(|c| exists(&one, c)).count();
+    let on_two = channels.iter().filter(|c| exists(&two, c)).count();
+    assert_eq!(on_one + on_two, channels.len(), "each channel lives on exactly one target");
+    assert!(on_one > 0 && on_two > 0, "both targets hold channels ({on_one}/{on_two})");
+    server.stop().await;
+    other.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_closed_with_4000_and_others_are_unaffected() {
+    let redis = Redis::start();
+    let mut cfg = config(&redis);
+    cfg.send_queue = 4;
+    let server = TestServer::start(cfg).await;
+    let mut slow = connect(&server.url()).await;
+    let mut fine = connect(&server.url()).await;
+    slow.subscribe("firehose", "$").await;
+    fine.subscribe("firehose", "$").await;
+    let payload = "p".repeat(64 << 10);
+    let fine_reader = tokio::spawn(async move {
+        let got = fine.entries_until("firehose", |e| e.len() >= 300).await;
+        got.len()
+    });
+    let mut publisher = connect(&server.url()).await;
+    for _ in 0..300 {
+        publisher.publish("firehose", &["p", &payload]).await;
+    }
+    assert_eq!(fine_reader.await.unwrap(), 300);
+    let (code, reason) = slow.closed().await;
+    assert_eq!(code, 4000, "{reason}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_sockets_with_going_away() {
+    let redis = Redis::start();
+    let server = TestServer::start(config(&redis)).await;
+    let mut client = connect(&server.url()).await;
+    client.subscribe("x", "$").await;
+    let stopping = tokio::spawn(server.stop());
+    assert_eq!(client.closed().await.0, 1001);
+    stopping.await.unwrap();
+}
+
+/// Permissions and filtering, as an application would install them.
+struct Rules;
+
+impl Hooks for Rules {
+    async fn on_connect(&self, conn: &ConnInfo) -> Decision {
+        match conn.query_param("token") {
+            Some("letmein") => Decision::Allow,
+            _ => Decision::Deny("a valid token is required".into()),
+        }
+    }
+
+    async fn on_subscribe(&self, _: &ConnInfo, channel: &str, _: Start) -> Decision {
+        if channel.starts_with("private:") { Decision::Deny(format!("no access to {channel}")) } else { Decision::Allow }
+    }
+
+    async fn on_publish(&self, _: &ConnInfo, channel: &str, fields: &[String]) -> Decision {
+        if channel.starts_with("readonly:") || fields.iter().any(|f| f == "forbidden") {
+            Decision::Deny("read-only".into())
+        } else {
+            Decision::Allow
+        }
+    }
+
+    fn on_stream_event(&self, _: &ConnInfo, _: &str, entry: &Entry) -> StreamEvent {
+        match entry.fields.first().map(String::as_str) {
+            Some("internal") => StreamEvent::Drop,
+            Some("password") => StreamEvent::Rewrite(vec!["password".into(), "***".into()]),
+            _ => StreamEvent::Pass,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_deny_and_filter() {
+    let redis = Redis::start();
+    let server = TestServer::with_hooks(config(&redis), Rules).await;
+
+    let mut refused = connect(&server.url()).await;
+    let (code, reason) = refused.closed().await;
+    assert_eq!((code, reason.as_str()), (1008, "a valid token is required"));
+
+    let url = format!("{}?token=letmein", server.url());
+    let mut client = connect(&url).await;
+    let error = client.expect_error(json!({"op": "subscribe", "channel": "private:ops"})).await;
+    assert_eq!(error, json!({"code": "forbidden", "message": "no access to private:ops"}));
+    let error = client.expect_error(json!({"op": "publish", "channel": "readonly:feed", "fields": ["a", "b"]})).await;
+    assert_eq!(error["code"], "forbidden");
+
+    // Filtering applies to replayed history and to live entries alike.
+    let start = redis.xadd("feed", &[("visible", "1")]);
+    redis.xadd("feed", &[("internal", "2")]);
+    let secret = redis.xadd("feed", &[("password", "hunter2")]);
+    client.subscribe("feed", "0").await;
+    let got = client.entries("feed", 2).await;
+    assert_eq!(got, vec![(start, strings(&["visible", "1"])), (secret, strings(&["password", "***"]))]);
+    redis.xadd("feed", &[("internal", "3")]);
+    let last = client.publish("feed", &["visible", "4"]).await;
+    assert_eq!(client.entries("feed", 1).await, vec![(last, strings(&["visible", "4"]))]);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_self_signed_certificate() {
+    use tokio_rustls::rustls::{self, pki_types::ServerName};
+    let redis = Redis::start();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let dir = std::env::temp_dir().join(format!("redistribute-tls-{}", support::free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (key_path, cert_path) = (dir.join("key.pem"), dir.join("cert.pem"));
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+
+    let built = Server::builder(config(&redis)).build().unwrap();
+    let options = ListenOptions::new("127.0.0.1:0".parse().unwrap()).with_tls(&key_path, &cert_path);
+    let server = TestServer::start_with(built, options).await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("TLS handshake");
+    let url = format!("wss://localhost:{}/", server.addr.port());
+    let (ws, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+    let mut client = support::Client::new(ws);
+    client.subscribe("secure", "$").await;
+    let offset = client.publish("secure", &["over", "tls"]).await;
+    assert_eq!(client.entries("secure", 1).await[0].0, offset);
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn library_publish_and_broadcast() {
+    let redis = Redis::start();
+    let server = TestServer::start(config(&redis)).await;
+    let mut client = connect(&server.url()).await;
+    client.subscribe("lib", "$").await;
+    let offset = server.server.publish("lib", [("from", "rust")]).await.unwrap();
+    assert_eq!(client.entries("lib", 1).await, vec![(offset.to_string(), strings(&["from", "rust"]))]);
+    assert!(server.server.publish("bad channel", [("a", "b")]).await.is_err());
+    assert!(server.server.publish("lib", Vec::<(String, String)>::new()).await.is_err());
+
+    assert_eq!(server.server.broadcast("lib", json!({"typing": "ann"})), 1);
+    assert_eq!(client.push().await, json!({"channel": "lib", "broadcast": {"typing": "ann"}}));
+    assert_eq!(server.server.broadcast("nobody-listens", json!(1)), 0);
+    server.stop().await;
+}

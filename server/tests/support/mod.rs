@@ -1,0 +1,292 @@
+//! Test fixtures: a real `redis-server` process per test (killed on drop), servers on port 0,
+//! and a small WebSocket client that speaks protocol v1.
+
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use futures_util::{SinkExt, StreamExt};
+use redistribute::{Config, Hooks, ListenOptions, Server};
+use serde_json::{Value, json};
+use std::collections::VecDeque;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::WebSocketStream;
+
+/// How long any single wait in a test may take before it fails with a message. Generous: these
+/// bound hangs, they do not measure speed.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A `redis-server` child process on a free loopback port.
+pub struct Redis {
+    child: Option<Child>,
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl Redis {
+    /// Starts a Redis with append-only persistence in a fresh directory, so a restart keeps data.
+    pub fn start() -> Redis {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("redistribute-test-redis-{port}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut redis = Redis { child: None, port, dir };
+        redis.spawn();
+        redis
+    }
+
+    fn spawn(&mut self) {
+        let binary = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        let child = Command::new(&binary)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {binary} (install redis-server or set REDIS_SERVER): {e}"));
+        self.child = Some(child);
+        let deadline = Instant::now() + PATIENCE;
+        while Instant::now() < deadline {
+            if let Ok(mut conn) = self.client().get_connection()
+                && redis::cmd("PING").query::<String>(&mut conn).is_ok()
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server on port {} did not become ready", self.port);
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn client(&self) -> redis::Client {
+        redis::Client::open(self.url()).unwrap()
+    }
+
+    pub fn conn(&self) -> redis::Connection {
+        self.client().get_connection().unwrap()
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops and starts again on the same port; appended data survives.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// `XADD key * fields…` straight into Redis, as another program would.
+    pub fn xadd(&self, key: &str, fields: &[(&str, &str)]) -> String {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(key).arg("*");
+        for (k, v) in fields {
+            cmd.arg(*k).arg(*v);
+        }
+        cmd.query(&mut self.conn()).unwrap()
+    }
+
+    /// `XRANGE key (after +` as `(id, fields)` pairs.
+    pub fn xrange_after(&self, key: &str, after: &str) -> Vec<(String, Vec<String>)> {
+        let start = if after == "0" || after == "0-0" { "-".to_owned() } else { format!("({after}") };
+        let reply: Vec<(String, Vec<String>)> = redis::cmd("XRANGE").arg(key).arg(start).arg("+").query(&mut self.conn()).unwrap();
+        reply
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A server listening on a free loopback port.
+pub struct TestServer {
+    pub server: Server,
+    pub addr: SocketAddr,
+    serving: tokio::task::JoinHandle<()>,
+}
+
+impl TestServer {
+    pub async fn start(config: Config) -> TestServer {
+        Self::start_with(Server::builder(config).build().unwrap(), ListenOptions::new("127.0.0.1:0".parse().unwrap())).await
+    }
+
+    pub async fn with_hooks<H: Hooks>(config: Config, hooks: H) -> TestServer {
+        Self::start_with(Server::builder(config).hooks(hooks).build().unwrap(), ListenOptions::new("127.0.0.1:0".parse().unwrap())).await
+    }
+
+    pub async fn start_with(server: Server, options: ListenOptions) -> TestServer {
+        let listener = server.bind(&options).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let serving = tokio::spawn(async move { listener.run().await.unwrap() });
+        TestServer { server, addr, serving }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/", self.addr)
+    }
+
+    pub async fn stop(self) {
+        self.server.shutdown();
+        tokio::time::timeout(PATIENCE, self.server.stopped()).await.expect("server did not stop");
+        let _ = self.serving.await;
+    }
+}
+
+pub fn config(redis: &Redis) -> Config {
+    Config::with_targets([redis.url()])
+}
+
+/// A protocol v1 client over any stream (plain or TLS).
+pub struct Client<S> {
+    ws: WebSocketStream<S>,
+    next_id: u64,
+    /// Pushes received while waiting for a reply.
+    pushes: VecDeque<Value>,
+}
+
+pub type PlainClient = Client<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+pub async fn connect(url: &str) -> PlainClient {
+    let mut request = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url).unwrap();
+    request.headers_mut().insert("Sec-WebSocket-Protocol", "redistribute.v1".parse().unwrap());
+    let (ws, response) = tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(request)).await.expect("connect timed out").unwrap();
+    assert_eq!(response.headers().get("sec-websocket-protocol").unwrap(), "redistribute.v1");
+    Client::new(ws)
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
+    pub fn new(ws: WebSocketStream<S>) -> Self {
+        Client { ws, next_id: 1, pushes: VecDeque::new() }
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::Text(text.into())).await.unwrap();
+    }
+
+    pub async fn send(&mut self, message: Message) {
+        self.ws.send(message).await.unwrap();
+    }
+
+    /// The next frame of any kind, parsed; panics on close or timeout.
+    pub async fn recv_frame(&mut self) -> Value {
+        loop {
+            let next = tokio::time::timeout(PATIENCE, self.ws.next()).await.expect("no frame within the test's patience");
+            match next {
+                Some(Ok(Message::Text(text))) => return serde_json::from_str(&text).unwrap(),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// Waits for the close frame; returns its code and reason.
+    pub async fn closed(&mut self) -> (u16, String) {
+        loop {
+            let next = tokio::time::timeout(PATIENCE, self.ws.next()).await.expect("no close within the test's patience");
+            match next {
+                Some(Ok(Message::Close(Some(CloseFrame { code, reason })))) => return (code.into(), reason.to_string()),
+                Some(Ok(Message::Close(None))) => return (1005, String::new()),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => panic!("socket error instead of a close frame: {e}"),
+                None => panic!("socket ended without a close frame"),
+            }
+        }
+    }
+
+    /// The next reply (a frame with an `id` key), stashing pushes that come first.
+    pub async fn reply(&mut self) -> Value {
+        loop {
+            let frame = self.recv_frame().await;
+            if frame.get("id").is_some() {
+                return frame;
+            }
+            self.pushes.push_back(frame);
+        }
+    }
+
+    /// Sends `body` with a fresh id and returns the reply to it.
+    pub async fn request(&mut self, mut body: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        body["id"] = json!(id);
+        self.send_text(&body.to_string()).await;
+        let reply = self.reply().await;
+        assert_eq!(reply["id"], json!(id), "reply to another request: {reply}");
+        reply
+    }
+
+    /// Subscribes and returns the `ok` body; panics on an error reply.
+    pub async fn subscribe(&mut self, channel: &str, offset: &str) -> Value {
+        let reply = self.request(json!({"op": "subscribe", "channel": channel, "offset": offset})).await;
+        reply.get("ok").unwrap_or_else(|| panic!("subscribe failed: {reply}")).clone()
+    }
+
+    /// Publishes and returns the new offset; panics on an error reply.
+    pub async fn publish(&mut self, channel: &str, fields: &[&str]) -> String {
+        let reply = self.request(json!({"op": "publish", "channel": channel, "fields": fields})).await;
+        reply["ok"]["offset"].as_str().unwrap_or_else(|| panic!("publish failed: {reply}")).to_owned()
+    }
+
+    /// The error body of a request expected to fail.
+    pub async fn expect_error(&mut self, body: Value) -> Value {
+        let reply = self.request(body.clone()).await;
+        reply.get("error").unwrap_or_else(|| panic!("{body} should fail, got {reply}")).clone()
+    }
+
+    /// The next push, from the stash or the socket.
+    pub async fn push(&mut self) -> Value {
+        if let Some(push) = self.pushes.pop_front() {
+            return push;
+        }
+        let frame = self.recv_frame().await;
+        assert!(frame.get("id").is_none(), "expected a push, got reply {frame}");
+        frame
+    }
+
+    /// Collects `(offset, fields)` of `channel` until `done` says the list is complete.
+    pub async fn entries_until(&mut self, channel: &str, mut done: impl FnMut(&[(String, Vec<String>)]) -> bool) -> Vec<(String, Vec<String>)> {
+        let mut out = Vec::new();
+        while !done(&out) {
+            let push = self.push().await;
+            if push["channel"] != channel {
+                continue;
+            }
+            for m in push["messages"].as_array().into_iter().flatten() {
+                let fields = m["fields"].as_array().unwrap().iter().map(|f| f.as_str().unwrap().to_owned()).collect();
+                out.push((m["offset"].as_str().unwrap().to_owned(), fields));
+            }
+        }
+        out
+    }
+
+    /// Collects exactly `n` entries of `channel`.
+    pub async fn entries(&mut self, channel: &str, n: usize) -> Vec<(String, Vec<String>)> {
+        let got = self.entries_until(channel, |e| e.len() >= n).await;
+        assert_eq!(got.len(), n, "more entries than expected: {got:?}");
+        got
+    }
+
+    /// Asserts that no frame arrives before a ping round trip completes.
+    pub async fn assert_quiet(&mut self) {
+        let reply = self.request(json!({"op": "ping"})).await;
+        assert!(reply.get("ok").is_some());
+        assert!(self.pushes.is_empty(), "unexpected pushes: {:?}", self.pushes);
+    }
+}
