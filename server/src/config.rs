@@ -59,7 +59,7 @@ impl Default for Config {
             redis_timeout: Duration::from_secs(5),
             default_maxlen: None,
             maxlen: HashMap::new(),
-            read_buffer_bytes: 16 << 10,
+            read_buffer_bytes: 4 << 10,
         }
     }
 }

@@ -1,1 +1,240 @@
-fn main(){}
+//! `redistribute-load`: a load generator for Redistribute servers, on loopback only.
+//!
+//! It connects `--subscribers` WebSockets (spread over every `--url`) to one channel, then
+//! `--publishers` connections publish for `--seconds` (each keeping `--window` requests in
+//! flight), and reports publishes per second, deliveries per second, delivery latency, and
+//! whether every subscriber received every entry exactly once, in order.
+//!
+//! ```text
+//! redistribute-load --url ws://127.0.0.1:8080/ --subscribers 1000 --seconds 10
+//! ```
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use futures_util::{SinkExt, StreamExt};
+use redistribute::protocol::{Push, SUBPROTOCOL};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{Barrier, watch};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+/// Load generator for Redistribute (loopback targets only).
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Server URL; repeat to spread subscribers and publishers over several instances.
+    #[arg(long = "url", default_value = "ws://127.0.0.1:8080/")]
+    urls: Vec<String>,
+    /// Subscribing connections.
+    #[arg(long, default_value_t = 1000)]
+    subscribers: usize,
+    /// Publishing connections.
+    #[arg(long, default_value_t = 1)]
+    publishers: usize,
+    /// Requests each publisher keeps in flight.
+    #[arg(long, default_value_t = 32)]
+    window: usize,
+    /// Target publishes per second over all publishers (0 = as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// How long to publish.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Bytes of payload per message.
+    #[arg(long, default_value_t = 64)]
+    payload: usize,
+    /// Channel to use (a fresh one per run by default).
+    #[arg(long)]
+    channel: Option<String>,
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+fn check_loopback(url: &str) -> anyhow::Result<()> {
+    let host = url.split("://").nth(1).unwrap_or("").split(['/', ':']).next().unwrap_or("");
+    if host == "localhost" || host.starts_with("127.") || host == "[" {
+        Ok(())
+    } else {
+        bail!("refusing to send load to {url}: only loopback targets (127.0.0.0/8, localhost) are allowed")
+    }
+}
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(url: &str) -> anyhow::Result<Socket> {
+    let mut request = url.into_client_request()?;
+    request.headers_mut().insert("Sec-WebSocket-Protocol", SUBPROTOCOL.parse()?);
+    let (ws, _) = tokio_tungstenite::connect_async(request).await.with_context(|| format!("connecting to {url}"))?;
+    Ok(ws)
+}
+
+/// What one subscriber saw.
+#[derive(Default)]
+struct Tally {
+    received: u64,
+    out_of_order: u64,
+    latencies_us: Vec<u64>,
+}
+
+async fn subscriber(url: String, channel: String, ready: Arc<Barrier>, mut expected: watch::Receiver<Option<u64>>, sample: bool) -> anyhow::Result<Tally> {
+    let mut ws = connect(&url).await?;
+    let request = format!(r#"{{"id":1,"op":"subscribe","channel":"{channel}","offset":"$"}}"#);
+    ws.send(Message::Text(request.into())).await?;
+    match ws.next().await {
+        Some(Ok(Message::Text(reply))) if reply.contains("\"ok\"") => {}
+        other => bail!("subscribe failed: {other:?}"),
+    }
+    ready.wait().await;
+    let mut tally = Tally::default();
+    let mut last = redistribute::StreamId::ZERO;
+    loop {
+        if expected.borrow().is_some_and(|goal| tally.received >= goal) {
+            return Ok(tally);
+        }
+        let next = tokio::select! {
+            _ = expected.changed() => continue,
+            next = tokio::time::timeout(Duration::from_secs(10), ws.next()) => next,
+        };
+        let frame = match next {
+            Ok(Some(Ok(Message::Text(text)))) => text,
+            Ok(Some(Ok(_))) => continue,
+            Ok(other) => bail!("subscriber connection ended: {other:?}"),
+            Err(_) => return Ok(tally), // nothing more is coming; the report shows the shortfall
+        };
+        if sample {
+            // A few subscribers parse fully: order and latency.
+            let push: Push<'_> = serde_json::from_str(&frame)?;
+            let now = now_micros();
+            for entry in push.messages.iter() {
+                if entry.offset <= last {
+                    tally.out_of_order += 1;
+                }
+                last = entry.offset;
+                if let Some(sent) = entry.fields.get(1).and_then(|t| t.parse::<u64>().ok()) {
+                    tally.latencies_us.push(now.saturating_sub(sent));
+                }
+            }
+            tally.received += push.messages.len() as u64;
+        } else {
+            // The rest only count: `"offset":"` cannot occur inside a JSON string unescaped.
+            tally.received += frame.matches("\"offset\":\"").count() as u64;
+        }
+    }
+}
+
+async fn publisher(url: String, channel: String, args: Arc<Args>, stop: Arc<AtomicBool>) -> anyhow::Result<u64> {
+    let mut ws = connect(&url).await?;
+    let payload = "x".repeat(args.payload);
+    let per_publisher_rate = if args.rate == 0 { 0 } else { (args.rate / args.publishers as u64).max(1) };
+    let started = Instant::now();
+    let mut in_flight = VecDeque::new();
+    let (mut sent, mut acked, mut id) = (0u64, 0u64, 0u64);
+    loop {
+        let stopping = stop.load(Ordering::Acquire);
+        let paced = per_publisher_rate == 0 || sent < (started.elapsed().as_secs_f64() * per_publisher_rate as f64) as u64;
+        if !stopping && in_flight.len() < args.window && paced {
+            id += 1;
+            let frame = format!(r#"{{"id":{id},"op":"publish","channel":"{channel}","fields":["t","{}","p","{payload}"]}}"#, now_micros());
+            ws.feed(Message::Text(frame.into())).await?;
+            in_flight.push_back(id);
+            sent += 1;
+            continue;
+        }
+        ws.flush().await?;
+        if in_flight.is_empty() {
+            if stopping {
+                return Ok(acked);
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            continue;
+        }
+        match ws.next().await {
+            Some(Ok(Message::Text(reply))) => {
+                if !reply.contains("\"ok\"") {
+                    bail!("publish failed: {reply}");
+                }
+                in_flight.pop_front();
+                acked += 1;
+            }
+            Some(Ok(_)) => {}
+            other => bail!("publisher connection ended: {other:?}"),
+        }
+    }
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Arc::new(Args::parse());
+    for url in &args.urls {
+        check_loopback(url)?;
+    }
+    let channel = args.channel.clone().unwrap_or_else(|| format!("load-{}", now_micros()));
+    let ready = Arc::new(Barrier::new(args.subscribers + 1));
+    let (expected, expected_rx) = watch::channel(None);
+    let connecting = Instant::now();
+    let mut subscribers = Vec::with_capacity(args.subscribers);
+    for i in 0..args.subscribers {
+        let url = args.urls[i % args.urls.len()].clone();
+        subscribers.push(tokio::spawn(subscriber(url, channel.clone(), ready.clone(), expected_rx.clone(), i < 10)));
+        if i % 100 == 99 {
+            tokio::task::yield_now().await;
+        }
+    }
+    ready.wait().await;
+    eprintln!("{} subscribers connected in {:.1?}", args.subscribers, connecting.elapsed());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let publishing = Instant::now();
+    let publishers: Vec<_> = (0..args.publishers)
+        .map(|i| tokio::spawn(publisher(args.urls[i % args.urls.len()].clone(), channel.clone(), args.clone(), stop.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+    stop.store(true, Ordering::Release);
+    let mut published = 0;
+    for p in publishers {
+        published += p.await??;
+    }
+    let publish_time = publishing.elapsed();
+    expected.send_replace(Some(published));
+
+    let mut total = 0u64;
+    let mut short = 0usize;
+    let mut out_of_order = 0u64;
+    let mut latencies = Vec::new();
+    for s in subscribers {
+        let tally = s.await??;
+        total += tally.received;
+        short += usize::from(tally.received != published);
+        out_of_order += tally.out_of_order;
+        latencies.extend(tally.latencies_us);
+    }
+    let delivery_time = publishing.elapsed();
+    latencies.sort_unstable();
+    println!("channel            {channel}");
+    println!("subscribers        {}", args.subscribers);
+    println!("published          {published} in {:.2?} ({:.0}/s)", publish_time, published as f64 / publish_time.as_secs_f64());
+    println!("deliveries         {total} in {:.2?} ({:.0}/s)", delivery_time, total as f64 / delivery_time.as_secs_f64());
+    println!(
+        "latency ms         p50 {:.2}  p99 {:.2}  max {:.2}  (sampled on 10 subscribers)",
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        percentile(&latencies, 1.0)
+    );
+    println!("complete           {} of {} subscribers got all {published}; {out_of_order} out of order", args.subscribers - short, args.subscribers);
+    if short > 0 || out_of_order > 0 {
+        bail!("some subscribers missed or reordered entries");
+    }
+    Ok(())
+}
