@@ -1,0 +1,561 @@
+//! The client's logic as a pure state machine: no socket, no timers, no JavaScript.
+//!
+//! The browser glue feeds it events (`open`, a text frame, `close`, a timer firing, an API call)
+//! and carries out the [`Effect`]s it returns (send a frame, settle a promise, emit an event, open
+//! a socket, arm the reconnect timer). `R` is whatever settles one API call (a JavaScript
+//! promise's resolve/reject pair in the browser, a plain value in tests).
+//!
+//! Guarantees kept here:
+//! - every subscription is re-sent after a reconnect, after the last offset received (or the
+//!   start offset the server confirmed), and entries at or below it are dropped: no gap, no
+//!   duplicate across reconnects;
+//! - publishes made while disconnected wait in a bounded queue and go out in order once
+//!   connected; a publish cut off mid-flight is rejected with `disconnected` (it may or may not
+//!   have been stored), never left pending;
+//! - reconnects use exponential backoff with full jitter and rotate through the targets.
+
+use redistribute_protocol::frame::{Outcome, Push, Reply};
+use redistribute_protocol::{Backoff, Entry, Op, Request, Start, StreamId};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Duration;
+
+/// An error an API call rejects with, or an `error` event carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientError {
+    /// Stable code: the server's codes (`bad_request`, `forbidden`, …) or the client's own
+    /// (`disconnected`, `closed`, `queue_full`, `truncated`, `protocol`).
+    pub code: String,
+    /// Human-readable detail.
+    pub message: String,
+    /// The channel concerned, when there is one.
+    pub channel: Option<String>,
+}
+
+impl ClientError {
+    pub(crate) fn new(code: &str, message: impl Into<String>) -> Self {
+        ClientError { code: code.into(), message: message.into(), channel: None }
+    }
+
+    fn on(mut self, channel: &str) -> Self {
+        self.channel = Some(channel.to_owned());
+        self
+    }
+}
+
+/// What a successful API call resolves with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolution {
+    /// `subscribe`: the server confirmed.
+    Subscribed,
+    /// `unsubscribe`: done.
+    Unsubscribed,
+    /// `publish`: the new entry's offset.
+    Published(StreamId),
+}
+
+/// Something for the glue to do.
+#[derive(Debug, PartialEq)]
+pub enum Effect<R> {
+    /// Open a WebSocket to this URL (closing any previous one).
+    Connect(String),
+    /// Close the socket for good.
+    CloseSocket,
+    /// Call [`Core::reconnect`] after this delay.
+    ReconnectAfter(Duration),
+    /// Send this text frame.
+    Send(String),
+    /// Settle an API call successfully.
+    Resolve(R, Resolution),
+    /// Settle an API call with an error.
+    Reject(R, ClientError),
+    /// New entries for a channel, in order, never seen before: persist and emit `messages`.
+    Messages(String, Vec<Entry>),
+    /// A transient broadcast for a channel: emit `broadcast`.
+    Broadcast(String, serde_json::Value),
+    /// Emit `connect` with the URL.
+    Connected(String),
+    /// Emit `disconnect` with the close code and reason.
+    Disconnected(u16, String),
+    /// Emit `error`.
+    Error(ClientError),
+}
+
+/// Tunables of the state machine.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// WebSocket URLs (`ws://` or `wss://`), tried in turn.
+    pub targets: Vec<String>,
+    /// First reconnect delay ceiling.
+    pub backoff_base: Duration,
+    /// Largest reconnect delay.
+    pub backoff_max: Duration,
+    /// Publishes that may wait for a connection.
+    pub max_queue: usize,
+}
+
+#[derive(Debug)]
+struct Subscription<R> {
+    /// Where the user asked to start.
+    start: Start,
+    /// Last offset received, or the start the server confirmed: where a resubscribe resumes.
+    resume: Option<StreamId>,
+    /// Calls waiting for the first confirmation.
+    waiters: Vec<R>,
+    confirmed: bool,
+}
+
+impl<R> Subscription<R> {
+    fn offset(&self) -> Start {
+        self.resume.map_or(self.start, Start::After)
+    }
+}
+
+#[derive(Debug)]
+enum InFlight<R> {
+    Subscribe(String),
+    Unsubscribe(R),
+    Publish(R),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Link {
+    /// Waiting for the reconnect timer.
+    Down,
+    Connecting,
+    Open,
+    /// `close()` was called.
+    Closed,
+}
+
+/// The client state machine.
+#[derive(Debug)]
+pub struct Core<R> {
+    settings: Settings,
+    link: Link,
+    target: usize,
+    backoff: Backoff,
+    next_id: u64,
+    in_flight: HashMap<u64, InFlight<R>>,
+    queue: VecDeque<(String, Vec<String>, R)>,
+    subscriptions: BTreeMap<String, Subscription<R>>,
+}
+
+impl<R> Core<R> {
+    /// A client that is about to connect: carry out the returned effects.
+    pub fn start(settings: Settings) -> (Self, Vec<Effect<R>>) {
+        let backoff = Backoff::new(settings.backoff_base, settings.backoff_max);
+        let url = settings.targets[0].clone();
+        let core = Core {
+            settings,
+            link: Link::Connecting,
+            target: 0,
+            backoff,
+            next_id: 0,
+            in_flight: HashMap::new(),
+            queue: VecDeque::new(),
+            subscriptions: BTreeMap::new(),
+        };
+        (core, vec![Effect::Connect(url)])
+    }
+
+    /// The URL currently used (or last tried).
+    pub fn target(&self) -> &str {
+        &self.settings.targets[self.target]
+    }
+
+    /// True while a socket is open.
+    pub fn is_connected(&self) -> bool {
+        self.link == Link::Open
+    }
+
+    /// Channels subscribed (confirmed or not).
+    pub fn channels(&self) -> impl Iterator<Item = &str> {
+        self.subscriptions.keys().map(String::as_str)
+    }
+
+    fn request(&mut self, op: Op, pending: InFlight<R>) -> Effect<R> {
+        self.next_id = (self.next_id + 1) % redistribute_protocol::request::MAX_ID;
+        self.in_flight.insert(self.next_id, pending);
+        Effect::Send(Request { id: self.next_id, op }.to_json())
+    }
+
+    fn send_subscribe(&mut self, channel: &str) -> Effect<R> {
+        let start = self.subscriptions[channel].offset();
+        self.request(Op::Subscribe { channel: channel.to_owned(), start }, InFlight::Subscribe(channel.to_owned()))
+    }
+
+    /// `subscribe(channel, offset)`. Without an explicit offset, `stored` (the last offset kept
+    /// in storage) is resumed from, else `$`. Subscribing to a channel already subscribed
+    /// resolves once it is confirmed and keeps its offset.
+    pub fn subscribe(&mut self, channel: &str, offset: Option<Start>, stored: Option<StreamId>, done: R) -> Vec<Effect<R>> {
+        if self.link == Link::Closed {
+            return vec![Effect::Reject(done, closed())];
+        }
+        if let Some(existing) = self.subscriptions.get_mut(channel) {
+            if existing.confirmed {
+                return vec![Effect::Resolve(done, Resolution::Subscribed)];
+            }
+            existing.waiters.push(done);
+            return Vec::new();
+        }
+        let start = offset.or(stored.map(Start::After)).unwrap_or(Start::Latest);
+        let subscription = Subscription { start, resume: None, waiters: vec![done], confirmed: false };
+        self.subscriptions.insert(channel.to_owned(), subscription);
+        if self.link == Link::Open { vec![self.send_subscribe(channel)] } else { Vec::new() }
+    }
+
+    /// `unsubscribe(channel)`: deliveries stop; calls still waiting for the subscription fail.
+    pub fn unsubscribe(&mut self, channel: &str, done: R) -> Vec<Effect<R>> {
+        let Some(subscription) = self.subscriptions.remove(channel) else {
+            return vec![Effect::Resolve(done, Resolution::Unsubscribed)];
+        };
+        let mut effects: Vec<Effect<R>> = subscription
+            .waiters
+            .into_iter()
+            .map(|w| Effect::Reject(w, ClientError::new("unsubscribed", "unsubscribed before the server confirmed").on(channel)))
+            .collect();
+        if self.link == Link::Open {
+            effects.push(self.request(Op::Unsubscribe { channel: channel.to_owned() }, InFlight::Unsubscribe(done)));
+        } else {
+            effects.push(Effect::Resolve(done, Resolution::Unsubscribed));
+        }
+        effects
+    }
+
+    /// `publish(channel, fields)`, with `fields` already validated and encoded.
+    pub fn publish(&mut self, channel: &str, fields: Vec<String>, done: R) -> Vec<Effect<R>> {
+        match self.link {
+            Link::Closed => vec![Effect::Reject(done, closed())],
+            Link::Open => {
+                vec![self.request(Op::Publish { channel: channel.to_owned(), fields, maxlen: None }, InFlight::Publish(done))]
+            }
+            Link::Down | Link::Connecting if self.queue.len() >= self.settings.max_queue => {
+                let max = self.settings.max_queue;
+                vec![Effect::Reject(done, ClientError::new("queue_full", format!("{max} publishes already wait for a connection")).on(channel))]
+            }
+            Link::Down | Link::Connecting => {
+                self.queue.push_back((channel.to_owned(), fields, done));
+                Vec::new()
+            }
+        }
+    }
+
+    /// The socket opened: resubscribe everything, then send queued publishes in order.
+    pub fn opened(&mut self) -> Vec<Effect<R>> {
+        if self.link == Link::Closed {
+            return Vec::new();
+        }
+        self.link = Link::Open;
+        self.backoff.reset();
+        let mut effects = vec![Effect::Connected(self.target().to_owned())];
+        let channels: Vec<String> = self.subscriptions.keys().cloned().collect();
+        for channel in channels {
+            effects.push(self.send_subscribe(&channel));
+        }
+        while let Some((channel, fields, done)) = self.queue.pop_front() {
+            effects.push(self.request(Op::Publish { channel, fields, maxlen: None }, InFlight::Publish(done)));
+        }
+        effects
+    }
+
+    /// A text frame arrived.
+    pub fn received(&mut self, text: &str) -> Vec<Effect<R>> {
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else {
+            return vec![Effect::Error(ClientError::new("protocol", format!("server sent invalid JSON: {text:.200}")))];
+        };
+        if value.get("id").is_some() {
+            match serde_json::from_value::<Reply>(value) {
+                Ok(reply) => self.on_reply(reply),
+                Err(e) => vec![Effect::Error(ClientError::new("protocol", format!("unreadable reply: {e}")))],
+            }
+        } else {
+            match serde_json::from_value::<Push<'static>>(value) {
+                Ok(push) => self.on_push(push),
+                Err(e) => vec![Effect::Error(ClientError::new("protocol", format!("unreadable push: {e}")))],
+            }
+        }
+    }
+
+    fn on_reply(&mut self, reply: Reply) -> Vec<Effect<R>> {
+        let pending = reply.id.and_then(|id| self.in_flight.remove(&id));
+        let Some(pending) = pending else {
+            // `id: null` (the server could not read a frame) or a reply to nothing we sent.
+            return match reply.outcome {
+                Outcome::Error(e) => vec![Effect::Error(ClientError::new(e.code.as_str(), e.message))],
+                Outcome::Ok(_) => Vec::new(),
+            };
+        };
+        match (pending, reply.outcome) {
+            (InFlight::Publish(done), Outcome::Ok(body)) => match body.offset {
+                Some(offset) => vec![Effect::Resolve(done, Resolution::Published(offset))],
+                None => vec![Effect::Reject(done, ClientError::new("protocol", "publish reply without an offset"))],
+            },
+            (InFlight::Publish(done), Outcome::Error(e)) => vec![Effect::Reject(done, ClientError::new(e.code.as_str(), e.message))],
+            (InFlight::Unsubscribe(done), _) => vec![Effect::Resolve(done, Resolution::Unsubscribed)],
+            (InFlight::Subscribe(channel), outcome) => {
+                let Some(subscription) = self.subscriptions.get_mut(&channel) else { return Vec::new() };
+                match outcome {
+                    Outcome::Ok(body) => {
+                        subscription.confirmed = true;
+                        if subscription.resume.is_none() {
+                            subscription.resume = body.offset;
+                        }
+                        let mut effects: Vec<Effect<R>> =
+                            subscription.waiters.drain(..).map(|w| Effect::Resolve(w, Resolution::Subscribed)).collect();
+                        if body.truncated {
+                            effects.push(Effect::Error(truncated(&channel)));
+                        }
+                        effects
+                    }
+                    Outcome::Error(e) => {
+                        let subscription = self.subscriptions.remove(&channel).expect("looked up above");
+                        let error = ClientError::new(e.code.as_str(), e.message).on(&channel);
+                        let mut effects: Vec<Effect<R>> =
+                            subscription.waiters.into_iter().map(|w| Effect::Reject(w, error.clone())).collect();
+                        if subscription.confirmed {
+                            // A resubscribe failed after a reconnect: nobody waits, so tell everyone.
+                            effects.push(Effect::Error(error));
+                        }
+                        effects
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_push(&mut self, push: Push<'static>) -> Vec<Effect<R>> {
+        let channel = push.channel.into_owned();
+        let Some(subscription) = self.subscriptions.get_mut(&channel) else { return Vec::new() };
+        let mut effects = Vec::new();
+        if push.truncated {
+            effects.push(Effect::Error(truncated(&channel)));
+        }
+        if let Some(message) = push.broadcast {
+            effects.push(Effect::Broadcast(channel.clone(), message));
+        }
+        let after = subscription.resume;
+        let fresh: Vec<Entry> = push.messages.into_owned().into_iter().filter(|e| after.is_none_or(|a| e.offset > a)).collect();
+        if let Some(last) = fresh.last() {
+            subscription.resume = Some(last.offset);
+            effects.push(Effect::Messages(channel, fresh));
+        }
+        effects
+    }
+
+    /// The socket closed (or failed to open). `random` is uniform in `[0, 1)` for the jitter.
+    pub fn closed(&mut self, code: u16, reason: &str, random: f64) -> Vec<Effect<R>> {
+        if matches!(self.link, Link::Closed | Link::Down) {
+            return Vec::new();
+        }
+        let was_open = self.link == Link::Open;
+        self.link = Link::Down;
+        let mut effects = Vec::new();
+        if was_open {
+            effects.push(Effect::Disconnected(code, reason.to_owned()));
+        }
+        for (_, pending) in self.in_flight.drain() {
+            match pending {
+                // Resent by `opened`.
+                InFlight::Subscribe(_) => {}
+                // The server forgets subscriptions with the connection.
+                InFlight::Unsubscribe(done) => effects.push(Effect::Resolve(done, Resolution::Unsubscribed)),
+                InFlight::Publish(done) => effects.push(Effect::Reject(
+                    done,
+                    ClientError::new("disconnected", "the connection dropped before the server answered; the message may or may not have been stored"),
+                )),
+            }
+        }
+        if code == redistribute_protocol::close::POLICY_VIOLATION {
+            effects.push(Effect::Error(ClientError::new("forbidden", format!("the server refused the connection: {reason}"))));
+        }
+        self.target = (self.target + 1) % self.settings.targets.len();
+        effects.push(Effect::ReconnectAfter(self.backoff.next_delay(random)));
+        effects
+    }
+
+    /// The reconnect timer fired.
+    pub fn reconnect(&mut self) -> Vec<Effect<R>> {
+        if self.link != Link::Down {
+            return Vec::new();
+        }
+        self.link = Link::Connecting;
+        vec![Effect::Connect(self.target().to_owned())]
+    }
+
+    /// `close()`: everything pending fails with `closed`; nothing reconnects.
+    pub fn close(&mut self) -> Vec<Effect<R>> {
+        if self.link == Link::Closed {
+            return Vec::new();
+        }
+        self.link = Link::Closed;
+        let mut effects = vec![Effect::CloseSocket];
+        for (_, pending) in self.in_flight.drain() {
+            match pending {
+                InFlight::Subscribe(_) => {}
+                InFlight::Unsubscribe(done) => effects.push(Effect::Resolve(done, Resolution::Unsubscribed)),
+                InFlight::Publish(done) => effects.push(Effect::Reject(done, closed())),
+            }
+        }
+        effects.extend(self.queue.drain(..).map(|(_, _, done)| Effect::Reject(done, closed())));
+        for (_, subscription) in std::mem::take(&mut self.subscriptions) {
+            effects.extend(subscription.waiters.into_iter().map(|w| Effect::Reject(w, closed())));
+        }
+        effects
+    }
+}
+
+fn closed() -> ClientError {
+    ClientError::new("closed", "the client was closed")
+}
+
+fn truncated(channel: &str) -> ClientError {
+    ClientError::new("truncated", format!("messages of {channel:?} after the resume point were trimmed before delivery")).on(channel)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn settings() -> Settings {
+        Settings {
+            targets: vec!["ws://a/".into(), "ws://b/".into()],
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+            max_queue: 2,
+        }
+    }
+
+    fn sent(effects: &[Effect<u32>]) -> Vec<serde_json::Value> {
+        effects.iter().filter_map(|e| if let Effect::Send(t) = e { Some(serde_json::from_str(t).unwrap()) } else { None }).collect()
+    }
+
+    fn open() -> Core<u32> {
+        let (mut core, effects) = Core::start(settings());
+        assert_eq!(effects, vec![Effect::Connect("ws://a/".into())]);
+        core.opened();
+        core
+    }
+
+    #[test]
+    fn subscribe_waits_for_confirmation_and_records_the_start() {
+        let mut core = open();
+        let effects = core.subscribe("chat", None, None, 1);
+        assert_eq!(sent(&effects), vec![json!({"id": 1, "op": "subscribe", "channel": "chat", "offset": "$"})]);
+        let effects = core.received(r#"{"id":1,"ok":{"offset":"5-0"}}"#);
+        assert_eq!(effects, vec![Effect::Resolve(1, Resolution::Subscribed)]);
+        // Subscribing again resolves at once.
+        assert_eq!(core.subscribe("chat", None, None, 2), vec![Effect::Resolve(2, Resolution::Subscribed)]);
+    }
+
+    #[test]
+    fn stored_offset_is_resumed_unless_an_offset_is_given() {
+        let mut core = open();
+        let effects = core.subscribe("a", None, Some(StreamId::new(7, 1)), 1);
+        assert_eq!(sent(&effects)[0]["offset"], "7-1");
+        let effects = core.subscribe("b", Some(Start::After(StreamId::ZERO)), Some(StreamId::new(7, 1)), 2);
+        assert_eq!(sent(&effects)[0]["offset"], "0-0");
+    }
+
+    #[test]
+    fn reconnect_resubscribes_after_the_last_offset_and_drops_duplicates() {
+        let mut core = open();
+        core.subscribe("chat", None, None, 1);
+        core.received(r#"{"id":1,"ok":{"offset":"5-0"}}"#);
+        let effects = core.received(r#"{"channel":"chat","messages":[{"offset":"6-0","fields":["k","v"]}]}"#);
+        assert!(matches!(&effects[0], Effect::Messages(c, e) if c == "chat" && e.len() == 1));
+
+        let effects = core.closed(1006, "", 0.5);
+        assert_eq!(effects[0], Effect::Disconnected(1006, String::new()));
+        assert_eq!(effects.last(), Some(&Effect::ReconnectAfter(Duration::from_millis(50))));
+        assert_eq!(core.reconnect(), vec![Effect::Connect("ws://b/".into())], "rotates to the next target");
+        let effects = core.opened();
+        assert_eq!(effects[0], Effect::Connected("ws://b/".into()));
+        assert_eq!(sent(&effects), vec![json!({"id": 2, "op": "subscribe", "channel": "chat", "offset": "6-0"})]);
+        core.received(r#"{"id":2,"ok":{"offset":"6-0"}}"#);
+        let effects = core.received(r#"{"channel":"chat","messages":[{"offset":"6-0","fields":["k","v"]},{"offset":"7-0","fields":["k","w"]}]}"#);
+        let Effect::Messages(_, entries) = &effects[0] else { panic!("{effects:?}") };
+        assert_eq!(entries.iter().map(|e| e.offset).collect::<Vec<_>>(), vec![StreamId::new(7, 0)]);
+    }
+
+    #[test]
+    fn never_confirmed_subscriptions_resume_from_their_start() {
+        let (mut core, _) = Core::start(settings());
+        core.subscribe("chat", Some(Start::After(StreamId::new(3, 0))), None, 1);
+        core.closed(1006, "", 0.0);
+        core.reconnect();
+        assert_eq!(sent(&core.opened())[0]["offset"], "3-0");
+    }
+
+    #[test]
+    fn publishes_queue_while_disconnected_and_in_flight_ones_are_rejected() {
+        let (mut core, _) = Core::start(settings());
+        assert!(core.publish("c", vec!["a".into(), "1".into()], 1).is_empty());
+        assert!(core.publish("c", vec!["a".into(), "2".into()], 2).is_empty());
+        let full = core.publish("c", vec!["a".into(), "3".into()], 3);
+        assert!(matches!(&full[0], Effect::Reject(3, e) if e.code == "queue_full"));
+        let effects = core.opened();
+        let frames = sent(&effects);
+        assert_eq!(frames.iter().map(|f| f["fields"][1].clone()).collect::<Vec<_>>(), vec![json!("1"), json!("2")], "in order");
+        assert_eq!(core.received(r#"{"id":1,"ok":{"offset":"9-0"}}"#), vec![Effect::Resolve(1, Resolution::Published(StreamId::new(9, 0)))]);
+        let effects = core.closed(1001, "restart", 0.0);
+        assert!(effects.iter().any(|e| matches!(e, Effect::Reject(2, err) if err.code == "disconnected")), "{effects:?}");
+    }
+
+    #[test]
+    fn server_errors_reject_the_call() {
+        let mut core = open();
+        core.publish("c", vec!["a".into(), "b".into()], 1);
+        let effects = core.received(r#"{"id":1,"error":{"code":"forbidden","message":"no"}}"#);
+        assert!(matches!(&effects[0], Effect::Reject(1, e) if e.code == "forbidden" && e.message == "no"));
+        core.subscribe("x", None, None, 2);
+        let effects = core.received(r#"{"id":2,"error":{"code":"bad_request","message":"bad"}}"#);
+        assert!(matches!(&effects[0], Effect::Reject(2, e) if e.code == "bad_request"));
+        assert_eq!(core.channels().count(), 0);
+        let effects = core.received(r#"{"id":null,"error":{"code":"too_large","message":"big"}}"#);
+        assert!(matches!(&effects[0], Effect::Error(e) if e.code == "too_large"));
+    }
+
+    #[test]
+    fn truncation_is_reported() {
+        let mut core = open();
+        core.subscribe("c", Some(Start::After(StreamId::ZERO)), None, 1);
+        let effects = core.received(r#"{"id":1,"ok":{"offset":"0-0","truncated":true}}"#);
+        assert!(matches!(&effects[1], Effect::Error(e) if e.code == "truncated"));
+        let effects = core.received(r#"{"channel":"c","truncated":true}"#);
+        assert!(matches!(&effects[0], Effect::Error(e) if e.code == "truncated"));
+    }
+
+    #[test]
+    fn unsubscribe_stops_deliveries_and_close_settles_everything() {
+        let mut core = open();
+        core.subscribe("c", None, None, 1);
+        core.received(r#"{"id":1,"ok":{"offset":"1-0"}}"#);
+        let effects = core.unsubscribe("c", 2);
+        assert_eq!(sent(&effects), vec![json!({"id": 2, "op": "unsubscribe", "channel": "c"})]);
+        assert!(core.received(r#"{"channel":"c","messages":[{"offset":"2-0","fields":["k","v"]}]}"#).is_empty());
+        core.publish("c", vec!["a".into(), "b".into()], 3);
+        let effects = core.close();
+        assert_eq!(effects[0], Effect::CloseSocket);
+        assert!(effects.iter().any(|e| matches!(e, Effect::Reject(3, err) if err.code == "closed")));
+        assert!(effects.iter().any(|e| matches!(e, Effect::Resolve(2, Resolution::Unsubscribed))));
+        assert!(core.closed(1000, "", 0.0).is_empty(), "no reconnect after close");
+        assert!(matches!(&core.publish("c", vec![], 4)[0], Effect::Reject(4, e) if e.code == "closed"));
+    }
+
+    #[test]
+    fn backoff_grows_while_failing_to_connect() {
+        let (mut core, _) = Core::<u32>::start(settings());
+        let mut delays = Vec::new();
+        for _ in 0..4 {
+            let effects = core.closed(1006, "", 1.0);
+            let Some(Effect::ReconnectAfter(d)) = effects.last() else { panic!() };
+            delays.push(d.as_millis());
+            core.reconnect();
+        }
+        assert_eq!(delays, vec![100, 200, 400, 800]);
+        core.opened();
+        let effects = core.closed(1006, "", 1.0);
+        assert_eq!(effects.last(), Some(&Effect::ReconnectAfter(Duration::from_millis(100))), "reset after a success");
+    }
+}

@@ -1,0 +1,468 @@
+//! Persistence layout for received messages, over any string key/value store.
+//!
+//! Per channel, entries live in chunks of at most [`Store::CHUNK`] entries under
+//! `<prefix><channel>~<n>`, and a small meta record under `<prefix><channel>` says which chunks
+//! exist, how many entries they hold and the last offset. (`~` cannot occur in a channel name,
+//! so keys never collide.) Appends are buffered and written by [`Store::flush`]: a flush rewrites
+//! only the partly filled tail chunk and the meta record, so persisting N messages writes O(N)
+//! bytes in total, whatever the per-channel cap. Whole chunks are dropped from the head once the
+//! rest still holds the cap, so storage keeps between `cap` and `cap + CHUNK - 1` entries and
+//! [`Store::load`] returns exactly the newest `cap`.
+//!
+//! The browser's `localStorage` and an in-memory map both implement [`KeyValue`], so the
+//! layout, eviction and error handling are tested natively.
+
+use redistribute_protocol::{Entry, StreamId};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+/// A string key/value store (`localStorage`, or memory in tests).
+pub trait KeyValue {
+    /// The value under `key`, if any.
+    fn get(&self, key: &str) -> Option<String>;
+    /// Stores `value` under `key`.
+    ///
+    /// # Errors
+    /// [`StoreError::Quota`] when the store is full.
+    fn set(&mut self, key: &str, value: &str) -> Result<(), StoreError>;
+    /// Removes `key`.
+    fn remove(&mut self, key: &str);
+    /// All keys (used only to clean up after corruption).
+    fn keys(&self) -> Vec<String>;
+}
+
+/// Why a write failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// The storage quota is exhausted.
+    Quota,
+    /// Any other failure (storage disabled, security error…), with its description.
+    Other(String),
+}
+
+/// Something the application should hear about (as an `error` event); the client keeps working.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreProblem {
+    /// `storage_quota`, `storage_corrupt` or `storage_failed`.
+    pub code: &'static str,
+    /// Human-readable detail.
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Meta {
+    /// Layout version.
+    v: u32,
+    /// Index of the oldest chunk.
+    first: u64,
+    /// Index of the newest chunk.
+    last: u64,
+    /// Entries stored over all chunks.
+    count: usize,
+    /// Offset of the newest stored entry.
+    #[serde(rename = "lastOffset", default, skip_serializing_if = "Option::is_none")]
+    last_offset: Option<StreamId>,
+}
+
+const LAYOUT: u32 = 1;
+
+/// What the store knows about one channel while the client runs.
+#[derive(Debug, Default)]
+struct Channel {
+    meta: Meta,
+    /// The entries of chunk `meta.last` (kept so a flush need not read it back).
+    tail: Vec<Entry>,
+    /// The entries of chunk `meta.first` when it differs from the tail (read lazily for trims).
+    pending: Vec<Entry>,
+}
+
+/// Per-channel message persistence with batching and a cap.
+pub struct Store<K> {
+    kv: K,
+    prefix: String,
+    cap: usize,
+    channels: HashMap<String, Channel>,
+}
+
+impl<K: KeyValue> Store<K> {
+    /// Entries per chunk: the most a flush rewrites besides the new entries.
+    pub const CHUNK: usize = 32;
+
+    /// A store keeping at most `cap` entries per channel under keys starting with `prefix`.
+    pub fn new(kv: K, prefix: impl Into<String>, cap: usize) -> Self {
+        Store { kv, prefix: prefix.into(), cap: cap.max(1), channels: HashMap::new() }
+    }
+
+    /// The key/value backend (for tests and diagnostics).
+    pub fn backend(&self) -> &K {
+        &self.kv
+    }
+
+    fn meta_key(&self, channel: &str) -> String {
+        format!("{}{channel}", self.prefix)
+    }
+
+    fn chunk_key(&self, channel: &str, n: u64) -> String {
+        format!("{}{channel}~{n}", self.prefix)
+    }
+
+    fn read_chunk(&self, channel: &str, n: u64) -> Result<Vec<Entry>, String> {
+        match self.kv.get(&self.chunk_key(channel, n)) {
+            Some(text) => serde_json::from_str(&text).map_err(|e| format!("chunk {n}: {e}")),
+            None => Err(format!("chunk {n} is missing")),
+        }
+    }
+
+    /// Loads a channel's meta and tail chunk (once per channel per session).
+    fn open(&mut self, channel: &str, problems: &mut Vec<StoreProblem>) {
+        if self.channels.contains_key(channel) {
+            return;
+        }
+        let loaded = match self.kv.get(&self.meta_key(channel)) {
+            None => Ok(Channel::default()),
+            Some(text) => serde_json::from_str::<Meta>(&text)
+                .map_err(|e| format!("meta: {e}"))
+                .and_then(|meta| if meta.v == LAYOUT { Ok(meta) } else { Err(format!("unknown layout {}", meta.v)) })
+                .and_then(|meta| {
+                    let tail = if meta.count == 0 { Vec::new() } else { self.read_chunk(channel, meta.last)? };
+                    Ok(Channel { meta, tail, pending: Vec::new() })
+                }),
+        };
+        let state = loaded.unwrap_or_else(|reason| {
+            problems.push(StoreProblem {
+                code: "storage_corrupt",
+                message: format!("stored messages of {channel:?} were unreadable ({reason}) and were discarded"),
+            });
+            self.wipe(channel);
+            Channel::default()
+        });
+        self.channels.insert(channel.to_owned(), state);
+    }
+
+    /// Removes every key of `channel`.
+    fn wipe(&mut self, channel: &str) {
+        let meta = self.meta_key(channel);
+        let chunks = format!("{meta}~");
+        for key in self.kv.keys() {
+            if key == meta || key.starts_with(&chunks) {
+                self.kv.remove(&key);
+            }
+        }
+    }
+
+    /// Queues entries for the next flush. Entries at or below the stored last offset are ignored.
+    pub fn append(&mut self, channel: &str, entries: &[Entry]) -> Vec<StoreProblem> {
+        let mut problems = Vec::new();
+        self.open(channel, &mut problems);
+        let state = self.channels.get_mut(channel).expect("opened above");
+        let newest = state.pending.last().map(|e| e.offset).or(state.meta.last_offset);
+        state.pending.extend(entries.iter().filter(|e| newest.is_none_or(|n| e.offset > n)).cloned());
+        problems
+    }
+
+    /// True when appended entries wait to be written.
+    pub fn is_dirty(&self) -> bool {
+        self.channels.values().any(|c| !c.pending.is_empty())
+    }
+
+    /// Writes everything appended since the last flush.
+    pub fn flush(&mut self) -> Vec<StoreProblem> {
+        let dirty: Vec<String> = self.channels.iter().filter(|(_, c)| !c.pending.is_empty()).map(|(k, _)| k.clone()).collect();
+        let mut problems = Vec::new();
+        for channel in dirty {
+            if let Err(problem) = self.flush_channel(&channel) {
+                problems.push(problem);
+            }
+        }
+        problems
+    }
+
+    fn flush_channel(&mut self, channel: &str) -> Result<(), StoreProblem> {
+        let mut state = self.channels.remove(channel).expect("dirty channels are open");
+        let mut result = self.write(channel, &mut state);
+        let evicted = result == Err(StoreError::Quota);
+        if evicted {
+            // Make room by dropping this channel's oldest half, then try once more.
+            self.evict_half(channel, &mut state);
+            result = self.write(channel, &mut state);
+        }
+        let unwritten = state.pending.len();
+        state.pending.clear();
+        self.channels.insert(channel.to_owned(), state);
+        match result {
+            Ok(()) if evicted => Err(StoreProblem {
+                code: "storage_quota",
+                message: format!("storage is full: dropped older stored messages of {channel:?} to keep new ones"),
+            }),
+            Ok(()) => Ok(()),
+            Err(StoreError::Quota) => Err(StoreProblem {
+                code: "storage_quota",
+                message: format!("storage is full: {unwritten} messages of {channel:?} were not persisted"),
+            }),
+            Err(StoreError::Other(e)) => Err(StoreProblem { code: "storage_failed", message: format!("persisting {channel:?}: {e}") }),
+        }
+    }
+
+    /// Appends `state.pending` into chunks, trims to the cap, writes the meta record. On error
+    /// the in-memory state is left as it was before the call (pending entries kept).
+    fn write(&mut self, channel: &str, state: &mut Channel) -> Result<(), StoreError> {
+        let mut meta = state.meta.clone();
+        let mut tail = state.tail.clone();
+        if meta.count == 0 {
+            meta = Meta { v: LAYOUT, first: meta.last, last: meta.last, count: 0, last_offset: meta.last_offset };
+            tail.clear();
+        }
+        let mut written = Vec::new();
+        for entry in &state.pending {
+            if tail.len() == Self::CHUNK {
+                written.push((meta.last, std::mem::take(&mut tail)));
+                meta.last += 1;
+            }
+            tail.push(entry.clone());
+            meta.count += 1;
+            meta.last_offset = Some(entry.offset);
+        }
+        written.push((meta.last, tail.clone()));
+        // Drop whole chunks from the head while that keeps at least `cap` entries.
+        let mut removed = Vec::new();
+        while meta.count > self.cap && meta.first < meta.last {
+            let len = written.iter().find(|(n, _)| *n == meta.first).map(|(_, c)| c.len());
+            let len = match len {
+                Some(len) => len,
+                None => self.read_chunk(channel, meta.first).map_err(StoreError::Other)?.len(),
+            };
+            if meta.count - len < self.cap {
+                break;
+            }
+            meta.count -= len;
+            removed.push(meta.first);
+            meta.first += 1;
+        }
+        written.retain(|(n, _)| *n >= meta.first);
+        for (n, chunk) in &written {
+            let text = serde_json::to_string(chunk).expect("entries serialise");
+            self.kv.set(&self.chunk_key(channel, *n), &text)?;
+        }
+        let meta_text = serde_json::to_string(&meta).expect("meta serialises");
+        self.kv.set(&self.meta_key(channel), &meta_text)?;
+        for n in removed {
+            self.kv.remove(&self.chunk_key(channel, n));
+        }
+        state.meta = meta;
+        state.tail = tail;
+        Ok(())
+    }
+
+    /// Drops the oldest half of a channel's stored chunks (quota relief).
+    fn evict_half(&mut self, channel: &str, state: &mut Channel) {
+        let chunks = state.meta.last - state.meta.first;
+        for _ in 0..chunks.div_ceil(2) {
+            if let Ok(chunk) = self.read_chunk(channel, state.meta.first) {
+                state.meta.count -= chunk.len().min(state.meta.count);
+            }
+            self.kv.remove(&self.chunk_key(channel, state.meta.first));
+            state.meta.first += 1;
+        }
+        // Keep the stored meta consistent with the removed chunks even if the retry fails.
+        let _ = self.kv.set(&self.meta_key(channel), &serde_json::to_string(&state.meta).expect("meta serialises"));
+    }
+
+    /// Everything stored for `channel` (oldest first, at most the cap) and its last offset,
+    /// including entries not yet flushed.
+    pub fn load(&mut self, channel: &str) -> (Vec<Entry>, Option<StreamId>, Vec<StoreProblem>) {
+        let mut problems = Vec::new();
+        self.open(channel, &mut problems);
+        let state = self.channels.get(channel).expect("opened above");
+        let meta = state.meta.clone();
+        let mut entries = Vec::with_capacity(meta.count + state.pending.len());
+        if meta.count > 0 {
+            for n in meta.first..meta.last {
+                match self.read_chunk(channel, n) {
+                    Ok(chunk) => entries.extend(chunk),
+                    Err(reason) => {
+                        problems.push(StoreProblem {
+                            code: "storage_corrupt",
+                            message: format!("stored messages of {channel:?} were unreadable ({reason}) and were discarded"),
+                        });
+                        self.wipe(channel);
+                        self.channels.remove(channel);
+                        return (Vec::new(), None, problems);
+                    }
+                }
+            }
+            entries.extend(state.tail.iter().cloned());
+        }
+        entries.extend(state.pending.iter().cloned());
+        let last = entries.last().map(|e| e.offset).or(meta.last_offset);
+        let skip = entries.len().saturating_sub(self.cap);
+        entries.drain(..skip);
+        (entries, last, problems)
+    }
+
+    /// The newest stored (or pending) offset of `channel`, without reading its chunks.
+    pub fn last_offset(&mut self, channel: &str) -> (Option<StreamId>, Vec<StoreProblem>) {
+        let mut problems = Vec::new();
+        self.open(channel, &mut problems);
+        let state = &self.channels[channel];
+        (state.pending.last().map(|e| e.offset).or(state.meta.last_offset), problems)
+    }
+}
+
+/// An in-memory [`KeyValue`] that counts bytes written and can simulate a quota.
+#[derive(Debug, Default, Clone)]
+pub struct MemoryKeyValue {
+    /// The stored data.
+    pub data: std::collections::BTreeMap<String, String>,
+    /// Total bytes (keys and values) written so far.
+    pub bytes_written: usize,
+    /// When set, writes that would grow the total size past this many bytes fail with `Quota`.
+    pub quota: Option<usize>,
+}
+
+impl MemoryKeyValue {
+    fn size(&self) -> usize {
+        self.data.iter().map(|(k, v)| k.len() + v.len()).sum()
+    }
+}
+
+impl KeyValue for MemoryKeyValue {
+    fn get(&self, key: &str) -> Option<String> {
+        self.data.get(key).cloned()
+    }
+    fn set(&mut self, key: &str, value: &str) -> Result<(), StoreError> {
+        if let Some(quota) = self.quota {
+            let old = self.data.get(key).map_or(0, |v| key.len() + v.len());
+            if self.size() - old + key.len() + value.len() > quota {
+                return Err(StoreError::Quota);
+            }
+        }
+        self.bytes_written += key.len() + value.len();
+        self.data.insert(key.to_owned(), value.to_owned());
+        Ok(())
+    }
+    fn remove(&mut self, key: &str) {
+        self.data.remove(key);
+    }
+    fn keys(&self) -> Vec<String> {
+        self.data.keys().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(n: u64) -> Entry {
+        Entry { offset: StreamId::new(1000 + n, 0), fields: vec!["n".into(), n.to_string()] }
+    }
+
+    fn offsets(entries: &[Entry]) -> Vec<u64> {
+        entries.iter().map(|e| e.offset.ms - 1000).collect()
+    }
+
+    #[test]
+    fn stores_loads_and_survives_a_new_instance() {
+        let mut store = Store::new(MemoryKeyValue::default(), "rd:v1:", 100);
+        store.append("chat", &(0..70).map(entry).collect::<Vec<_>>());
+        assert!(store.is_dirty());
+        assert!(store.flush().is_empty());
+        let (loaded, last, problems) = store.load("chat");
+        assert_eq!(offsets(&loaded), (0..70).collect::<Vec<_>>());
+        assert_eq!(last, Some(entry(69).offset));
+        assert!(problems.is_empty());
+
+        let mut again = Store::new(store.backend().clone(), "rd:v1:", 100);
+        assert_eq!(again.last_offset("chat").0, Some(entry(69).offset));
+        again.append("chat", &[entry(69), entry(70)]);
+        again.flush();
+        let (loaded, _, _) = again.load("chat");
+        assert_eq!(offsets(&loaded), (0..71).collect::<Vec<_>>(), "no duplicate of 69");
+    }
+
+    #[test]
+    fn cap_is_exact_and_drops_the_oldest() {
+        for cap in [1, 5, 32, 33, 100] {
+            let mut store = Store::new(MemoryKeyValue::default(), "p:", cap);
+            for n in 0..250 {
+                store.append("c", &[entry(n)]);
+                if n % 7 == 0 {
+                    store.flush();
+                }
+            }
+            store.flush();
+            let (loaded, last, _) = store.load("c");
+            assert_eq!(offsets(&loaded), (250 - cap as u64..250).collect::<Vec<_>>(), "cap {cap}");
+            assert_eq!(last, Some(entry(249).offset));
+            let reopened = Store::new(store.backend().clone(), "p:", cap).load("c").0;
+            assert_eq!(offsets(&reopened), offsets(&loaded), "cap {cap} after reopening");
+            let chunks = store.backend().data.keys().filter(|k| k.contains('~')).count();
+            assert!(chunks <= cap.div_ceil(Store::<MemoryKeyValue>::CHUNK) + 1, "cap {cap}: {chunks} chunks left");
+            let stored: usize = store.backend().data.iter().filter(|(k, _)| k.contains('~')).map(|(_, v)| serde_json::from_str::<Vec<Entry>>(v).unwrap().len()).sum();
+            assert!(stored < cap + Store::<MemoryKeyValue>::CHUNK, "cap {cap}: {stored} stored");
+        }
+    }
+
+    #[test]
+    fn persisting_n_messages_writes_linear_bytes() {
+        let written = |n: u64, per_flush: u64| {
+            let mut store = Store::new(MemoryKeyValue::default(), "p:", 1000);
+            for i in 0..n {
+                store.append("c", &[entry(i)]);
+                if (i + 1) % per_flush == 0 {
+                    store.flush();
+                }
+            }
+            store.flush();
+            store.backend().bytes_written
+        };
+        let raw = serde_json::to_string(&entry(1234)).unwrap().len();
+        // Worst case, one message per flush: bounded by the chunk size, not by the cap.
+        let one_by_one = written(4000, 1);
+        assert!(one_by_one < 4000 * raw * 24, "{one_by_one} bytes for 4000 messages");
+        assert!(written(8000, 1) < one_by_one * 21 / 10, "linear in N");
+        // Batched flushes write each message about once.
+        let batched = written(4000, 100);
+        assert!(batched < 4000 * raw * 2, "{batched} bytes for 4000 messages");
+    }
+
+    #[test]
+    fn corrupted_values_are_reported_and_discarded() {
+        let mut kv = MemoryKeyValue::default();
+        kv.data.insert("p:c".into(), "{not json".into());
+        kv.data.insert("p:c~0".into(), "[]".into());
+        kv.data.insert("p:other".into(), "kept".into());
+        let mut store = Store::new(kv, "p:", 10);
+        let (loaded, last, problems) = store.load("c");
+        assert!(loaded.is_empty() && last.is_none());
+        assert_eq!(problems[0].code, "storage_corrupt");
+        assert!(!store.backend().data.contains_key("p:c~0"));
+        assert!(store.backend().data.contains_key("p:other"));
+        store.append("c", &[entry(1)]);
+        assert!(store.flush().is_empty());
+        assert_eq!(offsets(&store.load("c").0), vec![1]);
+
+        // A chunk broken behind a valid meta record.
+        let mut kv = store.backend().clone();
+        kv.data.insert("p:c~0".into(), "[{\"offset\":\"bad\"}]".into());
+        let mut store = Store::new(kv, "p:", 10);
+        let (_, _, problems) = store.load("c");
+        assert_eq!(problems[0].code, "storage_corrupt");
+    }
+
+    #[test]
+    fn quota_exhaustion_is_reported_and_the_store_keeps_working() {
+        let kv = MemoryKeyValue { quota: Some(6_000), ..Default::default() };
+        let mut store = Store::new(kv, "p:", 1000);
+        let mut problems = Vec::new();
+        for n in 0..400 {
+            store.append("c", &[entry(n)]);
+            problems.extend(store.flush());
+        }
+        assert!(problems.iter().all(|p| p.code == "storage_quota"), "{problems:?}");
+        assert!(!problems.is_empty());
+        let (loaded, last, _) = store.load("c");
+        assert_eq!(last, Some(entry(399).offset), "the newest messages are kept");
+        assert!(!loaded.is_empty());
+        assert!(loaded.windows(2).all(|w| w[0].offset < w[1].offset));
+    }
+}
