@@ -1,11 +1,27 @@
 #!/usr/bin/env bash
-# Runs every test suite. Prerequisites: a Rust toolchain and redis-server on PATH
-# (`bash .ci/run` installs what is missing, then runs this). Each Redis-backed test starts its own
-# redis-server on a free loopback port and stops it when done.
+# Runs every test suite. Prerequisites (`bash .ci/run` installs them on a fresh machine): a Rust
+# toolchain with the wasm32 target, wasm-pack and wasm-bindgen-cli, redis-server, Chromium and
+# chromedriver, and the root npm dependencies (`npm install`).
+#
+# Each Rust integration test starts its own redis-server; the browser and Node suites run under
+# tests/harness.mjs, which starts Redis and two servers on free loopback ports and stops them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-command -v redis-server >/dev/null || { echo "redis-server not found: run 'bash .ci/run' or install it (apt-get install redis-server)" >&2; exit 1; }
+for tool in redis-server wasm-pack chromedriver node; do
+  command -v "$tool" >/dev/null || { echo "$tool not found: run 'bash .ci/run' to install what the tests need" >&2; exit 1; }
+done
+[ -d node_modules ] || { echo "node_modules missing: run 'npm install'" >&2; exit 1; }
 
-echo "== Rust: unit and integration tests (real redis-server per test)"
-cargo test --workspace --locked
+summary=()
+suite() { local name=$1; shift; echo; echo "== $name"; "$@"; summary+=("passed: $name"); }
+
+suite "Rust unit and integration tests (real redis-server per test)" cargo test --workspace --locked
+suite "server binary for the browser and Node suites" cargo build --locked --bin redistribute-server
+suite "npm package redistribute-client" bash scripts/build-client.sh
+suite "client in headless Chromium (wasm-bindgen-test, real servers)" \
+  node tests/harness.mjs -- wasm-pack test --headless --chrome client-wasm
+suite "client package in Node.js (ws)" node tests/harness.mjs -- node --test tests/node/
+
+echo
+printf '%s\n' "${summary[@]}"

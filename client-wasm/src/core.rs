@@ -14,8 +14,10 @@
 //!   have been stored), never left pending;
 //! - reconnects use exponential backoff with full jitter and rotate through the targets.
 
-use redistribute_protocol::frame::{Outcome, Push, Reply};
+use redistribute_protocol::frame::OkBody;
 use redistribute_protocol::{Backoff, Entry, Op, Request, Start, StreamId};
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
@@ -70,8 +72,8 @@ pub enum Effect<R> {
     Reject(R, ClientError),
     /// New entries for a channel, in order, never seen before: persist and emit `messages`.
     Messages(String, Vec<Entry>),
-    /// A transient broadcast for a channel: emit `broadcast`.
-    Broadcast(String, serde_json::Value),
+    /// A transient broadcast for a channel (its JSON text): emit `broadcast`.
+    Broadcast(String, String),
     /// Emit `connect` with the URL.
     Connected(String),
     /// Emit `disconnect` with the close code and reason.
@@ -260,42 +262,37 @@ impl<R> Core<R> {
 
     /// A text frame arrived.
     pub fn received(&mut self, text: &str) -> Vec<Effect<R>> {
-        let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else {
-            return vec![Effect::Error(ClientError::new("protocol", format!("server sent invalid JSON: {text:.200}")))];
-        };
-        if value.get("id").is_some() {
-            match serde_json::from_value::<Reply>(value) {
-                Ok(reply) => self.on_reply(reply),
-                Err(e) => vec![Effect::Error(ClientError::new("protocol", format!("unreadable reply: {e}")))],
-            }
-        } else {
-            match serde_json::from_value::<Push<'static>>(value) {
-                Ok(push) => self.on_push(push),
-                Err(e) => vec![Effect::Error(ClientError::new("protocol", format!("unreadable push: {e}")))],
-            }
+        match serde_json::from_str::<ServerFrame>(text) {
+            Ok(frame) if frame.ok.is_some() || frame.error.is_some() => self.on_reply(frame),
+            Ok(frame) => match frame.channel {
+                Some(channel) => self.on_push(channel, frame.messages, frame.truncated, frame.broadcast),
+                None => vec![Effect::Error(ClientError::new("protocol", format!("unexpected frame from the server: {text:.200}")))],
+            },
+            Err(e) => vec![Effect::Error(ClientError::new("protocol", format!("unreadable frame from the server ({e}): {text:.200}")))],
         }
     }
 
-    fn on_reply(&mut self, reply: Reply) -> Vec<Effect<R>> {
+    fn on_reply(&mut self, reply: ServerFrame) -> Vec<Effect<R>> {
         let pending = reply.id.and_then(|id| self.in_flight.remove(&id));
+        let outcome = match (reply.ok, reply.error) {
+            (_, Some(e)) => Err(ClientError::new(&e.code, e.message)),
+            (ok, None) => Ok(ok.unwrap_or_default()),
+        };
         let Some(pending) = pending else {
             // `id: null` (the server could not read a frame) or a reply to nothing we sent.
-            return match reply.outcome {
-                Outcome::Error(e) => vec![Effect::Error(ClientError::new(e.code.as_str(), e.message))],
-                Outcome::Ok(_) => Vec::new(),
-            };
+            return outcome.err().map(Effect::Error).into_iter().collect();
         };
-        match (pending, reply.outcome) {
-            (InFlight::Publish(done), Outcome::Ok(body)) => match body.offset {
+        match (pending, outcome) {
+            (InFlight::Publish(done), Ok(body)) => match body.offset {
                 Some(offset) => vec![Effect::Resolve(done, Resolution::Published(offset))],
                 None => vec![Effect::Reject(done, ClientError::new("protocol", "publish reply without an offset"))],
             },
-            (InFlight::Publish(done), Outcome::Error(e)) => vec![Effect::Reject(done, ClientError::new(e.code.as_str(), e.message))],
+            (InFlight::Publish(done), Err(e)) => vec![Effect::Reject(done, e)],
             (InFlight::Unsubscribe(done), _) => vec![Effect::Resolve(done, Resolution::Unsubscribed)],
             (InFlight::Subscribe(channel), outcome) => {
                 let Some(subscription) = self.subscriptions.get_mut(&channel) else { return Vec::new() };
                 match outcome {
-                    Outcome::Ok(body) => {
+                    Ok(body) => {
                         subscription.confirmed = true;
                         if subscription.resume.is_none() {
                             subscription.resume = body.offset;
@@ -307,9 +304,9 @@ impl<R> Core<R> {
                         }
                         effects
                     }
-                    Outcome::Error(e) => {
+                    Err(e) => {
                         let subscription = self.subscriptions.remove(&channel).expect("looked up above");
-                        let error = ClientError::new(e.code.as_str(), e.message).on(&channel);
+                        let error = e.on(&channel);
                         let mut effects: Vec<Effect<R>> =
                             subscription.waiters.into_iter().map(|w| Effect::Reject(w, error.clone())).collect();
                         if subscription.confirmed {
@@ -323,18 +320,17 @@ impl<R> Core<R> {
         }
     }
 
-    fn on_push(&mut self, push: Push<'static>) -> Vec<Effect<R>> {
-        let channel = push.channel.into_owned();
+    fn on_push(&mut self, channel: String, messages: Vec<Entry>, lost: bool, broadcast: Option<Box<RawValue>>) -> Vec<Effect<R>> {
         let Some(subscription) = self.subscriptions.get_mut(&channel) else { return Vec::new() };
         let mut effects = Vec::new();
-        if push.truncated {
+        if lost {
             effects.push(Effect::Error(truncated(&channel)));
         }
-        if let Some(message) = push.broadcast {
-            effects.push(Effect::Broadcast(channel.clone(), message));
+        if let Some(message) = broadcast {
+            effects.push(Effect::Broadcast(channel.clone(), message.get().to_owned()));
         }
         let after = subscription.resume;
-        let fresh: Vec<Entry> = push.messages.into_owned().into_iter().filter(|e| after.is_none_or(|a| e.offset > a)).collect();
+        let fresh: Vec<Entry> = messages.into_iter().filter(|e| after.is_none_or(|a| e.offset > a)).collect();
         if let Some(last) = fresh.last() {
             subscription.resume = Some(last.offset);
             effects.push(Effect::Messages(channel, fresh));
@@ -402,6 +398,29 @@ impl<R> Core<R> {
         }
         effects
     }
+}
+
+/// Any frame the server sends, read in one pass: a reply has `ok` or `error`, a push has
+/// `channel`. (One flat struct keeps the WebAssembly small: no `serde_json::Value`, no flatten.)
+#[derive(Deserialize)]
+struct ServerFrame {
+    #[serde(default)]
+    id: Option<u64>,
+    ok: Option<OkBody>,
+    error: Option<ServerError>,
+    channel: Option<String>,
+    #[serde(default)]
+    messages: Vec<Entry>,
+    #[serde(default)]
+    truncated: bool,
+    broadcast: Option<Box<RawValue>>,
+}
+
+/// An error reply's body; the code stays a string so codes from newer servers pass through.
+#[derive(Deserialize)]
+struct ServerError {
+    code: String,
+    message: String,
 }
 
 fn closed() -> ClientError {

@@ -99,6 +99,10 @@ impl Drop for Socket {
         for (name, listener) in &self.listeners {
             let _ = self.ws.remove_event_listener_with_callback(name, listener.as_ref().unchecked_ref());
         }
+        // Node's `ws` reports closing a connecting socket as an `error` event after this returns;
+        // an unheard error would crash the process. A plain JS no-op (no Rust closure to leak)
+        // stays attached for that.
+        self.ws.set_onerror(Some(&Function::new_no_args("")));
         if self.ws.ready_state() <= WebSocket::OPEN {
             let _ = self.ws.close_with_code(1000);
         }

@@ -90,13 +90,13 @@ fn function_option(options: &JsValue, key: &str) -> Result<Option<Function>, JsV
     value.dyn_into::<Function>().map(Some).map_err(|_| argument_error(format!("option {key} must be a function")))
 }
 
-fn number_option(options: &JsValue, key: &str, default: f64, min: f64) -> Result<f64, JsValue> {
+fn number_option(options: &JsValue, key: &str, default: u32, min: u32) -> Result<u32, JsValue> {
     let value = get(options, key);
     if value.is_undefined() {
         return Ok(default);
     }
     match value.as_f64() {
-        Some(n) if n.is_finite() && n >= min => Ok(n),
+        Some(n) if n.is_finite() && n >= f64::from(min) => Ok(n.min(f64::from(u32::MAX)) as u32),
         _ => Err(argument_error(format!("option {key} must be a number ≥ {min}"))),
     }
 }
@@ -130,12 +130,12 @@ fn parse_options(options: &JsValue) -> Result<Options, JsValue> {
     Ok(Options {
         targets,
         local_storage,
-        storage_cap: number_option(options, "storageLimit", defaults.storage_cap as f64, 1.0)? as usize,
+        storage_cap: number_option(options, "storageLimit", defaults.storage_cap as u32, 1)? as usize,
         storage_prefix,
-        backoff_base: Duration::from_millis(number_option(options, "reconnectDelay", defaults.backoff_base.as_millis() as f64, 1.0)? as u64),
-        backoff_max: Duration::from_millis(number_option(options, "reconnectDelayMax", defaults.backoff_max.as_millis() as f64, 1.0)? as u64),
-        max_queue: number_option(options, "maxQueue", defaults.max_queue as f64, 0.0)? as usize,
-        flush_interval_ms: number_option(options, "flushInterval", f64::from(defaults.flush_interval_ms), 0.0)? as u32,
+        backoff_base: Duration::from_millis(number_option(options, "reconnectDelay", defaults.backoff_base.as_millis() as u32, 1)?.into()),
+        backoff_max: Duration::from_millis(number_option(options, "reconnectDelayMax", defaults.backoff_max.as_millis() as u32, 1)?.into()),
+        max_queue: number_option(options, "maxQueue", defaults.max_queue as u32, 0)? as usize,
+        flush_interval_ms: number_option(options, "flushInterval", defaults.flush_interval_ms, 0)?,
     })
 }
 
@@ -232,8 +232,8 @@ impl Client {
                 let messages = decode_entries(inner, &entries);
                 out.push(Outcall::Emit("messages", vec![JsValue::from_str(&channel), messages.into()]));
             }
-            Effect::Broadcast(channel, value) => {
-                let value = serde_wasm_bindgen::to_value(&value).unwrap_or(JsValue::NULL);
+            Effect::Broadcast(channel, json) => {
+                let value = js_sys::JSON::parse(&json).unwrap_or(JsValue::NULL);
                 out.push(Outcall::Emit("broadcast", vec![JsValue::from_str(&channel), value]));
             }
             Effect::Connected(url) => out.push(Outcall::Emit("connect", vec![JsValue::from_str(&url)])),

@@ -7,7 +7,7 @@
 
 use crate::error::client_error;
 use crate::hooks::{ConnInfo, Decision};
-use crate::outbox::Outbox;
+use crate::outbox::{Kick, Outbox};
 use crate::{Shared, replay};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use redistribute_protocol::frame::OkBody;
@@ -35,7 +35,7 @@ where
         return;
     }
     let (outbox, queue) = Outbox::new(shared.config.send_queue);
-    let writer = write_loop(sink, queue, outbox.clone(), shared.shutdown.clone());
+    let writer = write_loop(sink, queue, outbox.kick_signal(), shared.shutdown.clone());
     let mut handler = Handler { shared: shared.clone(), conn: conn.clone(), outbox, subscriptions: HashMap::new() };
     let reader = async move {
         handler.read_loop(stream).await;
@@ -50,7 +50,7 @@ fn close_message(code: u16, reason: &str) -> Message {
     Message::Close(Some(CloseFrame { code: CloseCode::from(code), reason: Utf8Bytes::from(reason) }))
 }
 
-async fn write_loop<W>(mut sink: W, mut queue: mpsc::Receiver<Message>, outbox: Outbox, shutdown: CancellationToken)
+async fn write_loop<W>(mut sink: W, mut queue: mpsc::Receiver<Message>, kick: Arc<Kick>, shutdown: CancellationToken)
 where
     W: Sink<Message, Error = WsError> + Unpin,
 {
@@ -59,7 +59,7 @@ where
     let closing = loop {
         let first = tokio::select! {
             biased;
-            () = outbox.kicked() => break outbox.kick_reason().map(|(code, reason)| close_message(code, &reason)),
+            () = kick.kicked() => break kick.reason().map(|(code, reason)| close_message(code, &reason)),
             () = shutdown.cancelled() => break Some(close_message(close::GOING_AWAY, "server shutting down")),
             next = queue.recv() => match next {
                 Some(message) => message,

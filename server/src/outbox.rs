@@ -6,6 +6,7 @@
 
 use redistribute_protocol::close;
 use std::sync::{Arc, OnceLock};
+
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
@@ -17,10 +18,34 @@ pub(crate) struct Outbox {
     kick: Arc<Kick>,
 }
 
+/// The "close this connection" signal, shared by the queue's senders and the connection's writer.
+/// The writer holds only this, not a sender, so the queue closes once every sender is gone.
 #[derive(Debug, Default)]
-struct Kick {
+pub(crate) struct Kick {
     token: CancellationToken,
     reason: OnceLock<(u16, String)>,
+}
+
+impl Kick {
+    /// Asks the connection to close with `code`; the first reason wins.
+    pub(crate) fn kick(&self, code: u16, reason: &str) {
+        let _ = self.reason.set((code, reason.to_owned()));
+        self.token.cancel();
+    }
+
+    pub(crate) fn is_kicked(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// Resolves once the connection was kicked.
+    pub(crate) async fn kicked(&self) {
+        self.token.cancelled().await;
+    }
+
+    /// Why the connection was kicked, if it was.
+    pub(crate) fn reason(&self) -> Option<(u16, String)> {
+        self.reason.get().cloned()
+    }
 }
 
 /// The connection's queue went away (the connection is closing).
@@ -57,22 +82,26 @@ impl Outbox {
 
     /// Asks the connection to close with `code`; the first reason wins.
     pub(crate) fn kick(&self, code: u16, reason: &str) {
-        let _ = self.kick.reason.set((code, reason.to_owned()));
-        self.kick.token.cancel();
+        self.kick.kick(code, reason);
     }
 
     pub(crate) fn is_kicked(&self) -> bool {
-        self.kick.token.is_cancelled()
+        self.kick.is_kicked()
     }
 
     /// Resolves once the connection was kicked.
     pub(crate) async fn kicked(&self) {
-        self.kick.token.cancelled().await;
+        self.kick.kicked().await;
     }
 
     /// Why the connection was kicked, if it was.
     pub(crate) fn kick_reason(&self) -> Option<(u16, String)> {
-        self.kick.reason.get().cloned()
+        self.kick.reason()
+    }
+
+    /// The kick signal alone, for the writer.
+    pub(crate) fn kick_signal(&self) -> Arc<Kick> {
+        self.kick.clone()
     }
 }
 
@@ -89,5 +118,14 @@ mod tests {
         assert_eq!(outbox.kick_reason().unwrap().0, close::LAGGING);
         assert!(outbox.send("c".into()).await.is_err());
         assert_eq!(rx.recv().await, Some(Message::Text("a".into())));
+    }
+
+    #[tokio::test]
+    async fn the_queue_closes_when_the_senders_are_gone_even_if_the_kick_signal_lives() {
+        let (outbox, mut rx) = Outbox::new(1);
+        let kick = outbox.kick_signal();
+        drop(outbox);
+        assert_eq!(rx.recv().await, None);
+        assert!(!kick.is_kicked());
     }
 }

@@ -493,6 +493,18 @@ async fn a_client_that_stops_reading_is_closed_with_4000_and_others_are_unaffect
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_close_is_answered_at_once() {
+    let redis = Redis::start();
+    let server = TestServer::start(config(&redis)).await;
+    let mut client = connect(&server.url()).await;
+    client.subscribe("bye", "$").await;
+    client.send(tokio_tungstenite::tungstenite::Message::Close(None)).await;
+    // The server echoes the close handshake (a client would otherwise wait for its own timeout).
+    assert_eq!(client.closed().await.0, 1005, "an empty close is echoed");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_sockets_with_going_away() {
     let redis = Redis::start();
     let server = TestServer::start(config(&redis)).await;

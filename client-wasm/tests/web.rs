@@ -1,0 +1,345 @@
+//! Browser tests: the client in headless Chromium against real servers and a real Redis, which
+//! `tests/harness.mjs` starts and controls (their addresses arrive at compile time).
+//!
+//! Run with `node tests/harness.mjs -- wasm-pack test --headless --chrome client-wasm`.
+
+#![cfg(target_arch = "wasm32")]
+
+use js_sys::{Array, Function, Object, Promise, Reflect};
+use redistribute_client::WasmClient;
+use std::cell::RefCell;
+use std::rc::Rc;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::JsFuture;
+use wasm_bindgen_test::*;
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+const SERVER_A: &str = match option_env!("RD_SERVER_A") { Some(v) => v, None => "ws://127.0.0.1:1/" };
+const SERVER_B: &str = match option_env!("RD_SERVER_B") { Some(v) => v, None => "ws://127.0.0.1:2/" };
+const CONTROL: &str = match option_env!("RD_CONTROL") { Some(v) => v, None => "http://127.0.0.1:3" };
+
+#[wasm_bindgen]
+extern "C" {
+    #[wasm_bindgen(js_name = setTimeout)]
+    fn set_timeout(f: &Function, ms: i32);
+}
+
+async fn sleep(ms: i32) {
+    let promise = Promise::new(&mut |resolve, _| set_timeout(&resolve, ms));
+    JsFuture::from(promise).await.unwrap();
+}
+
+/// Polls `ready` until it holds; fails with `what` after 20 s.
+async fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = js_sys::Date::now() + 20_000.0;
+    while !ready() {
+        assert!(js_sys::Date::now() < deadline, "timed out waiting for {what}");
+        sleep(20).await;
+    }
+}
+
+async fn control(method: &str, path: &str) -> JsValue {
+    let init = web_sys::RequestInit::new();
+    init.set_method(method);
+    let window = web_sys::window().unwrap();
+    let response: web_sys::Response = JsFuture::from(window.fetch_with_str_and_init(&format!("{CONTROL}{path}"), &init))
+        .await
+        .unwrap()
+        .unchecked_into();
+    assert!(response.ok(), "control {method} {path} failed: {}", response.status());
+    JsFuture::from(response.json().unwrap()).await.unwrap()
+}
+
+/// `XRANGE channel - +` as `(offset, value of field n)` pairs.
+async fn xrange(channel: &str) -> Vec<String> {
+    let entries: Array = control("GET", &format!("/xrange?channel={channel}")).await.unchecked_into();
+    entries.iter().map(|e| Array::from(&e).get(0).as_string().unwrap()).collect()
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", (js_sys::Math::random() * 1e12) as u64)
+}
+
+/// Records every event a client emits.
+struct Events {
+    log: Rc<RefCell<Vec<(String, JsValue, JsValue)>>>,
+    emit: Closure<dyn FnMut(String, JsValue, JsValue)>,
+}
+
+impl Events {
+    fn new() -> Self {
+        let log: Rc<RefCell<Vec<(String, JsValue, JsValue)>>> = Rc::default();
+        let sink = log.clone();
+        let emit = Closure::new(move |event: String, a: JsValue, b: JsValue| sink.borrow_mut().push((event, a, b)));
+        Events { log, emit }
+    }
+
+    fn function(&self) -> Function {
+        self.emit.as_ref().unchecked_ref::<Function>().clone()
+    }
+
+    /// Messages received on `channel`, in order.
+    fn messages(&self, channel: &str) -> Vec<JsValue> {
+        self.log
+            .borrow()
+            .iter()
+            .filter(|(e, c, _)| e == "messages" && c.as_string().as_deref() == Some(channel))
+            .flat_map(|(_, _, list)| Array::from(list).iter().collect::<Vec<_>>())
+            .collect()
+    }
+
+    fn offsets(&self, channel: &str) -> Vec<String> {
+        self.messages(channel).iter().map(|m| get(m, "offset").as_string().unwrap()).collect()
+    }
+
+    fn count(&self, event: &str) -> usize {
+        self.log.borrow().iter().filter(|(e, _, _)| e == event).count()
+    }
+
+    fn error_codes(&self) -> Vec<String> {
+        self.log.borrow().iter().filter(|(e, _, _)| e == "error").map(|(_, err, _)| get(err, "code").as_string().unwrap_or_default()).collect()
+    }
+}
+
+fn get(value: &JsValue, key: &str) -> JsValue {
+    Reflect::get(value, &key.into()).unwrap()
+}
+
+fn options(targets: &[&str], extra: &[(&str, JsValue)]) -> JsValue {
+    let o = Object::new();
+    let list: Array = targets.iter().map(|t| JsValue::from_str(t)).collect();
+    Reflect::set(&o, &"targets".into(), &list).unwrap();
+    Reflect::set(&o, &"reconnectDelay".into(), &50.into()).unwrap();
+    Reflect::set(&o, &"reconnectDelayMax".into(), &500.into()).unwrap();
+    for (k, v) in extra {
+        Reflect::set(&o, &(*k).into(), v).unwrap();
+    }
+    o.into()
+}
+
+async fn connected(client: &WasmClient) {
+    wait_for("the client to connect", || client.connected()).await;
+}
+
+async fn call(promise: Result<Promise, JsValue>) -> Result<JsValue, JsValue> {
+    JsFuture::from(promise?).await
+}
+
+fn args(values: &[JsValue]) -> Array {
+    values.iter().collect()
+}
+
+fn object(json: &str) -> JsValue {
+    js_sys::JSON::parse(json).unwrap()
+}
+
+#[wasm_bindgen_test]
+async fn round_trip_in_the_seed_message_shape() {
+    let events = Events::new();
+    let client = WasmClient::new(options(&[SERVER_A], &[("localStorage", false.into())]), events.function()).unwrap();
+    let channel = unique("rt");
+    assert_eq!(call(client.subscribe(channel.clone(), None)).await.unwrap(), JsValue::TRUE);
+    let offset = call(client.publish(channel.clone(), args(&["TEST_MESSAGE".into(), object(r#"{"foo":"bar"}"#), "plain".into(), "text".into()])))
+        .await
+        .unwrap()
+        .as_string()
+        .unwrap();
+    wait_for("the message", || events.messages(&channel).len() == 1).await;
+    let message = &events.messages(&channel)[0];
+    assert_eq!(get(message, "offset").as_string().unwrap(), offset);
+    assert_eq!(js_sys::JSON::stringify(&get(message, "TEST_MESSAGE")).unwrap(), r#"{"foo":"bar"}"#);
+    assert_eq!(get(message, "plain").as_string().unwrap(), "text", "not JSON: kept as the raw string");
+    assert_eq!(events.count("connect"), 1);
+    client.close();
+}
+
+#[wasm_bindgen_test]
+async fn publish_argument_errors_reject_clearly() {
+    let events = Events::new();
+    let client = WasmClient::new(options(&[SERVER_A], &[("localStorage", false.into())]), events.function()).unwrap();
+    let channel = unique("args");
+    for (bad, expect) in [
+        (args(&["foo".into()]), "even number"),
+        (args(&[]), "even number"),
+        (args(&[1.into(), "v".into()]), "must be a string"),
+        (args(&["k".into(), JsValue::UNDEFINED]), "cannot be encoded"),
+    ] {
+        let error = call(client.publish(channel.clone(), bad)).await.unwrap_err();
+        assert_eq!(get(&error, "code").as_string().unwrap(), "invalid_argument");
+        assert!(get(&error, "message").as_string().unwrap().contains(expect), "{expect}");
+    }
+    let error = call(client.publish("bad channel".into(), args(&["k".into(), "v".into()]))).await.unwrap_err();
+    assert_eq!(get(&error, "code").as_string().unwrap(), "invalid_argument");
+    let error = call(client.subscribe(channel.clone(), Some("yesterday".into()))).await.unwrap_err();
+    assert_eq!(get(&error, "code").as_string().unwrap(), "invalid_argument");
+    // The server's own checks reach the caller too (a channel over 256 bytes).
+    let long = "x".repeat(300);
+    let error = call(client.publish(long, args(&["k".into(), "v".into()]))).await.unwrap_err();
+    assert_eq!(get(&error, "code").as_string().unwrap(), "bad_request");
+    // And the client still works.
+    assert!(call(client.publish(channel, args(&["k".into(), "v".into()]))).await.is_ok());
+    client.close();
+}
+
+#[wasm_bindgen_test]
+async fn custom_encode_and_decode() {
+    let events = Events::new();
+    let encode = Function::new_with_args("v", "return 'E:' + JSON.stringify(v)");
+    let decode = Function::new_with_args("s", "return s.startsWith('E:') ? { decoded: JSON.parse(s.slice(2)) } : s.toUpperCase()");
+    let opts = options(&[SERVER_A], &[("localStorage", false.into()), ("encode", encode.into()), ("decode", decode.into())]);
+    let client = WasmClient::new(opts, events.function()).unwrap();
+    let channel = unique("codec");
+    call(client.subscribe(channel.clone(), None)).await.unwrap();
+    call(client.publish(channel.clone(), args(&["obj".into(), object(r#"{"a":1}"#), "str".into(), "as is".into()]))).await.unwrap();
+    wait_for("the message", || events.messages(&channel).len() == 1).await;
+    let message = &events.messages(&channel)[0];
+    assert_eq!(js_sys::JSON::stringify(&get(message, "obj")).unwrap(), r#"{"decoded":{"a":1}}"#);
+    assert_eq!(get(message, "str").as_string().unwrap(), "AS IS");
+    let stored: Array = control("GET", &format!("/xrange?channel={channel}")).await.unchecked_into();
+    let fields = Array::from(&Array::from(&stored.get(0)).get(1));
+    assert_eq!(fields.get(1).as_string().unwrap(), r#"E:{"a":1}"#, "strings are sent as they are, objects encoded");
+    client.close();
+}
+
+#[wasm_bindgen_test]
+async fn persistence_survives_a_new_client_and_resumes_without_gap_or_repeat() {
+    let prefix = unique("rdtest") + ":";
+    let channel = unique("persist");
+    let first_events = Events::new();
+    let opts = || options(&[SERVER_A], &[("storagePrefix", JsValue::from_str(&prefix)), ("flushInterval", 0.into())]);
+    let first = WasmClient::new(opts(), first_events.function()).unwrap();
+    call(first.subscribe(channel.clone(), None)).await.unwrap();
+    for i in 0..3 {
+        call(first.publish(channel.clone(), args(&["n".into(), JsValue::from_str(&i.to_string())]))).await.unwrap();
+    }
+    wait_for("3 messages", || first_events.messages(&channel).len() == 3).await;
+    first.close();
+    // Published while no client of this page runs.
+    control("POST", &format!("/xadd?channel={channel}&field=n&value=3")).await;
+
+    let events = Events::new();
+    let second = WasmClient::new(opts(), events.function()).unwrap();
+    let loaded = second.load(channel.clone());
+    let stored: Vec<String> = Array::from(&get(&loaded, "messages")).iter().map(|m| get(&m, "offset").as_string().unwrap()).collect();
+    assert_eq!(stored, first_events.offsets(&channel), "load returns what the first client received");
+    assert_eq!(get(&loaded, "lastOffset").as_string(), stored.last().cloned());
+    // No explicit offset: resumes after the stored last offset.
+    call(second.subscribe(channel.clone(), None)).await.unwrap();
+    wait_for("the missed message", || events.messages(&channel).len() == 1).await;
+    let all = xrange(&channel).await;
+    assert_eq!(events.offsets(&channel), vec![all[3].clone()], "exactly the message published meanwhile");
+    assert_eq!(get(&events.messages(&channel)[0], "n").as_f64(), Some(3.0));
+    second.close();
+    clear_storage(&prefix);
+}
+
+fn clear_storage(prefix: &str) {
+    let storage = web_sys::window().unwrap().local_storage().unwrap().unwrap();
+    let keys: Vec<String> = (0..storage.length().unwrap()).filter_map(|i| storage.key(i).unwrap()).collect();
+    for key in keys.iter().filter(|k| k.starts_with(prefix)) {
+        storage.remove_item(key).unwrap();
+    }
+}
+
+#[wasm_bindgen_test]
+async fn resumes_after_a_server_restart_while_another_process_publishes() {
+    let events = Events::new();
+    let client = WasmClient::new(options(&[SERVER_A], &[("localStorage", false.into())]), events.function()).unwrap();
+    let channel = unique("restart");
+    call(client.subscribe(channel.clone(), Some("0".into()))).await.unwrap();
+    control("POST", &format!("/publisher?channel={channel}&count=300&interval=10")).await;
+    wait_for("the first messages", || events.messages(&channel).len() >= 20).await;
+    control("POST", "/server/0/stop").await;
+    wait_for("the disconnect", || events.count("disconnect") == 1).await;
+    sleep(300).await; // the publisher keeps going while the server is down
+    control("POST", "/server/0/start").await;
+    control("GET", "/publisher/wait").await;
+    let all = xrange(&channel).await;
+    assert_eq!(all.len(), 300);
+    wait_for("every message", || events.offsets(&channel).len() >= 300).await;
+    assert_eq!(events.offsets(&channel), all, "the received list equals the stream, entry by entry");
+    assert!(events.count("connect") >= 2);
+    client.close();
+}
+
+#[wasm_bindgen_test]
+async fn fails_over_to_the_second_target() {
+    let events = Events::new();
+    let client = WasmClient::new(options(&[SERVER_B, SERVER_A], &[("localStorage", false.into())]), events.function()).unwrap();
+    connected(&client).await;
+    assert_eq!(client.target(), SERVER_B);
+    let channel = unique("failover");
+    call(client.subscribe(channel.clone(), None)).await.unwrap();
+    control("POST", &format!("/xadd?channel={channel}&field=n&value=0")).await;
+    wait_for("the first message", || events.messages(&channel).len() == 1).await;
+    control("POST", "/server/1/stop").await;
+    // Published while the client moves: it must still arrive, once.
+    control("POST", &format!("/xadd?channel={channel}&field=n&value=1")).await;
+    // A publish made while disconnected waits and goes out after reconnecting.
+    let queued = client.publish(channel.clone(), args(&["n".into(), "2".into()]));
+    wait_for("a connection to the other target", || client.connected() && client.target() == SERVER_A).await;
+    call(queued).await.unwrap();
+    wait_for("all three messages", || events.messages(&channel).len() == 3).await;
+    assert_eq!(events.offsets(&channel), xrange(&channel).await);
+    control("POST", "/server/1/start").await;
+    client.close();
+}
+
+#[wasm_bindgen_test]
+async fn a_full_storage_quota_is_reported_and_messages_still_arrive() {
+    let storage = web_sys::window().unwrap().local_storage().unwrap().unwrap();
+    let filler = "f".repeat(256 * 1024);
+    let mut n = 0;
+    while storage.set_item(&format!("filler:{n}"), &filler).is_ok() {
+        n += 1;
+        assert!(n < 400, "localStorage never filled up");
+    }
+    // Top up with smaller pieces so not even a small write fits.
+    let mut m = 0;
+    while storage.set_item(&format!("filler:small:{m}"), &"s".repeat(1024)).is_ok() {
+        m += 1;
+    }
+    let prefix = unique("quota") + ":";
+    let events = Events::new();
+    let opts = options(&[SERVER_A], &[("storagePrefix", JsValue::from_str(&prefix)), ("flushInterval", 0.into())]);
+    let client = WasmClient::new(opts, events.function()).unwrap();
+    let channel = unique("quota");
+    call(client.subscribe(channel.clone(), None)).await.unwrap();
+    for i in 0..5 {
+        call(client.publish(channel.clone(), args(&["n".into(), JsValue::from(i)]))).await.unwrap();
+    }
+    wait_for("all messages despite the full storage", || events.messages(&channel).len() == 5).await;
+    wait_for("a storage_quota error event", || events.error_codes().iter().any(|c| c == "storage_quota")).await;
+    client.close();
+    for i in 0..n {
+        storage.remove_item(&format!("filler:{i}")).unwrap();
+    }
+    for i in 0..m {
+        storage.remove_item(&format!("filler:small:{i}")).unwrap();
+    }
+    clear_storage(&prefix);
+}
+
+#[wasm_bindgen_test]
+async fn a_corrupted_stored_value_is_reported_and_discarded() {
+    let prefix = unique("corrupt") + ":";
+    let channel = unique("corrupt");
+    let storage = web_sys::window().unwrap().local_storage().unwrap().unwrap();
+    storage.set_item(&format!("{prefix}{channel}"), "{this is not json").unwrap();
+    let events = Events::new();
+    let opts = options(&[SERVER_A], &[("storagePrefix", JsValue::from_str(&prefix)), ("flushInterval", 0.into())]);
+    let client = WasmClient::new(opts, events.function()).unwrap();
+    let loaded = client.load(channel.clone());
+    assert_eq!(Array::from(&get(&loaded, "messages")).length(), 0);
+    assert!(get(&loaded, "lastOffset").is_null());
+    assert_eq!(events.error_codes(), vec!["storage_corrupt".to_owned()]);
+    assert!(storage.get_item(&format!("{prefix}{channel}")).unwrap().is_none(), "the bad value is gone");
+    // The client works normally afterwards, and stores again.
+    call(client.subscribe(channel.clone(), None)).await.unwrap();
+    call(client.publish(channel.clone(), args(&["n".into(), "1".into()]))).await.unwrap();
+    wait_for("the message", || events.messages(&channel).len() == 1).await;
+    wait_for("it to be stored", || Array::from(&get(&client.load(channel.clone()), "messages")).length() == 1).await;
+    client.close();
+    clear_storage(&prefix);
+}

@@ -1,0 +1,109 @@
+/**
+ * redistribute-client: real-time messages over Redis Streams, for browsers and Node.js.
+ */
+
+/** A stream offset such as `"1518951480106-0"`: a message's position, usable as a resume point. */
+export type Offset = string;
+
+/** Where a subscription starts: `"$"` (new messages only), `"0"` (everything kept) or an offset. */
+export type StartOffset = '$' | '0' | Offset;
+
+/**
+ * A received message: `offset` plus every field of the stream entry, each value passed through
+ * `decode` (by default `JSON.parse`, falling back to the raw string).
+ */
+export interface Message<T = unknown> {
+  offset: Offset;
+  [field: string]: T | Offset;
+}
+
+/** Codes carried by errors (`err.code`): the server's, and the client's own. */
+export type ErrorCode =
+  | 'bad_request' | 'unknown_op' | 'forbidden' | 'too_large' | 'limit_exceeded' | 'unavailable' | 'internal'
+  | 'invalid_argument' | 'disconnected' | 'closed' | 'queue_full' | 'unsubscribed' | 'truncated' | 'protocol'
+  | 'storage_quota' | 'storage_corrupt' | 'storage_failed';
+
+/** An Error with a stable `code` (and the `channel` concerned, when there is one). */
+export interface RedistributeError extends Error {
+  code: ErrorCode | (string & {});
+  channel?: string;
+}
+
+/** A WebSocket constructor: the browser's, Node's global one, or the `ws` package's. */
+export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => unknown;
+
+export interface ClientOptions {
+  /** Server URLs (`ws://`, `wss://`, `http://` or `https://`), tried in turn when reconnecting. */
+  targets: string | string[];
+  /** Turns non-string values into strings for `publish`. Default `JSON.stringify`. */
+  encode?: (value: unknown) => string;
+  /** Turns received values back. Default `JSON.parse`, falling back to the raw string. */
+  decode?: (value: string) => unknown;
+  /** Keep received messages in localStorage (ignored where there is none, as in Node.js). Default `true`. */
+  localStorage?: boolean;
+  /** Messages kept per channel in storage; the oldest go first. Default 1000. */
+  storageLimit?: number;
+  /** Prefix of the storage keys. Default `"redistribute:v1:"`. */
+  storagePrefix?: string;
+  /** First reconnect delay ceiling in ms (exponential backoff with full jitter). Default 250. */
+  reconnectDelay?: number;
+  /** Largest reconnect delay in ms. Default 10000. */
+  reconnectDelayMax?: number;
+  /** Publishes that may wait for a connection before further ones are rejected. Default 1000. */
+  maxQueue?: number;
+  /** Longest time in ms received messages wait before being written to storage. Default 100. */
+  flushInterval?: number;
+  /** WebSocket constructor where there is no global one (Node.js < 22: `import WebSocket from 'ws'`). */
+  WebSocket?: WebSocketConstructor;
+}
+
+/** Stored messages of a channel, from `load`. */
+export interface Loaded<T = unknown> {
+  messages: Message<T>[];
+  /** The newest stored offset, or null when nothing is stored. */
+  lastOffset: Offset | null;
+}
+
+export interface ClientEvents<T = unknown> {
+  /** A connection opened (`url` is the server's). Subscriptions are being restored. */
+  connect: (url: string) => void;
+  /** The connection closed; the client reconnects by itself unless `close()` was called. */
+  disconnect: (code: number, reason: string) => void;
+  /** New messages of a subscribed channel, in order, each delivered once. */
+  messages: (channel: string, messages: Message<T>[]) => void;
+  /** A transient message a server application broadcast (not stored, no offset). */
+  broadcast: (channel: string, message: unknown) => void;
+  /** Something went wrong that no call can report (a lost history, full storage…). */
+  error: (error: RedistributeError) => void;
+}
+
+export declare class Client<T = unknown> {
+  constructor(options: ClientOptions);
+  on<E extends keyof ClientEvents<T>>(event: E, listener: ClientEvents<T>[E]): this;
+  off<E extends keyof ClientEvents<T>>(event: E, listener?: ClientEvents<T>[E]): this;
+  once<E extends keyof ClientEvents<T>>(event: E, listener: ClientEvents<T>[E]): this;
+  /**
+   * Subscribes to `channel`. Without `offset`, resumes after the last stored message, or starts
+   * with new messages. Resolves `true` once the server confirmed.
+   */
+  subscribe(channel: string, offset?: StartOffset): Promise<true>;
+  /** Stops deliveries of `channel`. */
+  unsubscribe(channel: string): Promise<true>;
+  /**
+   * Publishes field/value pairs: `publish('chat', 'TEST_MESSAGE', { foo: 'bar' })`. Rejects
+   * (code `invalid_argument`) for an odd number of arguments. Resolves with the new offset.
+   */
+  publish(channel: string, ...fieldsAndValues: unknown[]): Promise<Offset>;
+  /** Stored messages and last offset of `channel`, from localStorage only. */
+  load(channel: string): Promise<Loaded<T>>;
+  /** True while a connection is open. */
+  readonly connected: boolean;
+  /** The server URL in use or being tried. */
+  readonly target: string | null;
+  /** Closes for good: stops reconnecting and timers, writes stored messages, settles calls. */
+  close(): void;
+}
+
+/** Creates a client and starts connecting. */
+export declare function createClient<T = unknown>(options: ClientOptions): Client<T>;
+export default createClient;

@@ -1,0 +1,171 @@
+// Test harness: starts a real redis-server and two redistribute-server instances on free loopback
+// ports, plus a small HTTP control API that tests (in Node or in a browser) use to stop and start
+// servers, write into Redis directly and read streams back. Then it runs the given command with
+// the addresses in its environment, stops everything it started, and exits with the command's
+// status.
+//
+//   node tests/harness.mjs -- <command> [args…]
+//
+// Environment given to the command:
+//   RD_SERVER_A, RD_SERVER_B   ws:// URLs of the two instances
+//   RD_CONTROL                 http:// URL of the control API
+//   RD_REDIS_PORT              the Redis port
+//
+// Control API (CORS open, loopback only):
+//   POST /server/<0|1>/stop    SIGTERM the instance and wait for it to exit
+//   POST /server/<0|1>/start   start it again on the same port and wait until healthy
+//   POST /xadd?channel=C&field=F&value=V      XADD straight into Redis → {"offset": …}
+//   POST /publisher?channel=C&count=N&interval=MS   another process XADDs N entries (n=0…N-1)
+//   GET  /publisher/wait       resolves when that publisher is done
+//   GET  /xrange?channel=C     [[offset, [f, v, …]], …]
+
+import { spawn, execFile } from 'node:child_process';
+import { createServer } from 'node:http';
+import { mkdtempSync, rmSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import net from 'node:net';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const serverBin = process.env.RD_SERVER_BIN ?? join(root, 'target', 'debug', 'redistribute-server');
+const children = new Set();
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+    srv.on('error', reject);
+  });
+}
+
+function run(cmd, args, options = {}) {
+  const child = spawn(cmd, args, { stdio: ['ignore', 'inherit', 'inherit'], ...options });
+  children.add(child);
+  child.on('exit', () => children.delete(child));
+  return child;
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function until(what, check, ms = 20000) {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    if (await check().catch(() => false)) return;
+    await sleep(50);
+  }
+  throw new Error(`harness: ${what} did not happen within ${ms} ms`);
+}
+
+function redisCli(port, args) {
+  return new Promise((resolve, reject) => {
+    execFile('redis-cli', ['-p', String(port), '--json', ...args], (err, stdout) => (err ? reject(err) : resolve(JSON.parse(stdout))));
+  });
+}
+
+function exited(child) {
+  return child.exitCode !== null || child.signalCode !== null ? Promise.resolve() : new Promise((r) => child.once('exit', r));
+}
+
+async function main() {
+  const sep = process.argv.indexOf('--');
+  const command = sep >= 0 ? process.argv.slice(sep + 1) : [];
+  if (command.length === 0) throw new Error('usage: node tests/harness.mjs -- <command> [args…]');
+  if (!existsSync(serverBin)) throw new Error(`${serverBin} is missing: run cargo build first`);
+
+  const dir = mkdtempSync(join(tmpdir(), 'redistribute-harness-'));
+  const redisPort = await freePort();
+  run('redis-server', ['--port', String(redisPort), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'yes', '--dir', dir], { stdio: 'ignore' });
+  await until('redis start', async () => (await redisCli(redisPort, ['PING'])) === 'PONG');
+
+  const servers = [];
+  for (let i = 0; i < 2; i++) servers.push({ port: await freePort(), child: null });
+  const startServer = async (i) => {
+    const s = servers[i];
+    s.child = run(serverBin, ['--listen', `127.0.0.1:${s.port}`, '--redis', `redis://127.0.0.1:${redisPort}`, '--log', 'warn', '--shutdown-grace', '2']);
+    await until(`server ${i} start`, async () => (await fetch(`http://127.0.0.1:${s.port}/healthz`)).ok);
+  };
+  const stopServer = async (i) => {
+    const s = servers[i];
+    if (s.child && s.child.exitCode === null) {
+      s.child.kill('SIGTERM');
+      await exited(s.child);
+    }
+    s.child = null;
+  };
+  await startServer(0);
+  await startServer(1);
+
+  let publisher = Promise.resolve();
+  const control = createServer(async (req, res) => {
+    const url = new URL(req.url, 'http://x');
+    const reply = (status, body) => {
+      res.writeHead(status, { 'content-type': 'application/json', 'access-control-allow-origin': '*' });
+      res.end(JSON.stringify(body));
+    };
+    try {
+      const q = (k) => url.searchParams.get(k);
+      let m;
+      if (req.method === 'OPTIONS') return reply(204, null);
+      if ((m = url.pathname.match(/^\/server\/(\d)\/(stop|start)$/))) {
+        await (m[2] === 'stop' ? stopServer(Number(m[1])) : startServer(Number(m[1])));
+        return reply(200, { ok: true });
+      }
+      if (url.pathname === '/xadd') return reply(200, { offset: await redisCli(redisPort, ['XADD', q('channel'), '*', q('field'), q('value')]) });
+      if (url.pathname === '/xrange') return reply(200, await redisCli(redisPort, ['XRANGE', q('channel'), '-', '+']));
+      if (url.pathname === '/publisher') {
+        const count = Number(q('count'));
+        const interval = Number(q('interval') ?? 10);
+        const channel = q('channel');
+        publisher = (async () => {
+          // One redis-cli process fed over stdin: "another process keeps publishing".
+          const cli = spawn('redis-cli', ['-p', String(redisPort)], { stdio: ['pipe', 'ignore', 'inherit'] });
+          children.add(cli);
+          for (let n = 0; n < count; n++) {
+            cli.stdin.write(`XADD ${channel} * n ${n}\n`);
+            await sleep(interval);
+          }
+          cli.stdin.end();
+          await exited(cli);
+          children.delete(cli);
+        })();
+        return reply(200, { started: true });
+      }
+      if (url.pathname === '/publisher/wait') {
+        await publisher;
+        return reply(200, { done: true });
+      }
+      reply(404, { error: 'unknown control route' });
+    } catch (err) {
+      reply(500, { error: String(err) });
+    }
+  });
+  const controlPort = await freePort();
+  await new Promise((r) => control.listen(controlPort, '127.0.0.1', r));
+
+  const env = {
+    ...process.env,
+    RD_SERVER_A: `ws://127.0.0.1:${servers[0].port}/`,
+    RD_SERVER_B: `ws://127.0.0.1:${servers[1].port}/`,
+    RD_CONTROL: `http://127.0.0.1:${controlPort}`,
+    RD_REDIS_PORT: String(redisPort),
+  };
+  console.log(`harness: redis :${redisPort}, servers ${env.RD_SERVER_A} ${env.RD_SERVER_B}, control ${env.RD_CONTROL}`);
+  const test = spawn(command[0], command.slice(1), { stdio: 'inherit', env });
+  const code = await new Promise((r) => test.on('exit', (c, signal) => r(c ?? (signal ? 1 : 0))));
+
+  control.close();
+  for (const child of children) child.kill('SIGTERM');
+  await Promise.all([...children].map(exited));
+  rmSync(dir, { recursive: true, force: true });
+  process.exit(code);
+}
+
+main().catch(async (err) => {
+  console.error(err);
+  for (const child of children) child.kill('SIGKILL');
+  process.exit(1);
+});

@@ -1,0 +1,85 @@
+// The built npm package in Node.js 20, with the `ws` package's WebSocket and no localStorage,
+// against the servers that tests/harness.mjs runs.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import WebSocket from 'ws';
+import createClient, { Client } from '../../dist/redistribute-client/index.js';
+
+const { RD_SERVER_A, RD_SERVER_B, RD_CONTROL } = process.env;
+assert.ok(RD_SERVER_A && RD_CONTROL, 'run through tests/harness.mjs');
+
+const control = async (method, path) => {
+  const res = await fetch(RD_CONTROL + path, { method });
+  assert.ok(res.ok, `${method} ${path}: ${res.status}`);
+  return res.json();
+};
+
+async function waitFor(what, check, ms = 20000) {
+  const deadline = Date.now() + ms;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+function recorder(client, channel) {
+  const got = [];
+  client.on('messages', (ch, messages) => { if (ch === channel) got.push(...messages); });
+  return got;
+}
+
+const unique = (p) => `${p}-${Date.now()}-${Math.floor(Math.random() * 1e6)}`;
+const http = (url) => url.replace(/^ws/, 'http');
+
+test('round trip with the ws constructor and http(s) targets', async () => {
+  const client = createClient({ targets: [http(RD_SERVER_A)], WebSocket, localStorage: false });
+  assert.ok(client instanceof Client);
+  const channel = unique('node');
+  const got = recorder(client, channel);
+  const connects = [];
+  client.on('connect', (url) => connects.push(url));
+  assert.equal(await client.subscribe(channel), true);
+  const offset = await client.publish(channel, 'TEST_MESSAGE', { foo: 'bar' }, 'n', 7);
+  await waitFor('the message', () => got.length === 1);
+  assert.deepEqual(got[0], { offset, TEST_MESSAGE: { foo: 'bar' }, n: 7 });
+  assert.deepEqual(connects, [RD_SERVER_A]);
+  assert.deepEqual(await client.load(channel), { messages: [], lastOffset: null }, 'no storage in Node');
+  client.close();
+});
+
+test('publish rejects odd arguments with a clear Error', async () => {
+  const client = createClient({ targets: RD_SERVER_A, WebSocket, localStorage: false });
+  await assert.rejects(client.publish('chat', 'foo'), (err) => err instanceof Error && err.code === 'invalid_argument' && /even number/.test(err.message));
+  await assert.rejects(client.subscribe('has space'), { code: 'invalid_argument' });
+  client.close();
+  await assert.rejects(client.publish('chat', 'a', 'b'), { code: 'closed' });
+});
+
+test('bad options fail every call and report an error event', async () => {
+  const client = createClient({ targets: ['ftp://nope'], WebSocket });
+  const errors = [];
+  client.on('error', (e) => errors.push(e));
+  await assert.rejects(client.subscribe('c'), /unsupported scheme/);
+  await waitFor('the error event', () => errors.length === 1);
+});
+
+test('reconnects after a server restart without loss or repeat, and settles cut-off publishes', async () => {
+  const client = createClient({ targets: [RD_SERVER_A, RD_SERVER_B], WebSocket, localStorage: false, reconnectDelay: 50, reconnectDelayMax: 400 });
+  const channel = unique('node-restart');
+  const got = recorder(client, channel);
+  let disconnects = 0;
+  client.on('disconnect', () => { disconnects += 1; });
+  await client.subscribe(channel, '0');
+  await control('POST', `/publisher?channel=${channel}&count=200&interval=10`);
+  await waitFor('some messages', () => got.length >= 20);
+  await control('POST', '/server/0/stop');
+  await waitFor('the disconnect', () => disconnects === 1);
+  await control('POST', '/server/0/start');
+  await control('GET', '/publisher/wait');
+  const stream = (await control('GET', `/xrange?channel=${channel}`)).map(([offset]) => offset);
+  assert.equal(stream.length, 200);
+  await waitFor('every message', () => got.length >= 200);
+  assert.deepEqual(got.map((m) => m.offset), stream);
+  assert.deepEqual(got.map((m) => m.n), [...Array(200).keys()]);
+  client.close();
+});
