@@ -1,13 +1,23 @@
 #!/usr/bin/env bash
-# Runs a Redistribute server on http://127.0.0.1:${PORT:-8080}/. Without REDISTRIBUTE_REDIS it
-# starts a private redis-server on a free loopback port (data in a temporary folder) and stops it
-# on exit. Extra arguments go to redistribute-server (see --help).
+# Runs Redistribute with its demo chat on http://127.0.0.1:${PORT:-8080}/. Builds the client
+# package, the demo and the server; without REDISTRIBUTE_REDIS it starts a private redis-server on
+# a free loopback port (data in a temporary folder) and stops it on exit. Extra arguments go to
+# redistribute-server (see --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+[ -d node_modules ] || npm install --no-audit --no-fund --loglevel=error
+bash scripts/build-client.sh
+bash scripts/build-demo.sh
 cargo build --release --locked --bin redistribute-server
+
 started_redis=""
-cleanup() { [ -n "$started_redis" ] && kill "$started_redis" 2>/dev/null || true; }
+server=""
+cleanup() {
+  [ -n "$server" ] && kill -TERM "$server" 2>/dev/null && wait "$server" 2>/dev/null
+  [ -n "$started_redis" ] && kill "$started_redis" 2>/dev/null
+  true
+}
 trap cleanup EXIT INT TERM
 
 if [ -z "${REDISTRIBUTE_REDIS:-}" ]; then
@@ -21,8 +31,9 @@ if [ -z "${REDISTRIBUTE_REDIS:-}" ]; then
   echo "started redis-server on 127.0.0.1:$port (data in $dir)"
 fi
 
-echo "Redistribute: ws://127.0.0.1:${PORT:-8080}/   health: http://127.0.0.1:${PORT:-8080}/healthz"
-./target/release/redistribute-server --listen "127.0.0.1:${PORT:-8080}" "$@" &
+./target/release/redistribute-server --listen "127.0.0.1:${PORT:-8080}" --static www-demo/dist "$@" &
 server=$!
-trap 'kill -TERM $server 2>/dev/null; wait $server; cleanup' EXIT INT TERM
-wait $server
+echo
+echo "Redistribute demo: http://127.0.0.1:${PORT:-8080}/   (WebSocket on the same URL, health at /healthz)"
+echo "Press Ctrl-C to stop."
+wait "$server"

@@ -18,12 +18,15 @@
 //   POST /publisher?channel=C&count=N&interval=MS   another process XADDs N entries (n=0…N-1)
 //   GET  /publisher/wait       resolves when that publisher is done
 //   GET  /xrange?channel=C     [[offset, [f, v, …]], …]
+//   GET  /app/…                the files of $RD_STATIC (a page whose origin outlives the servers)
+//
+// With RD_STATIC=DIR the servers also serve DIR themselves (`--static`).
 
 import { spawn, execFile } from 'node:child_process';
 import { createServer } from 'node:http';
-import { mkdtempSync, rmSync, existsSync } from 'node:fs';
+import { mkdtempSync, rmSync, existsSync, readFileSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, dirname } from 'node:path';
+import { join, dirname, extname, resolve, sep as pathSep } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import net from 'node:net';
 
@@ -81,11 +84,13 @@ async function main() {
   run('redis-server', ['--port', String(redisPort), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'yes', '--dir', dir], { stdio: 'ignore' });
   await until('redis start', async () => (await redisCli(redisPort, ['PING'])) === 'PONG');
 
+  const staticDir = process.env.RD_STATIC ? resolve(process.env.RD_STATIC) : null;
   const servers = [];
   for (let i = 0; i < 2; i++) servers.push({ port: await freePort(), child: null });
   const startServer = async (i) => {
     const s = servers[i];
-    s.child = run(serverBin, ['--listen', `127.0.0.1:${s.port}`, '--redis', `redis://127.0.0.1:${redisPort}`, '--log', 'warn', '--shutdown-grace', '2']);
+    const extra = staticDir ? ['--static', staticDir] : [];
+    s.child = run(serverBin, ['--listen', `127.0.0.1:${s.port}`, '--redis', `redis://127.0.0.1:${redisPort}`, '--log', 'warn', '--shutdown-grace', '2', ...extra]);
     await until(`server ${i} start`, async () => (await fetch(`http://127.0.0.1:${s.port}/healthz`)).ok);
   };
   const stopServer = async (i) => {
@@ -110,6 +115,14 @@ async function main() {
       const q = (k) => url.searchParams.get(k);
       let m;
       if (req.method === 'OPTIONS') return reply(204, null);
+      if (url.pathname.startsWith('/app/') && staticDir) {
+        const rel = url.pathname.slice('/app/'.length) || 'index.html';
+        const file = resolve(staticDir, rel);
+        if (!file.startsWith(staticDir + pathSep) || !existsSync(file) || !statSync(file).isFile()) return reply(404, { error: 'no such file' });
+        const types = { '.html': 'text/html', '.js': 'text/javascript', '.css': 'text/css', '.wasm': 'application/wasm', '.png': 'image/png' };
+        res.writeHead(200, { 'content-type': types[extname(file)] ?? 'application/octet-stream', 'cache-control': 'no-cache' });
+        return res.end(readFileSync(file));
+      }
       if ((m = url.pathname.match(/^\/server\/(\d)\/(stop|start)$/))) {
         await (m[2] === 'stop' ? stopServer(Number(m[1])) : startServer(Number(m[1])));
         return reply(200, { ok: true });
@@ -152,6 +165,7 @@ async function main() {
     RD_SERVER_B: `ws://127.0.0.1:${servers[1].port}/`,
     RD_CONTROL: `http://127.0.0.1:${controlPort}`,
     RD_REDIS_PORT: String(redisPort),
+    RD_APP: `http://127.0.0.1:${controlPort}/app/`,
   };
   console.log(`harness: redis :${redisPort}, servers ${env.RD_SERVER_A} ${env.RD_SERVER_B}, control ${env.RD_CONTROL}`);
   const test = spawn(command[0], command.slice(1), { stdio: 'inherit', env });

@@ -40,6 +40,8 @@ pub struct Config {
     /// WebSocket read buffer per connection. Small on purpose: tungstenite zero-fills it before
     /// each read, which costs real CPU with many connections at 128 KiB.
     pub read_buffer_bytes: usize,
+    /// Serve the files of this directory over plain HTTP GET (a web app next to its socket).
+    pub static_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -60,6 +62,7 @@ impl Default for Config {
             default_maxlen: None,
             maxlen: HashMap::new(),
             read_buffer_bytes: 4 << 10,
+            static_dir: None,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The HTTP side of a connection: reads the request head, then serves `/healthz`, performs the
-//! WebSocket upgrade on `/`, or answers with a plain status.
+//! WebSocket upgrade on `/`, serves static files (with `--static DIR`), or answers with a plain
+//! status.
 //!
 //! The upgrade is done by hand (head parsed with `httparse`, accept key from tungstenite) so that
 //! one port serves both the health check and WebSockets without an HTTP framework.
@@ -8,6 +9,7 @@ use crate::hooks::ConnInfo;
 use crate::{Shared, connection};
 use redistribute_protocol::SUBPROTOCOL;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -68,12 +70,54 @@ where
                 Err(_) => respond(&mut io, "503 Service Unavailable", "storage did not answer in time\n", &[]).await,
             }
         }
+        ("GET" | "HEAD", path, false) if shared.config.static_dir.is_some() => {
+            let dir = shared.config.static_dir.as_deref().expect("checked by the guard");
+            serve_file(&mut io, dir, path, head.method == "HEAD").await
+        }
         ("GET", "/", false) => {
             let body = "Redistribute WebSocket endpoint: connect with a WebSocket client (subprotocol redistribute.v1)\n";
             respond(&mut io, "426 Upgrade Required", body, &[("Upgrade", "websocket")]).await
         }
         _ => respond(&mut io, "404 Not Found", "not found\n", &[]).await,
     }
+}
+
+/// Serves `path` from `dir` (`/` and directories serve their `index.html`). Paths that leave
+/// the directory are refused.
+async fn serve_file<IO: AsyncWrite + Unpin>(io: &mut IO, dir: &Path, path: &str, head_only: bool) {
+    let relative = path.trim_start_matches('/');
+    let safe = relative.split('/').all(|segment| segment != ".." && !segment.contains('\\'));
+    if !safe {
+        return respond(io, "404 Not Found", "not found\n", &[]).await;
+    }
+    let mut file = dir.join(relative);
+    if relative.is_empty() || file.is_dir() {
+        file = file.join("index.html");
+    }
+    let Ok(body) = tokio::fs::read(&file).await else {
+        return respond(io, "404 Not Found", "not found\n", &[]).await;
+    };
+    let content_type = match file.extension().and_then(|e| e.to_str()).unwrap_or("") {
+        "html" => "text/html; charset=utf-8",
+        "js" | "mjs" => "text/javascript; charset=utf-8",
+        "css" => "text/css; charset=utf-8",
+        "wasm" => "application/wasm",
+        "json" | "map" => "application/json",
+        "svg" => "image/svg+xml",
+        "png" => "image/png",
+        "ico" => "image/x-icon",
+        "txt" => "text/plain; charset=utf-8",
+        _ => "application/octet-stream",
+    };
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = io.write_all(head.as_bytes()).await;
+    if !head_only {
+        let _ = io.write_all(&body).await;
+    }
+    let _ = io.shutdown().await;
 }
 
 /// Reads until the end of the head. `Ok(None)` when the peer left; `Err(status)` when the head

@@ -81,6 +81,10 @@ struct Args {
     #[arg(long, env = "REDISTRIBUTE_REDIS_TIMEOUT_MS", default_value_t = 5000)]
     redis_timeout_ms: u64,
 
+    /// Serve the files of this directory (GET; `/` serves its index.html) next to the WebSocket.
+    #[arg(long = "static", env = "REDISTRIBUTE_STATIC", value_name = "DIR")]
+    static_dir: Option<PathBuf>,
+
     /// Seconds to wait for connections to close on shutdown.
     #[arg(long, env = "REDISTRIBUTE_SHUTDOWN_GRACE", default_value_t = 10)]
     shutdown_grace: u64,
@@ -115,6 +119,7 @@ impl Args {
         config.redis_timeout = Duration::from_millis(self.redis_timeout_ms);
         config.default_maxlen = self.default_maxlen;
         config.maxlen = self.maxlen.iter().cloned().collect();
+        config.static_dir = self.static_dir.clone();
         config
     }
 }

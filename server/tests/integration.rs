@@ -413,6 +413,41 @@ async fn plain_http_requests_get_plain_answers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_static_files_next_to_the_websocket() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let redis = Redis::start();
+    let dir = std::env::temp_dir().join(format!("redistribute-static-{}", support::free_port()));
+    std::fs::create_dir_all(dir.join("assets")).unwrap();
+    std::fs::write(dir.join("index.html"), "<h1>demo</h1>").unwrap();
+    std::fs::write(dir.join("assets/app.wasm"), [0u8, 97, 115, 109]).unwrap();
+    let mut cfg = config(&redis);
+    cfg.static_dir = Some(dir.clone());
+    let server = TestServer::start(cfg).await;
+    for (path, expected) in [
+        ("/", "200 OK|text/html|<h1>demo</h1>"),
+        ("/index.html", "200 OK|text/html"),
+        ("/assets/app.wasm", "200 OK|application/wasm"),
+        ("/assets/missing.js", "404"),
+        ("/../etc/passwd", "404"),
+        ("/assets/../../x", "404"),
+    ] {
+        let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        tcp.write_all(format!("GET {path} HTTP/1.1\r\n\r\n").as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        tokio::time::timeout(PATIENCE, tcp.read_to_end(&mut response)).await.unwrap().unwrap();
+        let response = String::from_utf8_lossy(&response);
+        for part in expected.split('|') {
+            assert!(response.contains(part), "{path}: expected {part:?} in {response}");
+        }
+    }
+    // The WebSocket still lives on `/`.
+    let mut client = connect(&server.url()).await;
+    client.assert_quiet().await;
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_work_does_not_grow_with_subscribers() {
     let redis = Redis::start();
     let mut cfg = config(&redis);

@@ -1,0 +1,169 @@
+// End-to-end: the demo app (www-demo, built on the packed npm package) in Debian's headless
+// Chromium, against a real Redis and two real server instances that tests/harness.mjs starts.
+// Every wait is on the page's own signals (body data-state / data-target, rendered offsets).
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdirSync } from 'node:fs';
+import { chromium } from 'playwright-core';
+
+const { RD_SERVER_A, RD_SERVER_B, RD_CONTROL, RD_APP } = process.env;
+assert.ok(RD_SERVER_A && RD_APP, 'run through tests/harness.mjs with RD_STATIC=www-demo/dist');
+const httpA = RD_SERVER_A.replace(/^ws/, 'http');
+const httpB = RD_SERVER_B.replace(/^ws/, 'http');
+const PATIENCE = 20000;
+
+let browser;
+before(async () => {
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+    args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--disable-background-networking',
+      '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic'],
+  });
+});
+after(async () => { await browser?.close(); });
+
+const control = async (method, path) => {
+  const res = await fetch(RD_CONTROL + path, { method });
+  assert.ok(res.ok, `${method} ${path}: ${res.status}`);
+  return res.json();
+};
+const xrange = async (channel) => (await control('GET', `/xrange?channel=${channel}`)).map(([offset]) => offset);
+const unique = (p) => `${p}-${Date.now().toString(36)}${Math.floor(Math.random() * 1e4)}`;
+
+/** Opens the demo at `base` (a server's origin or the harness's /app/) on `channel`. */
+async function open(context, base, targets, channel) {
+  const page = await context.newPage();
+  page.on('pageerror', (err) => console.error('page error:', err));
+  await page.goto(`${base}?targets=${targets.join(',')}&channels=${channel}`);
+  await page.waitForFunction(() => document.body.dataset.ready === 'true', null, { timeout: PATIENCE });
+  return page;
+}
+
+const connectedTo = (page, url) =>
+  page.waitForFunction((u) => document.body.dataset.state === 'connected' && document.body.dataset.target === u, url, { timeout: PATIENCE });
+
+const received = (page, channel) => page.evaluate((c) => window.demo.received(c), channel);
+
+async function waitForMessages(page, channel, count, what) {
+  try {
+    await page.waitForFunction(([c, n]) => window.demo.received(c).length >= n, [channel, count], { timeout: PATIENCE });
+  } catch {
+    const got = await received(page, channel);
+    assert.fail(`${what}: expected ${count} messages on #${channel}, the page shows ${got.length}`);
+  }
+}
+
+async function say(page, author, text) {
+  await page.fill('#author', author);
+  await page.fill('#text', text);
+  await page.click('#publish button');
+}
+
+test('two browsers on different instances talk both ways', async () => {
+  const channel = unique('room');
+  const ann = await browser.newContext();
+  const bob = await browser.newContext();
+  const onA = await open(ann, httpA, [RD_SERVER_A, RD_SERVER_B], channel);
+  const onB = await open(bob, httpB, [RD_SERVER_B], channel);
+  await connectedTo(onA, RD_SERVER_A);
+  await connectedTo(onB, RD_SERVER_B);
+  await say(onA, 'ann', 'hello from instance A');
+  await waitForMessages(onB, channel, 1, 'A → B');
+  await say(onB, 'bob', 'hi from instance B');
+  await waitForMessages(onA, channel, 2, 'B → A');
+  await waitForMessages(onB, channel, 2, 'B sees its own');
+  assert.deepEqual(await received(onA, channel), await xrange(channel));
+  assert.deepEqual(await received(onB, channel), await xrange(channel));
+  assert.match(await onB.textContent('#messages'), /hello from instance A/);
+  // The picture in the README: a conversation, the connection badge and the server list.
+  await say(onA, 'ann', 'Redistribute keeps every message in Redis Streams');
+  await say(onB, 'bob', 'and my page resumes right where it left off');
+  await waitForMessages(onA, channel, 4, 'screenshot conversation');
+  await onA.setViewportSize({ width: 1100, height: 560 });
+  mkdirSync('docs', { recursive: true });
+  await onA.screenshot({ path: 'docs/screenshot.png' });
+  await ann.close();
+  await bob.close();
+});
+
+test('a reload shows stored history at once, even with both servers down, then catches up', async () => {
+  const channel = unique('history');
+  const context = await browser.newContext();
+  let page = await open(context, RD_APP, [RD_SERVER_A, RD_SERVER_B], channel);
+  await connectedTo(page, RD_SERVER_A);
+  for (const text of ['one', 'two', 'three']) await say(page, 'ann', text);
+  await waitForMessages(page, channel, 3, 'before the reload');
+  // Give the batched localStorage write its moment, then take both servers away.
+  await page.waitForFunction((c) => Object.keys(localStorage).some((k) => k.endsWith(`${c}~0`)), channel, { timeout: PATIENCE });
+  await control('POST', '/server/0/stop');
+  await control('POST', '/server/1/stop');
+  try {
+    await page.reload();
+    await page.waitForFunction(() => document.body.dataset.ready === 'true', null, { timeout: PATIENCE });
+    const stored = await page.$$eval('#messages li[data-source="storage"]', (items) => items.map((li) => li.dataset.offset));
+    assert.equal(stored.length, 3, 'history rendered from storage with no server up');
+    assert.notEqual(await page.getAttribute('body', 'data-state'), 'connected');
+    // Written while the page is offline.
+    await control('POST', `/xadd?channel=${channel}&field=text&value=while-you-were-away`);
+    await control('POST', `/xadd?channel=${channel}&field=text&value=and-this-too`);
+  } finally {
+    await control('POST', '/server/1/start');
+    await control('POST', '/server/0/start');
+  }
+  await waitForMessages(page, channel, 5, 'catching up after the servers return');
+  const shown = await page.$$eval('#messages li', (items) => items.map((li) => li.dataset.offset));
+  assert.deepEqual(shown, await xrange(channel), 'every message once, in order');
+  await context.close();
+});
+
+test('failover: the page moves to the other server and misses nothing', async () => {
+  const channel = unique('failover');
+  const context = await browser.newContext();
+  const page = await open(context, RD_APP, [RD_SERVER_A, RD_SERVER_B], channel);
+  await connectedTo(page, RD_SERVER_A);
+  await control('POST', `/publisher?channel=${channel}&count=300&interval=10`);
+  await waitForMessages(page, channel, 30, 'before the failover');
+  await control('POST', '/server/0/stop');
+  try {
+    await connectedTo(page, RD_SERVER_B);
+    await control('GET', '/publisher/wait');
+    await waitForMessages(page, channel, 300, 'after the failover');
+    assert.deepEqual(await received(page, channel), await xrange(channel), 'exactly the stream, in order');
+    assert.match(await page.textContent('#log'), /disconnected/);
+  } finally {
+    await control('POST', '/server/0/start');
+  }
+  await context.close();
+});
+
+test('an entry XADDed by another program appears in the page', async () => {
+  const channel = unique('direct');
+  const context = await browser.newContext();
+  const page = await open(context, httpB, [RD_SERVER_B], channel);
+  await connectedTo(page, RD_SERVER_B);
+  const { offset } = await control('POST', `/xadd?channel=${channel}&field=text&value=from-redis-cli`);
+  await page.waitForSelector(`#messages li[data-offset="${offset}"]`, { timeout: PATIENCE });
+  assert.match(await page.textContent(`#messages li[data-offset="${offset}"]`), /from-redis-cli/);
+  await context.close();
+});
+
+test('bad input shows a clear error and the page keeps working', async () => {
+  const channel = unique('bad');
+  const context = await browser.newContext();
+  const page = await open(context, httpA, [RD_SERVER_A], channel);
+  await connectedTo(page, RD_SERVER_A);
+  await page.click('summary');
+  await page.fill('#raw-fields', 'just three words');
+  await page.click('#raw button');
+  await page.waitForSelector('#error:not([hidden])', { timeout: PATIENCE });
+  assert.match(await page.textContent('#error'), /invalid_argument: .*even number/);
+
+  await page.fill('#new-channel', 'x'.repeat(300));
+  await page.click('#add-channel button');
+  await page.waitForFunction(() => /bad_request: .*limit is 256/.test(document.querySelector('#error').textContent), null, { timeout: PATIENCE });
+
+  await say(page, 'ann', 'still working');
+  await waitForMessages(page, channel, 1, 'after the errors');
+  assert.equal(await page.isHidden('#error'), true, 'the error clears after a successful send');
+  await context.close();
+});
