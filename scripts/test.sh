@@ -20,6 +20,7 @@ suite() { local name=$1; shift; echo; echo "== $name"; "$@"; summary+=("passed: 
 suite "Rust unit and integration tests (real redis-server per test)" cargo test --workspace --locked
 suite "server binary for the browser suites" cargo build --locked --bin redistribute-server
 suite "npm package redistribute-client" bash scripts/build-client.sh
+suite "TypeScript declarations of the package" npx tsc -p tests/types
 suite "client in headless Chromium (wasm-bindgen-test, real servers)" \
   node tests/harness.mjs -- wasm-pack test --headless --chrome client-wasm
 suite "client package in Node.js (ws)" node tests/harness.mjs -- node --test tests/node/

@@ -19,6 +19,8 @@
 //   GET  /publisher/wait       resolves when that publisher is done
 //   GET  /xrange?channel=C     [[offset, [f, v, …]], …]
 //   GET  /app/…                the files of $RD_STATIC (a page whose origin outlives the servers)
+//   GET  /pkg/…                the built npm package (dist/redistribute-client)
+//   GET  /pages/…              test pages (tests/e2e/pages)
 //
 // With RD_STATIC=DIR the servers also serve DIR themselves (`--static`).
 
@@ -104,6 +106,13 @@ async function main() {
   await startServer(0);
   await startServer(1);
 
+  // Static files on the control origin, which outlives the servers: the demo, the built package
+  // as it would sit in node_modules, and test pages.
+  const mounts = {
+    '/app/': staticDir,
+    '/pkg/': resolve(root, 'dist', 'redistribute-client'),
+    '/pages/': resolve(root, 'tests', 'e2e', 'pages'),
+  };
   let publisher = Promise.resolve();
   const control = createServer(async (req, res) => {
     const url = new URL(req.url, 'http://x');
@@ -115,10 +124,11 @@ async function main() {
       const q = (k) => url.searchParams.get(k);
       let m;
       if (req.method === 'OPTIONS') return reply(204, null);
-      if (url.pathname.startsWith('/app/') && staticDir) {
-        const rel = url.pathname.slice('/app/'.length) || 'index.html';
-        const file = resolve(staticDir, rel);
-        if (!file.startsWith(staticDir + pathSep) || !existsSync(file) || !statSync(file).isFile()) return reply(404, { error: 'no such file' });
+      const mount = Object.entries(mounts).find(([prefix, dir]) => dir && url.pathname.startsWith(prefix));
+      if (mount) {
+        const [prefix, dir] = mount;
+        const file = resolve(dir, url.pathname.slice(prefix.length) || 'index.html');
+        if (!file.startsWith(dir + pathSep) || !existsSync(file) || !statSync(file).isFile()) return reply(404, { error: 'no such file' });
         const types = { '.html': 'text/html', '.js': 'text/javascript', '.css': 'text/css', '.wasm': 'application/wasm', '.png': 'image/png' };
         res.writeHead(200, { 'content-type': types[extname(file)] ?? 'application/octet-stream', 'cache-control': 'no-cache' });
         return res.end(readFileSync(file));

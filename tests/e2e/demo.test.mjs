@@ -167,3 +167,12 @@ test('bad input shows a clear error and the page keeps working', async () => {
   assert.equal(await page.isHidden('#error'), true, 'the error clears after a successful send');
   await context.close();
 });
+
+test('the package works from a plain <script type="module"> with no bundler', async () => {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  await page.goto(`${RD_CONTROL}/pages/plain.html?target=${RD_SERVER_A}`);
+  await page.waitForFunction(() => document.body.dataset.result !== 'pending', null, { timeout: PATIENCE });
+  assert.equal(await page.getAttribute('body', 'data-result'), 'ok');
+  await context.close();
+});

@@ -1,0 +1,40 @@
+// Compile-only check of the package's TypeScript declarations (`tsc -p tests/types`): what a
+// TypeScript app writes must type-check, and misuse must not.
+import createClient, { Client, type ClientOptions, type Message, type RedistributeError } from 'redistribute-client';
+import WebSocket from 'ws';
+
+interface Chat { text: string }
+
+const options: ClientOptions = { targets: ['https://api.example:8080'], storageLimit: 500, WebSocket };
+const client: Client<Chat> = createClient<Chat>(options);
+
+client.on('messages', (channel: string, messages: Message<Chat>[]) => {
+  for (const m of messages) {
+    const offset: string = m.offset;
+    void [channel, offset, m.TEST_MESSAGE];
+  }
+});
+client.on('connect', (url: string) => void url);
+client.on('disconnect', (code: number, reason: string) => void [code, reason]);
+client.on('error', (err: RedistributeError) => void err.code);
+client.once('broadcast', (channel, message) => void [channel, message]);
+
+async function use(): Promise<void> {
+  const confirmed: true = await client.subscribe('chat', '$');
+  const offset: string = await client.publish('chat', 'TEST_MESSAGE', { text: 'hi' });
+  const { messages, lastOffset } = await client.load('chat');
+  const last: string | null = lastOffset;
+  void [confirmed, offset, messages, last, client.connected, client.target];
+  await client.unsubscribe('chat');
+  client.close();
+}
+void use;
+
+// @ts-expect-error: unknown event
+client.on('message', () => {});
+// @ts-expect-error: targets is required
+createClient({});
+// @ts-expect-error: storageLimit is a number
+createClient({ targets: 'ws://x/', storageLimit: 'many' });
+// @ts-expect-error: messages listeners get (channel, messages)
+client.on('messages', (channel: number) => void channel);
