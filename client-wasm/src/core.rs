@@ -14,10 +14,9 @@
 //!   have been stored), never left pending;
 //! - reconnects use exponential backoff with full jitter and rotate through the targets.
 
-use redistribute_protocol::frame::OkBody;
-use redistribute_protocol::{Backoff, Entry, Op, Request, Start, StreamId};
-use serde::Deserialize;
-use serde_json::value::RawValue;
+use crate::json::{self, Json};
+use redistribute_protocol::{Backoff, Entry, Op, Start, StreamId};
+use std::fmt::Write as _;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
@@ -178,7 +177,7 @@ impl<R> Core<R> {
     fn request(&mut self, op: Op, pending: InFlight<R>) -> Effect<R> {
         self.next_id = (self.next_id + 1) % redistribute_protocol::request::MAX_ID;
         self.in_flight.insert(self.next_id, pending);
-        Effect::Send(Request { id: self.next_id, op }.to_json())
+        Effect::Send(request_text(self.next_id, &op))
     }
 
     fn send_subscribe(&mut self, channel: &str) -> Effect<R> {
@@ -262,22 +261,19 @@ impl<R> Core<R> {
 
     /// A text frame arrived.
     pub fn received(&mut self, text: &str) -> Vec<Effect<R>> {
-        match serde_json::from_str::<ServerFrame>(text) {
-            Ok(frame) if frame.ok.is_some() || frame.error.is_some() => self.on_reply(frame),
+        let frame = json::parse(text).map_err(|e| e.0).and_then(|value| ServerFrame::read(&value));
+        match frame {
+            Ok(frame) if frame.reply.is_some() => self.on_reply(frame.id, frame.reply.expect("checked")),
             Ok(frame) => match frame.channel {
                 Some(channel) => self.on_push(channel, frame.messages, frame.truncated, frame.broadcast),
-                None => vec![Effect::Error(ClientError::new("protocol", format!("unexpected frame from the server: {text:.200}")))],
+                None => vec![Effect::Error(ClientError::new("protocol", format!("unexpected frame from the server: {}", clip(text))))],
             },
-            Err(e) => vec![Effect::Error(ClientError::new("protocol", format!("unreadable frame from the server ({e}): {text:.200}")))],
+            Err(e) => vec![Effect::Error(ClientError::new("protocol", format!("unreadable frame from the server ({e}): {}", clip(text))))],
         }
     }
 
-    fn on_reply(&mut self, reply: ServerFrame) -> Vec<Effect<R>> {
-        let pending = reply.id.and_then(|id| self.in_flight.remove(&id));
-        let outcome = match (reply.ok, reply.error) {
-            (_, Some(e)) => Err(ClientError::new(&e.code, e.message)),
-            (ok, None) => Ok(ok.unwrap_or_default()),
-        };
+    fn on_reply(&mut self, id: Option<u64>, outcome: Result<OkBody, ClientError>) -> Vec<Effect<R>> {
+        let pending = id.and_then(|id| self.in_flight.remove(&id));
         let Some(pending) = pending else {
             // `id: null` (the server could not read a frame) or a reply to nothing we sent.
             return outcome.err().map(Effect::Error).into_iter().collect();
@@ -320,14 +316,14 @@ impl<R> Core<R> {
         }
     }
 
-    fn on_push(&mut self, channel: String, messages: Vec<Entry>, lost: bool, broadcast: Option<Box<RawValue>>) -> Vec<Effect<R>> {
+    fn on_push(&mut self, channel: String, messages: Vec<Entry>, lost: bool, broadcast: Option<String>) -> Vec<Effect<R>> {
         let Some(subscription) = self.subscriptions.get_mut(&channel) else { return Vec::new() };
         let mut effects = Vec::new();
         if lost {
             effects.push(Effect::Error(truncated(&channel)));
         }
         if let Some(message) = broadcast {
-            effects.push(Effect::Broadcast(channel.clone(), message.get().to_owned()));
+            effects.push(Effect::Broadcast(channel.clone(), message));
         }
         let after = subscription.resume;
         let fresh: Vec<Entry> = messages.into_iter().filter(|e| after.is_none_or(|a| e.offset > a)).collect();
@@ -400,27 +396,93 @@ impl<R> Core<R> {
     }
 }
 
-/// Any frame the server sends, read in one pass: a reply has `ok` or `error`, a push has
-/// `channel`. (One flat struct keeps the WebAssembly small: no `serde_json::Value`, no flatten.)
-#[derive(Deserialize)]
-struct ServerFrame {
-    #[serde(default)]
-    id: Option<u64>,
-    ok: Option<OkBody>,
-    error: Option<ServerError>,
-    channel: Option<String>,
-    #[serde(default)]
-    messages: Vec<Entry>,
-    #[serde(default)]
-    truncated: bool,
-    broadcast: Option<Box<RawValue>>,
+/// The first 200 characters of a frame, for error messages.
+fn clip(text: &str) -> &str {
+    text.char_indices().nth(200).map_or(text, |(i, _)| &text[..i])
 }
 
-/// An error reply's body; the code stays a string so codes from newer servers pass through.
-#[derive(Deserialize)]
-struct ServerError {
-    code: String,
-    message: String,
+/// A request as protocol v1 text (the shapes of `redistribute_protocol::Request::to_json`).
+fn request_text(id: u64, op: &Op) -> String {
+    let mut out = format!("{{\"id\":{id},\"op\":");
+    let channel = |out: &mut String, name: &str| {
+        out.push_str(",\"channel\":");
+        json::write_str(out, name);
+    };
+    match op {
+        Op::Subscribe { channel: name, start } => {
+            out.push_str("\"subscribe\"");
+            channel(&mut out, name);
+            let _ = write!(out, ",\"offset\":\"{start}\"");
+        }
+        Op::Unsubscribe { channel: name } => {
+            out.push_str("\"unsubscribe\"");
+            channel(&mut out, name);
+        }
+        Op::Publish { channel: name, fields, maxlen } => {
+            out.push_str("\"publish\"");
+            channel(&mut out, name);
+            out.push_str(",\"fields\":");
+            Json::Array(fields.iter().cloned().map(Json::String).collect()).write(&mut out);
+            if let Some(n) = maxlen {
+                let _ = write!(out, ",\"maxlen\":{n}");
+            }
+        }
+        _ => out.push_str("\"ping\""),
+    }
+    out.push('}');
+    out
+}
+
+/// The payload of a successful reply.
+#[derive(Debug, Default)]
+struct OkBody {
+    offset: Option<StreamId>,
+    truncated: bool,
+}
+
+/// Any frame the server sends: a reply has `ok` or `error`, a push has `channel`.
+struct ServerFrame {
+    id: Option<u64>,
+    reply: Option<Result<OkBody, ClientError>>,
+    channel: Option<String>,
+    messages: Vec<Entry>,
+    truncated: bool,
+    /// The broadcast value as JSON text.
+    broadcast: Option<String>,
+}
+
+impl ServerFrame {
+    fn read(value: &Json) -> Result<ServerFrame, &'static str> {
+        if !matches!(value, Json::Object(_)) {
+            return Err("not an object");
+        }
+        let reply = match (value.get("ok"), value.get("error")) {
+            (_, Some(error)) => Some(Err(ClientError::new(
+                error.get("code").and_then(Json::as_str).ok_or("error without a code")?,
+                error.get("message").and_then(Json::as_str).unwrap_or_default(),
+            ))),
+            (Some(ok), None) => Some(Ok(OkBody {
+                offset: match ok.get("offset").and_then(Json::as_str) {
+                    Some(text) => Some(text.parse().map_err(|_| "bad offset in a reply")?),
+                    None => None,
+                },
+                truncated: ok.get("truncated").and_then(Json::as_bool).unwrap_or(false),
+            })),
+            (None, None) => None,
+        };
+        let messages = match value.get("messages") {
+            Some(list) => list.as_array().ok_or("messages is not an array")?.iter().map(json::entry).collect::<Option<_>>().ok_or("bad message entry")?,
+            None => Vec::new(),
+        };
+        Ok(ServerFrame {
+            id: value.get("id").and_then(Json::as_u64),
+            reply,
+            channel: value.get("channel").and_then(Json::as_str).map(str::to_owned),
+            messages,
+            truncated: value.get("truncated").and_then(Json::as_bool).unwrap_or(false),
+            broadcast: value.get("broadcast").map(Json::to_text),
+        })
+    }
 }
 
 fn closed() -> ClientError {
@@ -428,7 +490,7 @@ fn closed() -> ClientError {
 }
 
 fn truncated(channel: &str) -> ClientError {
-    ClientError::new("truncated", format!("messages of {channel:?} after the resume point were trimmed before delivery")).on(channel)
+    ClientError::new("truncated", format!("messages of \"{channel}\" after the resume point were trimmed before delivery")).on(channel)
 }
 
 #[cfg(test)]
@@ -560,6 +622,33 @@ mod tests {
         assert!(effects.iter().any(|e| matches!(e, Effect::Resolve(2, Resolution::Unsubscribed))));
         assert!(core.closed(1000, "", 0.0).is_empty(), "no reconnect after close");
         assert!(matches!(&core.publish("c", vec![], 4)[0], Effect::Reject(4, e) if e.code == "closed"));
+    }
+
+    #[test]
+    fn requests_match_the_protocol_crate() {
+        use redistribute_protocol::Request;
+        let ops = [
+            Op::Subscribe { channel: "a:b".into(), start: Start::Latest },
+            Op::Subscribe { channel: "c".into(), start: Start::After(StreamId::new(5, 1)) },
+            Op::Unsubscribe { channel: "c".into() },
+            Op::Publish { channel: "c".into(), fields: vec!["k\"\n".into(), "{\"x\":1} é".into()], maxlen: Some(9) },
+            Op::Publish { channel: "c".into(), fields: vec!["k".into(), "v".into()], maxlen: None },
+            Op::Ping,
+        ];
+        for op in ops {
+            assert_eq!(request_text(42, &op), Request { id: 42, op: op.clone() }.to_json());
+        }
+    }
+
+    #[test]
+    fn broadcasts_carry_their_json() {
+        let mut core = open();
+        core.subscribe("c", None, None, 1);
+        core.received(r#"{"id":1,"ok":{"offset":"1-0"}}"#);
+        let effects = core.received(r#"{"channel":"c","broadcast":{"typing":["ann"]}}"#);
+        assert_eq!(effects, vec![Effect::Broadcast("c".into(), r#"{"typing":["ann"]}"#.into())]);
+        let effects = core.received(r#"{"channel":"c","messages":[{"offset":"x","fields":[]}]}"#);
+        assert!(matches!(&effects[0], Effect::Error(e) if e.code == "protocol"));
     }
 
     #[test]

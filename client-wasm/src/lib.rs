@@ -11,6 +11,7 @@
 
 pub mod core;
 mod glue;
+pub mod json;
 pub mod options;
 pub mod store;
 
@@ -415,7 +416,7 @@ impl WasmClient {
                     Some(f) => f.call1(&JsValue::NULL, &value)?,
                     None => js_sys::JSON::stringify(&value).map(JsValue::from)?,
                 };
-                encoded.as_string().ok_or_else(|| argument_error(format!("the value of field {:?} cannot be encoded to a string", fields[i - 1])))?
+                encoded.as_string().ok_or_else(|| argument_error(format!("the value of field \"{}\" cannot be encoded to a string", fields[i - 1])))?
             };
             fields.push(text);
         }

@@ -44,15 +44,15 @@ impl Default for Options {
 /// # Errors
 /// A message naming the target when it has another scheme or no host.
 pub fn websocket_url(target: &str) -> Result<String, String> {
-    let (scheme, rest) = target.split_once("://").ok_or_else(|| format!("target {target:?} is not a URL (expected ws://, wss://, http:// or https://)"))?;
+    let (scheme, rest) = target.split_once("://").ok_or_else(|| format!("target \"{target}\" is not a URL (expected ws://, wss://, http:// or https://)"))?;
     let scheme = match scheme.to_ascii_lowercase().as_str() {
         "ws" | "http" => "ws",
         "wss" | "https" => "wss",
-        other => return Err(format!("target {target:?} has unsupported scheme {other:?}")),
+        other => return Err(format!("target \"{target}\" has unsupported scheme \"{other}\"")),
     };
     let host_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     if host_end == 0 {
-        return Err(format!("target {target:?} has no host"));
+        return Err(format!("target \"{target}\" has no host"));
     }
     let (host, tail) = rest.split_at(host_end);
     let tail = if tail.starts_with('/') { tail.to_owned() } else { format!("/{tail}") };

@@ -12,9 +12,10 @@
 //! The browser's `localStorage` and an in-memory map both implement [`KeyValue`], so the
 //! layout, eviction and error handling are tested natively.
 
+use crate::json::{self, Json};
 use redistribute_protocol::{Entry, StreamId};
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::fmt::Write as _;
 
 /// A string key/value store (`localStorage`, or memory in tests).
 pub trait KeyValue {
@@ -49,7 +50,7 @@ pub struct StoreProblem {
     pub message: String,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Meta {
     /// Layout version.
     v: u32,
@@ -60,8 +61,50 @@ struct Meta {
     /// Entries stored over all chunks.
     count: usize,
     /// Offset of the newest stored entry.
-    #[serde(rename = "lastOffset", default, skip_serializing_if = "Option::is_none")]
     last_offset: Option<StreamId>,
+}
+
+impl Meta {
+    fn to_text(&self) -> String {
+        let mut out = format!("{{\"v\":{},\"first\":{},\"last\":{},\"count\":{}", self.v, self.first, self.last, self.count);
+        if let Some(offset) = self.last_offset {
+            let _ = write!(out, ",\"lastOffset\":\"{offset}\"");
+        }
+        out.push('}');
+        out
+    }
+
+    fn parse(text: &str) -> Result<Meta, &'static str> {
+        let value = json::parse(text).map_err(|e| e.0)?;
+        let number = |key| value.get(key).and_then(Json::as_u64).ok_or("meta field missing");
+        Ok(Meta {
+            v: u32::try_from(number("v")?).map_err(|_| "bad layout version")?,
+            first: number("first")?,
+            last: number("last")?,
+            count: usize::try_from(number("count")?).map_err(|_| "bad count")?,
+            last_offset: match value.get("lastOffset") {
+                Some(offset) => Some(offset.as_str().and_then(|s| s.parse().ok()).ok_or("bad lastOffset")?),
+                None => None,
+            },
+        })
+    }
+}
+
+fn chunk_text(chunk: &[Entry]) -> String {
+    let mut out = String::from("[");
+    for (i, entry) in chunk.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        json::write_entry(&mut out, entry);
+    }
+    out.push(']');
+    out
+}
+
+fn parse_chunk(text: &str) -> Result<Vec<Entry>, &'static str> {
+    let value = json::parse(text).map_err(|e| e.0)?;
+    value.as_array().ok_or("chunk is not an array")?.iter().map(json::entry).collect::<Option<_>>().ok_or("bad entry in chunk")
 }
 
 const LAYOUT: u32 = 1;
@@ -108,7 +151,7 @@ impl<K: KeyValue> Store<K> {
 
     fn read_chunk(&self, channel: &str, n: u64) -> Result<Vec<Entry>, String> {
         match self.kv.get(&self.chunk_key(channel, n)) {
-            Some(text) => serde_json::from_str(&text).map_err(|e| format!("chunk {n}: {e}")),
+            Some(text) => parse_chunk(&text).map_err(|e| format!("chunk {n}: {e}")),
             None => Err(format!("chunk {n} is missing")),
         }
     }
@@ -120,7 +163,7 @@ impl<K: KeyValue> Store<K> {
         }
         let loaded = match self.kv.get(&self.meta_key(channel)) {
             None => Ok(Channel::default()),
-            Some(text) => serde_json::from_str::<Meta>(&text)
+            Some(text) => Meta::parse(&text)
                 .map_err(|e| format!("meta: {e}"))
                 .and_then(|meta| if meta.v == LAYOUT { Ok(meta) } else { Err(format!("unknown layout {}", meta.v)) })
                 .and_then(|meta| {
@@ -131,7 +174,7 @@ impl<K: KeyValue> Store<K> {
         let state = loaded.unwrap_or_else(|reason| {
             problems.push(StoreProblem {
                 code: "storage_corrupt",
-                message: format!("stored messages of {channel:?} were unreadable ({reason}) and were discarded"),
+                message: format!("stored messages of \"{channel}\" were unreadable ({reason}) and were discarded"),
             });
             self.wipe(channel);
             Channel::default()
@@ -192,14 +235,14 @@ impl<K: KeyValue> Store<K> {
         match result {
             Ok(()) if evicted => Err(StoreProblem {
                 code: "storage_quota",
-                message: format!("storage is full: dropped older stored messages of {channel:?} to keep new ones"),
+                message: format!("storage is full: dropped older stored messages of \"{channel}\" to keep new ones"),
             }),
             Ok(()) => Ok(()),
             Err(StoreError::Quota) => Err(StoreProblem {
                 code: "storage_quota",
-                message: format!("storage is full: {unwritten} messages of {channel:?} were not persisted"),
+                message: format!("storage is full: {unwritten} messages of \"{channel}\" were not persisted"),
             }),
-            Err(StoreError::Other(e)) => Err(StoreProblem { code: "storage_failed", message: format!("persisting {channel:?}: {e}") }),
+            Err(StoreError::Other(e)) => Err(StoreProblem { code: "storage_failed", message: format!("persisting \"{channel}\": {e}") }),
         }
     }
 
@@ -240,11 +283,9 @@ impl<K: KeyValue> Store<K> {
         }
         written.retain(|(n, _)| *n >= meta.first);
         for (n, chunk) in &written {
-            let text = serde_json::to_string(chunk).expect("entries serialise");
-            self.kv.set(&self.chunk_key(channel, *n), &text)?;
+            self.kv.set(&self.chunk_key(channel, *n), &chunk_text(chunk))?;
         }
-        let meta_text = serde_json::to_string(&meta).expect("meta serialises");
-        self.kv.set(&self.meta_key(channel), &meta_text)?;
+        self.kv.set(&self.meta_key(channel), &meta.to_text())?;
         for n in removed {
             self.kv.remove(&self.chunk_key(channel, n));
         }
@@ -264,7 +305,7 @@ impl<K: KeyValue> Store<K> {
             state.meta.first += 1;
         }
         // Keep the stored meta consistent with the removed chunks even if the retry fails.
-        let _ = self.kv.set(&self.meta_key(channel), &serde_json::to_string(&state.meta).expect("meta serialises"));
+        let _ = self.kv.set(&self.meta_key(channel), &state.meta.to_text());
     }
 
     /// Everything stored for `channel` (oldest first, at most the cap) and its last offset,
@@ -282,7 +323,7 @@ impl<K: KeyValue> Store<K> {
                     Err(reason) => {
                         problems.push(StoreProblem {
                             code: "storage_corrupt",
-                            message: format!("stored messages of {channel:?} were unreadable ({reason}) and were discarded"),
+                            message: format!("stored messages of \"{channel}\" were unreadable ({reason}) and were discarded"),
                         });
                         self.wipe(channel);
                         self.channels.remove(channel);
@@ -397,7 +438,7 @@ mod tests {
             assert_eq!(offsets(&reopened), offsets(&loaded), "cap {cap} after reopening");
             let chunks = store.backend().data.keys().filter(|k| k.contains('~')).count();
             assert!(chunks <= cap.div_ceil(Store::<MemoryKeyValue>::CHUNK) + 1, "cap {cap}: {chunks} chunks left");
-            let stored: usize = store.backend().data.iter().filter(|(k, _)| k.contains('~')).map(|(_, v)| serde_json::from_str::<Vec<Entry>>(v).unwrap().len()).sum();
+            let stored: usize = store.backend().data.iter().filter(|(k, _)| k.contains('~')).map(|(_, v)| parse_chunk(v).unwrap().len()).sum();
             assert!(stored < cap + Store::<MemoryKeyValue>::CHUNK, "cap {cap}: {stored} stored");
         }
     }
@@ -415,7 +456,7 @@ mod tests {
             store.flush();
             store.backend().bytes_written
         };
-        let raw = serde_json::to_string(&entry(1234)).unwrap().len();
+        let raw = chunk_text(&[entry(1234)]).len();
         // Worst case, one message per flush: bounded by the chunk size, not by the cap.
         let one_by_one = written(4000, 1);
         assert!(one_by_one < 4000 * raw * 24, "{one_by_one} bytes for 4000 messages");
