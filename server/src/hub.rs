@@ -256,6 +256,15 @@ impl Partition {
         }
     }
 
+    /// Forgets a channel that can no longer be followed, closing its subscribers' connections
+    /// with 1011 and `reason` (they may resubscribe once the channel is fixed).
+    pub(crate) fn evict(&self, channel: &str, reason: &str) {
+        let removed = self.lock().remove(channel);
+        for subscriber in removed.into_iter().flat_map(|c| c.subscribers.into_values()) {
+            subscriber.outbox.kick(close::INTERNAL_ERROR, reason);
+        }
+    }
+
     /// Queues a transient message to the channel's live local subscribers; returns how many.
     pub(crate) fn broadcast(&self, channel: &str, frame: &Utf8Bytes) -> usize {
         let channels = self.lock();
@@ -355,7 +364,7 @@ mod tests {
         let (a, _rx) = Outbox::new(8);
         part.join("c", &conn(1), &a, StreamId::ZERO);
         part.deliver("c", StreamId::ZERO, vec![entry(1, "a"), entry(2, "b"), entry(3, "c")]);
-        assert_eq!(a.kick_reason().unwrap().0, close::LAGGING);
+        assert_eq!(a.kick_signal().reason().unwrap().0, close::LAGGING);
     }
 
     #[test]

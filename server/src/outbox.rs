@@ -94,11 +94,6 @@ impl Outbox {
         self.kick.kicked().await;
     }
 
-    /// Why the connection was kicked, if it was.
-    pub(crate) fn kick_reason(&self) -> Option<(u16, String)> {
-        self.kick.reason()
-    }
-
     /// The kick signal alone, for the writer.
     pub(crate) fn kick_signal(&self) -> Arc<Kick> {
         self.kick.clone()
@@ -115,7 +110,7 @@ mod tests {
         assert!(outbox.push("a".into()));
         assert!(!outbox.push("b".into()));
         assert!(outbox.is_kicked());
-        assert_eq!(outbox.kick_reason().unwrap().0, close::LAGGING);
+        assert_eq!(outbox.kick_signal().reason().unwrap().0, close::LAGGING);
         assert!(outbox.send("c".into()).await.is_err());
         assert_eq!(rx.recv().await, Some(Message::Text("a".into())));
     }

@@ -78,7 +78,15 @@ async fn connect_and_follow(
             idle.await;
             continue;
         }
-        let value = read(shared, &mut conn, &streams).await?;
+        let value = match read(shared, &mut conn, &streams).await {
+            Err(EngineError::WrongType(_)) => {
+                // Some key was replaced by a non-stream value: drop those channels (their
+                // subscribers are told) instead of stalling every channel of this reader.
+                evict_non_streams(partition, &mut conn, &streams).await?;
+                continue;
+            }
+            other => other?,
+        };
         let cursors: HashMap<&str, StreamId> = streams.iter().map(|(k, id)| (k.as_str(), *id)).collect();
         for (key, entries) in crate::engine::decode_streams(&value)? {
             if let Some(from) = cursors.get(key.as_str()) {
@@ -101,9 +109,26 @@ async fn read(shared: &Shared, conn: &mut MultiplexedConnection, streams: &[(Str
     let deadline = config.block + config.redis_timeout;
     match tokio::time::timeout(deadline, cmd.query_async::<Value>(conn)).await {
         Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) if e.code() == Some("WRONGTYPE") => Err(EngineError::WrongType(String::new())),
         Ok(Err(e)) => Err(EngineError::Unavailable(e.to_string())),
         Err(_) => Err(EngineError::Unavailable(format!("XREAD did not return within {deadline:?}"))),
     }
+}
+
+/// Finds the followed keys that no longer hold streams and evicts their channels.
+async fn evict_non_streams(partition: &Partition, conn: &mut MultiplexedConnection, streams: &[(String, StreamId)]) -> Result<(), EngineError> {
+    let mut pipe = redis::pipe();
+    for (key, _) in streams {
+        pipe.cmd("TYPE").arg(key);
+    }
+    let types: Vec<String> = pipe.query_async(conn).await.map_err(|e| EngineError::Unavailable(e.to_string()))?;
+    for ((key, _), kind) in streams.iter().zip(types) {
+        if kind != "stream" && kind != "none" {
+            warn!(channel = key, kind, "channel key no longer holds a stream; closing its subscribers");
+            partition.evict(key, &format!("channel {key:?} no longer holds a stream (its key is a {kind})"));
+        }
+    }
+    Ok(())
 }
 
 /// Runs partition `index`'s waker until shutdown: unblocks the reader when channels are added.

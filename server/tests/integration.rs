@@ -477,6 +477,31 @@ async fn redis_work_does_not_grow_with_subscribers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_turned_into_a_non_stream_does_not_stall_other_channels() {
+    let redis = Redis::start();
+    let server = TestServer::start(config(&redis)).await; // one reader follows both channels
+    let mut victim = connect(&server.url()).await;
+    let mut bystander = connect(&server.url()).await;
+    redis.xadd("poison", &[("k", "v")]);
+    victim.subscribe("poison", "$").await;
+    bystander.subscribe("healthy", "$").await;
+    let _: () = redis::cmd("DEL").arg("poison").query(&mut redis.conn()).unwrap();
+    let _: () = redis::cmd("SET").arg("poison").arg("not a stream").query(&mut redis.conn()).unwrap();
+    for n in 0..3 {
+        let offset = redis.xadd("healthy", &[("n", &n.to_string())]);
+        assert_eq!(bystander.entries("healthy", 1).await[0].0, offset, "entry {n} still flows");
+    }
+    let (code, reason) = victim.closed().await;
+    assert_eq!(code, 1011);
+    assert!(reason.contains("no longer holds a stream"), "{reason}");
+    // Subscribing to it now is refused with a clear error.
+    let mut again = connect(&server.url()).await;
+    let error = again.expect_error(json!({"op": "subscribe", "channel": "poison"})).await;
+    assert_eq!(error["code"], "bad_request", "{error}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn channels_are_sharded_over_several_targets() {
     let one = Redis::start();
     let two = Redis::start();
