@@ -5,11 +5,14 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 /// Everything a [`crate::Server`] can be tuned with. [`Config::default`] gives the documented
-/// defaults with one Redis target on `redis://127.0.0.1:6379`.
+/// defaults on the embedded memory engine; [`Config::with_targets`] names Redis servers.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Redis URIs; channels are sharded over them by a stable hash of the channel name.
+    /// Redis URIs; channels are sharded over them by a stable hash of the channel name. Empty:
+    /// the embedded memory engine (one instance only).
     pub targets: Vec<String>,
+    /// Bounds of the memory engine (used when `targets` is empty).
+    pub memory: crate::engine::MemoryLimits,
     /// Largest text frame answered normally; larger ones get a `too_large` error reply.
     pub max_frame_bytes: usize,
     /// Channel name length and publish field count limits.
@@ -47,7 +50,8 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            targets: vec!["redis://127.0.0.1:6379".into()],
+            targets: Vec::new(),
+            memory: crate::engine::MemoryLimits::default(),
             max_frame_bytes: 1 << 20,
             limits: Limits::default(),
             max_subscriptions: 256,
@@ -107,8 +111,8 @@ impl Config {
         if !self.limits.max_fields.is_multiple_of(2) {
             return Err(crate::Error::Config("max_fields must be even (fields come in pairs)".into()));
         }
-        if self.targets.is_empty() {
-            return Err(crate::Error::Config("at least one Redis target is required".into()));
+        if self.targets.is_empty() && (self.memory.max_bytes == 0 || self.memory.max_entries_per_channel == 0) {
+            return Err(crate::Error::Config("memory engine limits must be at least 1".into()));
         }
         Ok(())
     }

@@ -24,7 +24,8 @@
 //! - `listener` accepts TCP (and TLS), `http` routes `/healthz` and the WebSocket upgrade,
 //!   `connection` runs one socket, `replay` brings a new subscriber from its offset to live.
 //! - `hub` holds local subscribers and fans entries out; `reader` follows streams with a fixed
-//!   number of blocking `XREAD` connections; [`engine`] talks to Redis.
+//!   number of blocking reads; [`engine`] talks to Redis, or holds streams in memory when no Redis
+//!   target is configured (single instance, zero setup).
 //! - `outbox` is a connection's bounded send queue.
 
 pub mod config;
@@ -42,7 +43,7 @@ mod replay;
 mod tls;
 
 pub use config::Config;
-pub use engine::RedisEngine;
+pub use engine::{Engine, MemoryEngine, MemoryLimits, RedisEngine};
 pub use error::Error;
 pub use hooks::{AllowAll, ConnInfo, Decision, Hooks, StreamEvent};
 pub use listener::{ListenOptions, Listener};
@@ -62,7 +63,7 @@ use tokio_util::task::TaskTracker;
 /// State shared by every task of one server.
 pub(crate) struct Shared {
     pub(crate) config: Config,
-    pub(crate) engine: RedisEngine,
+    pub(crate) engine: Engine,
     pub(crate) partitions: Vec<Partition>,
     pub(crate) hooks: Arc<dyn DynHooks>,
     maxlen: RwLock<HashMap<String, u64>>,
@@ -112,8 +113,12 @@ impl ServerBuilder {
     pub fn build(self) -> Result<Server, Error> {
         let config = self.config;
         config.validate()?;
-        let engine = RedisEngine::new(&config.targets, config.redis_timeout)?;
-        let partitions = (0..engine.targets().len())
+        let engine = if config.targets.is_empty() {
+            Engine::Memory(MemoryEngine::new(config.memory))
+        } else {
+            Engine::Redis(RedisEngine::new(&config.targets, config.redis_timeout)?)
+        };
+        let partitions = (0..engine.target_count())
             .flat_map(|target| (0..config.readers_per_target).map(move |_| target))
             .map(|target| Partition::new(target, self.hooks.clone(), config.join_buffer))
             .collect::<Vec<_>>();
@@ -144,7 +149,7 @@ pub struct Server {
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Server").field("targets", &self.shared.engine.targets()).finish_non_exhaustive()
+        f.debug_struct("Server").field("engine", &self.shared.engine).finish_non_exhaustive()
     }
 }
 
@@ -157,6 +162,11 @@ impl Server {
     /// The server's configuration.
     pub fn config(&self) -> &Config {
         &self.shared.config
+    }
+
+    /// The storage engine: Redis, or the embedded memory engine when no target is configured.
+    pub fn engine(&self) -> &Engine {
+        &self.shared.engine
     }
 
     /// Binds a listener; call [`Listener::run`] to serve it.

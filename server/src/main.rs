@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use redistribute::{Config, ListenOptions, Server};
+use redistribute::{Config, Engine, ListenOptions, Server};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -21,8 +21,18 @@ struct Args {
     listen: SocketAddr,
 
     /// Redis URI; repeat to shard channels over several Redis servers (stable hash of the name).
-    #[arg(long = "redis", env = "REDISTRIBUTE_REDIS", value_delimiter = ',', default_value = "redis://127.0.0.1:6379")]
+    /// Without it the server runs on its embedded memory engine: no setup, one instance only,
+    /// nothing kept across restarts.
+    #[arg(long = "redis", env = "REDISTRIBUTE_REDIS", value_delimiter = ',')]
     redis: Vec<String>,
+
+    /// Memory engine: total bytes of messages kept before the oldest are trimmed.
+    #[arg(long, env = "REDISTRIBUTE_MEMORY_MAX_BYTES", default_value_t = 256 << 20)]
+    memory_max_bytes: usize,
+
+    /// Memory engine: messages kept per channel.
+    #[arg(long, env = "REDISTRIBUTE_MEMORY_MAX_ENTRIES", default_value_t = 100_000)]
+    memory_max_entries: u64,
 
     /// PEM private key; with --tls-cert the server speaks TLS (wss://).
     #[arg(long, env = "REDISTRIBUTE_TLS_KEY", requires = "tls_cert")]
@@ -106,6 +116,8 @@ fn parse_maxlen(text: &str) -> Result<(String, u64), String> {
 impl Args {
     fn config(&self) -> Config {
         let mut config = Config::with_targets(self.redis.iter().cloned());
+        config.memory.max_bytes = self.memory_max_bytes;
+        config.memory.max_entries_per_channel = self.memory_max_entries;
         config.max_frame_bytes = self.max_frame_bytes;
         config.limits.max_channel_len = self.max_channel_len;
         config.limits.max_fields = self.max_fields;
@@ -136,7 +148,14 @@ async fn main() -> anyhow::Result<()> {
     }
     let listener = server.bind(&options).await.with_context(|| format!("cannot listen on {}", args.listen))?;
     let scheme = if options.tls_key.is_some() { "wss" } else { "ws" };
-    tracing::info!(url = %format!("{scheme}://{}/", listener.local_addr()?), redis = ?server.config().targets.len(), "redistribute-server ready");
+    tracing::info!(url = %format!("{scheme}://{}/", listener.local_addr()?), "redistribute-server ready");
+    match server.engine() {
+        Engine::Memory(_) => tracing::warn!(
+            "no --redis given: running on the embedded memory engine (single instance only, messages are lost on restart); \
+             pass --redis redis://HOST:PORT to share streams between instances"
+        ),
+        engine => tracing::info!(targets = engine.target_count(), "using Redis"),
+    }
     if let Err(e) = server.health().await {
         tracing::warn!(error = %e, "Redis is not reachable yet; retrying in the background");
     }

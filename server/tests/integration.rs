@@ -1,5 +1,6 @@
 //! End-to-end tests of the server against a real `redis-server` and real WebSockets on loopback.
 
+mod conformance;
 mod support;
 
 use redistribute::{Config, ConnInfo, Decision, Hooks, ListenOptions, Server, StreamEvent};
@@ -672,6 +673,37 @@ async fn tls_with_a_self_signed_certificate() {
     assert_eq!(client.entries("secure", 1).await[0].0, offset);
     server.stop().await;
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The embedded memory engine behind the full protocol: replay, live tail and the handover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_engine_serves_gap_free_replay_with_no_redis() {
+    let server = TestServer::start(Config::default()).await;
+    assert!(matches!(server.server.engine(), redistribute::Engine::Memory(_)));
+    let mut publisher = connect(&server.url()).await;
+    let mut early = connect(&server.url()).await;
+    early.subscribe("mem", "$").await;
+    let mut ids = Vec::new();
+    for i in 0..300 {
+        ids.push(publisher.publish("mem", &["n", &i.to_string()]).await);
+    }
+    let mut late = connect(&server.url()).await;
+    assert_eq!(late.subscribe("mem", &ids[99]).await, json!({"offset": ids[99]}));
+    let publishing = tokio::spawn(async move {
+        for i in 300..600 {
+            publisher.publish("mem", &["n", &i.to_string()]).await;
+        }
+    });
+    let everything = |e: &[(String, Vec<String>)]| e.last().is_some_and(|(_, f)| f[1] == "599");
+    let early_got = early.entries_until("mem", everything).await;
+    let late_got = late.entries_until("mem", everything).await;
+    publishing.await.unwrap();
+    let stored = server.server.engine().history_page("mem", Default::default(), 10_000).await.unwrap().entries;
+    let expected: Vec<(String, Vec<String>)> = stored.iter().map(|e| (e.offset.to_string(), e.fields.clone())).collect();
+    assert_eq!(early_got, expected);
+    assert_eq!(late_got, expected[100..]);
+    assert_eq!(health(&server).await, 200);
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

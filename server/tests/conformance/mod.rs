@@ -1,0 +1,174 @@
+//! One conformance suite, run against both engines: the same code checks Redis (a real
+//! `redis-server`) and the embedded memory engine for the semantics the server relies on.
+
+use redistribute::engine::{Engine, MemoryEngine};
+use redistribute::protocol::StreamId;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Generates `redis_engine::<case>` and `memory_engine::<case>` tests for each case.
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        mod redis_engine {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let redis = crate::support::Redis::start();
+                    let engine = redistribute::engine::Engine::Redis(
+                        redistribute::engine::RedisEngine::new(&[redis.url()], std::time::Duration::from_secs(5)).unwrap(),
+                    );
+                    super::$case(&engine).await;
+                }
+            )*
+        }
+        mod memory_engine {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(&super::memory()).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    ids_are_time_based_and_strictly_increasing,
+    ranges_read_strictly_after_an_id,
+    missing_streams_are_empty,
+    trimming_keeps_the_newest_and_reports_the_loss,
+    tail_reads_wake_on_append_and_on_wake,
+    concurrent_publishers_lose_nothing,
+);
+
+fn memory() -> Engine {
+    Engine::Memory(MemoryEngine::default())
+}
+
+fn fields(n: usize) -> Vec<String> {
+    vec!["n".into(), n.to_string()]
+}
+
+async fn publish_many(engine: &Engine, channel: &str, count: usize, maxlen: Option<u64>) -> Vec<StreamId> {
+    let mut ids = Vec::with_capacity(count);
+    for n in 0..count {
+        ids.push(engine.publish(channel, &fields(n), maxlen).await.unwrap());
+    }
+    ids
+}
+
+async fn all(engine: &Engine, channel: &str) -> Vec<(StreamId, Vec<String>)> {
+    let page = engine.history_page(channel, StreamId::ZERO, 100_000).await.unwrap();
+    page.entries.into_iter().map(|e| (e.offset, e.fields)).collect()
+}
+
+async fn ids_are_time_based_and_strictly_increasing(engine: &Engine) {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+    let ids = publish_many(engine, "ids", 2000, None).await;
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "strictly increasing");
+    assert!(ids[0].ms + 60_000 > now && ids[0].ms < now + 60_000, "milliseconds of the wall clock: {}", ids[0]);
+    assert!(ids.iter().any(|id| id.seq > 0), "several entries per millisecond get sequence numbers");
+    let state = engine.state("ids").await.unwrap();
+    assert_eq!(state.last_generated, *ids.last().unwrap(), "`$` is the last generated ID");
+    assert_eq!((state.length, state.entries_added), (2000, 2000));
+    assert_eq!(state.first, Some(ids[0]));
+}
+
+async fn ranges_read_strictly_after_an_id(engine: &Engine) {
+    let ids = publish_many(engine, "range", 25, None).await;
+    let page = engine.history_page("range", StreamId::ZERO, 10).await.unwrap();
+    assert_eq!(page.entries.iter().map(|e| e.offset).collect::<Vec<_>>(), ids[..10]);
+    assert_eq!(page.entries[3].fields, fields(3), "fields exactly as published");
+    let page = engine.history_page("range", ids[9], 10).await.unwrap();
+    assert_eq!(page.entries.iter().map(|e| e.offset).collect::<Vec<_>>(), ids[10..20]);
+    let page = engine.history_page("range", ids[19], 10).await.unwrap();
+    assert_eq!(page.entries.len(), 5);
+    assert!(engine.history_page("range", ids[24], 10).await.unwrap().entries.is_empty());
+    // IDs that are not entries: before the first reads from it, past the last reads nothing.
+    let before = StreamId::new(ids[0].ms - 1, 7);
+    assert_eq!(engine.history_page("range", before, 1).await.unwrap().entries[0].offset, ids[0]);
+    let past = ids[24].successor().unwrap();
+    assert!(engine.history_page("range", past, 10).await.unwrap().entries.is_empty());
+    assert_eq!(page.state.last_generated, ids[24], "pages carry the state read with them");
+}
+
+async fn missing_streams_are_empty(engine: &Engine) {
+    let state = engine.state("nothing").await.unwrap();
+    assert_eq!(state.last_generated, StreamId::ZERO);
+    assert!(!state.lost_after(StreamId::ZERO));
+    let page = engine.history_page("nothing", StreamId::ZERO, 10).await.unwrap();
+    assert!(page.entries.is_empty());
+    assert!(!page.state.lost_after(StreamId::ZERO));
+}
+
+async fn trimming_keeps_the_newest_and_reports_the_loss(engine: &Engine) {
+    let ids = publish_many(engine, "trim", 1000, Some(10)).await;
+    let kept = all(engine, "trim").await;
+    // `MAXLEN ~` may keep up to a radix-tree node more than asked (Redis); never fewer.
+    assert!(kept.len() >= 10 && kept.len() <= 110, "kept {}", kept.len());
+    let kept_ids: Vec<StreamId> = kept.iter().map(|(id, _)| *id).collect();
+    assert_eq!(kept_ids, ids[ids.len() - kept.len()..], "the newest entries, in order");
+    let state = engine.state("trim").await.unwrap();
+    assert!(state.lost_after(ids[0]), "entries after the first were trimmed");
+    assert!(state.lost_after(StreamId::ZERO));
+    assert!(!state.lost_after(kept_ids[0]), "nothing after a kept entry was lost");
+    assert!(!state.lost_after(*ids.last().unwrap()));
+    assert_eq!(state.entries_added, 1000);
+}
+
+async fn tail_reads_wake_on_append_and_on_wake(engine: &Engine) {
+    let last = engine.publish("tail", &fields(0), None).await.unwrap();
+    let mut follower = engine.follower(0).await.unwrap();
+    let block = Duration::from_secs(60); // longer than the test's patience: only a wake or data ends it
+    let streams = vec![("tail".to_owned(), last), ("other".to_owned(), StreamId::ZERO)];
+    let reading = tokio::spawn(async move {
+        let got = follower.read(&streams, 100, block, Duration::from_secs(5)).await.unwrap();
+        (follower, got)
+    });
+    let added = engine.publish("tail", &fields(1), None).await.unwrap();
+    let (mut follower, got) = tokio::time::timeout(Duration::from_secs(20), reading).await.expect("the append woke the read").unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0, "tail");
+    assert_eq!(got[0].1.iter().map(|e| e.offset).collect::<Vec<_>>(), vec![added]);
+
+    // A wake ends a read that has nothing to return.
+    let wake_id = follower.wake_id();
+    let streams = vec![("tail".to_owned(), added)];
+    let reading = tokio::spawn(async move { follower.read(&streams, 100, block, Duration::from_secs(5)).await.unwrap() });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !engine.wake(0, wake_id).await.unwrap() {
+        assert!(tokio::time::Instant::now() < deadline, "the read never blocked");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let got = tokio::time::timeout(Duration::from_secs(20), reading).await.expect("the wake ended the read").unwrap();
+    assert!(got.is_empty());
+}
+
+async fn concurrent_publishers_lose_nothing(engine: &Engine) {
+    let tasks: Vec<_> = (0..4)
+        .map(|t| {
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for n in 0..250 {
+                    ids.push(engine.publish("busy", &[format!("t{t}"), n.to_string()], None).await.unwrap());
+                }
+                ids
+            })
+        })
+        .collect();
+    let mut published = Vec::new();
+    for task in tasks {
+        let ids = task.await.unwrap();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "each publisher's entries keep its order");
+        published.extend(ids);
+    }
+    let stored = all(engine, "busy").await;
+    assert_eq!(stored.len(), 1000);
+    assert!(stored.windows(2).all(|w| w[0].0 < w[1].0));
+    published.sort();
+    assert_eq!(stored.iter().map(|(id, _)| *id).collect::<Vec<_>>(), published, "every publish stored once");
+    for t in 0..4 {
+        let mine: Vec<&String> = stored.iter().filter(|(_, f)| f[0] == format!("t{t}")).map(|(_, f)| &f[1]).collect();
+        assert_eq!(mine, (0..250).map(|n| n.to_string()).collect::<Vec<_>>().iter().collect::<Vec<_>>());
+    }
+}
