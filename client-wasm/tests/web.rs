@@ -252,7 +252,14 @@ async fn resumes_after_a_server_restart_while_another_process_publishes() {
     wait_for("the first messages", || events.messages(&channel).len() >= 20).await;
     control("POST", "/server/0/stop").await;
     wait_for("the disconnect", || events.count("disconnect") == 1).await;
-    sleep(300).await; // the publisher keeps going while the server is down
+    // Let the publisher add a good number of entries while the server is down.
+    let at_stop = xrange(&channel).await.len();
+    let deadline = js_sys::Date::now() + 20_000.0;
+    while xrange(&channel).await.len() < (at_stop + 20).min(300) {
+        assert!(js_sys::Date::now() < deadline, "the publisher stalled");
+        sleep(20).await;
+    }
+    assert_eq!(events.count("connect"), 1, "still down while those were published");
     control("POST", "/server/0/start").await;
     control("GET", "/publisher/wait").await;
     let all = xrange(&channel).await;
