@@ -30,6 +30,7 @@
 
 pub mod config;
 pub mod engine;
+pub mod groups;
 pub mod hooks;
 
 mod connection;

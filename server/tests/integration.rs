@@ -1,6 +1,7 @@
 //! End-to-end tests of the server against a real `redis-server` and real WebSockets on loopback.
 
 mod conformance;
+mod groups;
 mod support;
 
 use redistribute::{Config, ConnInfo, Decision, Hooks, ListenOptions, Server, StreamEvent};

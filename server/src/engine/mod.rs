@@ -9,7 +9,7 @@
 
 mod memory;
 mod redis;
-mod reply;
+pub(crate) mod reply;
 
 pub use self::memory::{MemoryEngine, MemoryLimits};
 pub use self::redis::{RedisEngine, Target};
@@ -272,4 +272,13 @@ pub enum EngineError {
     /// The engine answered something unexpected.
     #[error("unexpected storage reply: {0}")]
     Protocol(String),
+    /// The engine does not offer this feature.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The consumer group does not exist.
+    #[error("{0}")]
+    NoGroup(String),
+    /// Offsets that are not pending in the group (listed).
+    #[error("not pending in the group: {0}")]
+    NotPending(String),
 }

@@ -110,6 +110,11 @@ impl RedisEngine {
     }
 
     fn target(&self, channel: &str) -> ConnectionManager {
+        self.commands(channel)
+    }
+
+    /// The command connection of the target holding `channel` (multiplexed: never block on it).
+    pub(crate) fn commands(&self, channel: &str) -> ConnectionManager {
         self.targets[self.target_of(channel)].commands.clone()
     }
 

@@ -1,0 +1,284 @@
+//! Consumer groups: a fleet of workers shares a channel's entries (the seed's third promise).
+//!
+//! A [`Consumer`] joins group `G` of channel `C` as consumer `N` (creating the group, and the
+//! stream, if needed) and pulls [`Delivery`]s: first the entries it was given before and never
+//! acknowledged (its own pending list, so a restarted worker resumes its work), then entries that
+//! other consumers left pending longer than `claim_idle` (`XAUTOCLAIM`: a crashed worker's work
+//! moves to the living), then new entries (`XREADGROUP … >`). Each delivery carries how many times
+//! the entry was delivered; one delivered more than `max_deliveries` times is moved to a
+//! dead-letter stream and acknowledged instead of looping forever.
+//!
+//! Guarantees: at-least-once within a group (an entry is acknowledged once, but may be delivered
+//! again if its consumer does not acknowledge it within `claim_idle`); each consumer sees its
+//! deliveries in stream order within one batch, but across consumers and redeliveries there is no
+//! global order; an entry is delivered at most `max_deliveries` times, then dead-lettered.
+//!
+//! Each consumer holds one dedicated Redis connection (its blocking reads would stall a shared
+//! one). Consumer groups need the Redis engine.
+
+use crate::engine::{Engine, EngineError, RedisEngine, reply};
+use redis::Value;
+use redis::aio::MultiplexedConnection;
+use redistribute_protocol::{Entry, StreamId};
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Where a new group starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupStart {
+    /// Only entries added after the group is created (`$`).
+    Latest,
+    /// Everything the stream holds (`0`).
+    Beginning,
+}
+
+/// Tunables of a consumer.
+#[derive(Debug, Clone)]
+pub struct GroupOptions {
+    /// Where the group starts if this consumer creates it.
+    pub start: GroupStart,
+    /// How long an entry may stay unacknowledged before other consumers claim it.
+    pub claim_idle: Duration,
+    /// Deliveries after which an entry goes to the dead-letter stream.
+    pub max_deliveries: u64,
+    /// Dead-letter stream; `None` means `<channel>:dead`.
+    pub dead_letter: Option<String>,
+    /// Entries per read.
+    pub batch: usize,
+    /// Longest blocking read.
+    pub block: Duration,
+}
+
+impl Default for GroupOptions {
+    fn default() -> Self {
+        GroupOptions {
+            start: GroupStart::Latest,
+            claim_idle: Duration::from_secs(30),
+            max_deliveries: 5,
+            dead_letter: None,
+            batch: 100,
+            block: Duration::from_secs(5),
+        }
+    }
+}
+
+/// One entry handed to a consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The entry.
+    pub entry: Entry,
+    /// How many times it was delivered, this time included.
+    pub deliveries: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Re-reading this consumer's own pending entries after this ID.
+    OwnPending(StreamId),
+    Live,
+}
+
+/// A member of a consumer group.
+#[derive(Debug)]
+pub struct Consumer {
+    conn: MultiplexedConnection,
+    channel: String,
+    group: String,
+    name: String,
+    options: GroupOptions,
+    phase: Phase,
+    next_claim: Instant,
+    claim_cursor: StreamId,
+}
+
+fn redis_of(engine: &Engine) -> Result<&RedisEngine, EngineError> {
+    match engine {
+        Engine::Redis(redis) => Ok(redis),
+        _ => Err(EngineError::Unsupported("consumer groups need the Redis engine (start the server with --redis)".into())),
+    }
+}
+
+fn failed(e: redis::RedisError) -> EngineError {
+    // Inside a pipeline the code is only in the text.
+    if e.code() == Some("NOGROUP") || e.to_string().contains("NOGROUP") {
+        EngineError::NoGroup("no such consumer group for this channel".to_owned())
+    } else {
+        EngineError::Unavailable(e.to_string())
+    }
+}
+
+impl Consumer {
+    /// Joins `group` of `channel` as consumer `name`, creating the group (and the stream) if
+    /// needed, starting where `options.start` says.
+    ///
+    /// # Errors
+    /// [`EngineError::Unsupported`] on the memory engine; [`EngineError::Unavailable`] when Redis
+    /// cannot be reached.
+    pub async fn join(engine: &Engine, channel: &str, group: &str, name: &str, options: GroupOptions) -> Result<Consumer, EngineError> {
+        let redis = redis_of(engine)?;
+        let mut conn = redis.targets()[redis.target_of(channel)].reader_connection().await?;
+        let start = match options.start {
+            GroupStart::Latest => "$",
+            GroupStart::Beginning => "0",
+        };
+        let created: Result<(), _> =
+            redis::cmd("XGROUP").arg("CREATE").arg(channel).arg(group).arg(start).arg("MKSTREAM").query_async(&mut conn).await;
+        match created {
+            Ok(()) => {}
+            Err(e) if e.code() == Some("BUSYGROUP") => {}
+            Err(e) if e.code() == Some("WRONGTYPE") => return Err(EngineError::WrongType(channel.to_owned())),
+            Err(e) => return Err(failed(e)),
+        }
+        Ok(Consumer {
+            conn,
+            channel: channel.to_owned(),
+            group: group.to_owned(),
+            name: name.to_owned(),
+            phase: Phase::OwnPending(StreamId::ZERO),
+            next_claim: Instant::now(),
+            claim_cursor: StreamId::ZERO,
+            options,
+        })
+    }
+
+    /// The next deliveries: own pending first, then claimed, then new. Waits up to the block
+    /// time; returns an empty batch when nothing came.
+    ///
+    /// # Errors
+    /// [`EngineError::Unavailable`] when the connection fails; [`EngineError::NoGroup`] when the
+    /// group was destroyed meanwhile.
+    pub async fn next(&mut self) -> Result<Vec<Delivery>, EngineError> {
+        if let Phase::OwnPending(after) = self.phase {
+            let entries = self.read_group(&after.to_string(), None).await?;
+            match entries.last() {
+                Some(last) => self.phase = Phase::OwnPending(last.offset),
+                None => self.phase = Phase::Live,
+            }
+            if !entries.is_empty() {
+                return self.counted(entries).await;
+            }
+        }
+        if Instant::now() >= self.next_claim {
+            let claimed = self.claim().await?;
+            if !claimed.is_empty() {
+                return self.counted(claimed).await;
+            }
+        }
+        let wait = self.options.block.min(self.next_claim.saturating_duration_since(Instant::now())).max(Duration::from_millis(1));
+        let fresh = self.read_group(">", Some(wait)).await?;
+        Ok(fresh.into_iter().map(|entry| Delivery { entry, deliveries: 1 }).collect())
+    }
+
+    async fn read_group(&mut self, id: &str, block: Option<Duration>) -> Result<Vec<Entry>, EngineError> {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP").arg(&self.group).arg(&self.name).arg("COUNT").arg(self.options.batch);
+        if let Some(block) = block {
+            cmd.arg("BLOCK").arg(block.as_millis() as u64);
+        }
+        cmd.arg("STREAMS").arg(&self.channel).arg(id);
+        let value: Value = cmd.query_async(&mut self.conn).await.map_err(failed)?;
+        Ok(reply::streams(&value)?.into_iter().flat_map(|(_, entries)| entries).collect())
+    }
+
+    /// One `XAUTOCLAIM` step over the group's pending list.
+    async fn claim(&mut self) -> Result<Vec<Entry>, EngineError> {
+        let value: Value = redis::cmd("XAUTOCLAIM")
+            .arg(&self.channel)
+            .arg(&self.group)
+            .arg(&self.name)
+            .arg(self.options.claim_idle.as_millis() as u64)
+            .arg(self.claim_cursor.to_string())
+            .arg("COUNT")
+            .arg(self.options.batch)
+            .query_async(&mut self.conn)
+            .await
+            .map_err(failed)?;
+        let Value::Array(parts) = &value else { return Err(EngineError::Protocol(format!("XAUTOCLAIM: {value:?}"))) };
+        let cursor = parts.first().map(reply::stream_id).transpose()?.unwrap_or(StreamId::ZERO);
+        let entries = parts.get(1).map(reply::entries).transpose()?.unwrap_or_default();
+        self.claim_cursor = cursor;
+        if cursor == StreamId::ZERO {
+            // Scanned the whole pending list: look again after a while.
+            self.next_claim = Instant::now() + self.options.claim_idle / 2;
+        }
+        Ok(entries)
+    }
+
+    /// Adds delivery counts (from `XPENDING`) and dead-letters entries past the limit.
+    async fn counted(&mut self, entries: Vec<Entry>) -> Result<Vec<Delivery>, EngineError> {
+        let (first, last) = (entries[0].offset, entries[entries.len() - 1].offset);
+        let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+            .arg(&self.channel)
+            .arg(&self.group)
+            .arg(first.to_string())
+            .arg(last.to_string())
+            .arg(entries.len())
+            .arg(&self.name)
+            .query_async(&mut self.conn)
+            .await
+            .map_err(failed)?;
+        let counts: HashMap<String, u64> = pending.into_iter().map(|(id, _, _, count)| (id, count)).collect();
+        let mut out = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let deliveries = counts.get(&entry.offset.to_string()).copied().unwrap_or(1);
+            if deliveries > self.options.max_deliveries {
+                self.dead_letter(&entry, deliveries).await?;
+            } else {
+                out.push(Delivery { entry, deliveries });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn dead_letter(&mut self, entry: &Entry, deliveries: u64) -> Result<(), EngineError> {
+        let stream = self.options.dead_letter.clone().unwrap_or_else(|| format!("{}:dead", self.channel));
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.cmd("XADD")
+            .arg(&stream)
+            .arg("*")
+            .arg(&entry.fields)
+            .arg("dead-letter-offset")
+            .arg(entry.offset.to_string())
+            .arg("dead-letter-group")
+            .arg(&self.group)
+            .arg("dead-letter-deliveries")
+            .arg(deliveries)
+            .ignore();
+        pipe.cmd("XACK").arg(&self.channel).arg(&self.group).arg(entry.offset.to_string()).ignore();
+        pipe.query_async::<()>(&mut self.conn).await.map_err(failed)
+    }
+
+    /// Acknowledges entries of this consumer's group. Returns how many were pending.
+    ///
+    /// # Errors
+    /// As for [`Consumer::next`].
+    pub async fn ack(&mut self, offsets: &[StreamId]) -> Result<u64, EngineError> {
+        let ids: Vec<String> = offsets.iter().map(ToString::to_string).collect();
+        redis::cmd("XACK").arg(&self.channel).arg(&self.group).arg(&ids).query_async(&mut self.conn).await.map_err(failed)
+    }
+}
+
+/// Acknowledges `offsets` in `group` of `channel`, all or nothing: if any is not pending in the
+/// group, nothing is acknowledged and the error names them.
+///
+/// # Errors
+/// [`EngineError::NoGroup`] for a missing group; [`EngineError::NotPending`] listing offsets that
+/// are not pending; [`EngineError::Unsupported`] on the memory engine.
+pub async fn ack(engine: &Engine, channel: &str, group: &str, offsets: &[StreamId]) -> Result<u64, EngineError> {
+    let redis = redis_of(engine)?;
+    let mut conn = redis.commands(channel);
+    let mut pipe = redis::pipe();
+    for offset in offsets {
+        let id = offset.to_string();
+        pipe.cmd("XPENDING").arg(channel).arg(group).arg(&id).arg(&id).arg(1);
+    }
+    let found: Vec<Vec<(String, String, u64, u64)>> = pipe.query_async(&mut conn).await.map_err(failed)?;
+    let missing: Vec<String> = offsets.iter().zip(&found).filter(|(_, f)| f.is_empty()).map(|(o, _)| o.to_string()).collect();
+    if !missing.is_empty() {
+        return Err(EngineError::NotPending(missing.join(", ")));
+    }
+    let ids: Vec<String> = offsets.iter().map(ToString::to_string).collect();
+    redis::cmd("XACK").arg(channel).arg(group).arg(&ids).query_async(&mut conn).await.map_err(failed)
+}
