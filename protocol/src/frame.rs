@@ -44,6 +44,9 @@ pub struct OkBody {
     /// `subscribe`: entries after the requested offset were trimmed or deleted before delivery.
     #[serde(default, skip_serializing_if = "is_false")]
     pub truncated: bool,
+    /// `ack`: how many entries were acknowledged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acked: Option<u64>,
 }
 
 /// The payload of an error reply.
@@ -110,6 +113,28 @@ fn is_empty(entries: &Cow<'_, [Entry]>) -> bool {
     entries.is_empty()
 }
 
+/// An entry delivered to a consumer group member, with its delivery count.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupEntry {
+    /// The entry's stream ID.
+    pub offset: StreamId,
+    /// The field/value list.
+    pub fields: Vec<String>,
+    /// How many times the group delivered it, this time included.
+    pub deliveries: u64,
+}
+
+/// A push of entries for a consumer group subscription.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupPush<'a> {
+    /// The channel.
+    pub channel: Cow<'a, str>,
+    /// The consumer group the entries were delivered through.
+    pub group: Cow<'a, str>,
+    /// The entries; acknowledge them with the `ack` op.
+    pub messages: Vec<GroupEntry>,
+}
+
 impl Serialize for StreamId {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(self)
@@ -129,9 +154,9 @@ mod tests {
 
     #[test]
     fn replies_match_the_documented_shapes() {
-        let ok = Reply::ok(Some(1), OkBody { offset: Some(StreamId::new(1518951480106, 0)), truncated: false });
+        let ok = Reply::ok(Some(1), OkBody { offset: Some(StreamId::new(1518951480106, 0)), ..OkBody::default() });
         assert_eq!(ok.to_json(), r#"{"id":1,"ok":{"offset":"1518951480106-0"}}"#);
-        let truncated = Reply::ok(Some(1), OkBody { offset: Some(StreamId::new(5, 0)), truncated: true });
+        let truncated = Reply::ok(Some(1), OkBody { offset: Some(StreamId::new(5, 0)), truncated: true, ..OkBody::default() });
         assert_eq!(truncated.to_json(), r#"{"id":1,"ok":{"offset":"5-0","truncated":true}}"#);
         assert_eq!(Reply::ok(Some(3), OkBody::default()).to_json(), r#"{"id":3,"ok":{}}"#);
         let err = Reply::error(None, ProtocolError::bad_request("nope"));

@@ -4,7 +4,7 @@
 //! malformed request gets a message naming the offending field, and so that the `id` is recovered
 //! whenever the frame is a JSON object with a valid `id`, even if the rest of it is wrong.
 
-use crate::{ErrorCode, ProtocolError, Start};
+use crate::{ErrorCode, ProtocolError, Start, StreamId};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -18,11 +18,13 @@ pub struct Limits {
     pub max_channel_len: usize,
     /// Most strings in a publish's `fields` (field names and values counted separately).
     pub max_fields: usize,
+    /// Most offsets in one `ack` (group pushes never carry more).
+    pub max_offsets: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_channel_len: 256, max_fields: 256 }
+        Limits { max_channel_len: 256, max_fields: 256, max_offsets: 1000 }
     }
 }
 
@@ -49,10 +51,41 @@ pub enum Op {
         #[serde(rename = "offset", serialize_with = "crate::request::display")]
         start: Start,
     },
+    /// Join consumer group `group` of `channel` as `consumer`: receive a share of its entries.
+    #[serde(rename = "subscribe")]
+    GroupSubscribe {
+        /// Channel (stream) name.
+        channel: String,
+        /// Consumer group name (created if missing).
+        group: String,
+        /// This consumer's name within the group.
+        consumer: String,
+        /// Where a newly created group starts (`$` when the request omits it).
+        #[serde(rename = "offset", serialize_with = "crate::request::display")]
+        start: Start,
+    },
     /// Stop following `channel`.
     Unsubscribe {
         /// Channel (stream) name.
         channel: String,
+    },
+    /// Leave consumer group `group` of `channel` (unacknowledged entries stay pending).
+    #[serde(rename = "unsubscribe")]
+    GroupUnsubscribe {
+        /// Channel (stream) name.
+        channel: String,
+        /// Consumer group name.
+        group: String,
+    },
+    /// Acknowledge entries delivered by consumer group `group` of `channel`.
+    Ack {
+        /// Channel (stream) name.
+        channel: String,
+        /// Consumer group name.
+        group: String,
+        /// Offsets to acknowledge: all or none.
+        #[serde(serialize_with = "crate::request::display_all")]
+        offsets: Vec<StreamId>,
     },
     /// Append an entry to `channel`.
     Publish {
@@ -72,7 +105,12 @@ impl Op {
     /// The channel the op is about, if any.
     pub fn channel(&self) -> Option<&str> {
         match self {
-            Op::Subscribe { channel, .. } | Op::Unsubscribe { channel } | Op::Publish { channel, .. } => Some(channel),
+            Op::Subscribe { channel, .. }
+            | Op::GroupSubscribe { channel, .. }
+            | Op::Unsubscribe { channel }
+            | Op::GroupUnsubscribe { channel, .. }
+            | Op::Ack { channel, .. }
+            | Op::Publish { channel, .. } => Some(channel),
             Op::Ping => None,
         }
     }
@@ -80,6 +118,10 @@ impl Op {
 
 fn display<S: serde::Serializer, T: std::fmt::Display>(value: &T, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.collect_str(value)
+}
+
+fn display_all<S: serde::Serializer, T: std::fmt::Display>(values: &[T], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(values.iter().map(ToString::to_string))
 }
 
 /// A request that could not be accepted, with the `id` to answer (`None` if it was not found).
@@ -140,9 +182,37 @@ fn parse_op(object: &Map<String, Value>, limits: &Limits) -> Result<Op, Protocol
                 Some(Value::String(s)) => s.parse().map_err(|e| ProtocolError::bad_request(format!("{e}")))?,
                 Some(_) => return Err(ProtocolError::bad_request("\"offset\" must be a string such as \"$\", \"0\" or \"1518951480106-0\"")),
             };
-            Ok(Op::Subscribe { channel, start })
+            match (optional_name(object, "group", limits)?, optional_name(object, "consumer", limits)?) {
+                (None, None) => Ok(Op::Subscribe { channel, start }),
+                (Some(group), Some(consumer)) => Ok(Op::GroupSubscribe { channel, group, consumer, start }),
+                _ => Err(ProtocolError::bad_request("a group subscription needs both \"group\" and \"consumer\"")),
+            }
         }
-        "unsubscribe" => Ok(Op::Unsubscribe { channel: channel(object, limits)? }),
+        "unsubscribe" => {
+            let channel = channel(object, limits)?;
+            match optional_name(object, "group", limits)? {
+                None => Ok(Op::Unsubscribe { channel }),
+                Some(group) => Ok(Op::GroupUnsubscribe { channel, group }),
+            }
+        }
+        "ack" => {
+            let channel = channel(object, limits)?;
+            let group = optional_name(object, "group", limits)?.ok_or_else(|| ProtocolError::bad_request("missing \"group\""))?;
+            let Some(Value::Array(items)) = object.get("offsets") else {
+                return Err(ProtocolError::bad_request("\"offsets\" must be an array of offsets"));
+            };
+            if items.is_empty() || items.len() > limits.max_offsets {
+                return Err(ProtocolError::bad_request(format!("\"offsets\" must hold 1 to {} offsets", limits.max_offsets)));
+            }
+            let offsets = items
+                .iter()
+                .map(|item| match item {
+                    Value::String(s) => s.parse::<StreamId>().map_err(|e| ProtocolError::bad_request(format!("{e}"))),
+                    _ => Err(ProtocolError::bad_request("offsets must be strings such as \"1518951480106-0\"")),
+                })
+                .collect::<Result<_, _>>()?;
+            Ok(Op::Ack { channel, group, offsets })
+        }
         "publish" => {
             let channel = channel(object, limits)?;
             let fields = fields(object, limits)?;
@@ -172,6 +242,18 @@ fn channel(object: &Map<String, Value>, limits: &Limits) -> Result<String, Proto
     }
 }
 
+/// A group or consumer name, if present: the same rules as channel names.
+fn optional_name(object: &Map<String, Value>, key: &str, limits: &Limits) -> Result<Option<String>, ProtocolError> {
+    match object.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(name)) => {
+            validate_name(key, name, limits.max_channel_len)?;
+            Ok(Some(name.clone()))
+        }
+        Some(_) => Err(ProtocolError::bad_request(format!("\"{key}\" must be a string"))),
+    }
+}
+
 /// True for the characters a channel name may contain besides ASCII letters and digits.
 const CHANNEL_PUNCTUATION: &str = "-_.:/@#{}+=";
 
@@ -180,18 +262,23 @@ const CHANNEL_PUNCTUATION: &str = "-_.:/@#{}+=";
 /// # Errors
 /// A `bad_request` error saying which rule the name breaks.
 pub fn validate_channel(name: &str, max_len: usize) -> Result<(), ProtocolError> {
+    validate_name("channel", name, max_len)
+}
+
+/// Checks a channel, group or consumer name (`what`) against the channel name rules.
+///
+/// # Errors
+/// A `bad_request` error saying which rule the name breaks.
+pub fn validate_name(what: &str, name: &str, max_len: usize) -> Result<(), ProtocolError> {
     if name.is_empty() {
-        return Err(ProtocolError::bad_request("channel name must not be empty"));
+        return Err(ProtocolError::bad_request(format!("{what} name must not be empty")));
     }
     if name.len() > max_len {
-        return Err(ProtocolError::bad_request(format!(
-            "channel name is {} bytes long, the limit is {max_len}",
-            name.len()
-        )));
+        return Err(ProtocolError::bad_request(format!("{what} name is {} bytes long, the limit is {max_len}", name.len())));
     }
     if let Some(bad) = name.chars().find(|c| !c.is_ascii_alphanumeric() && !CHANNEL_PUNCTUATION.contains(*c)) {
         return Err(ProtocolError::bad_request(format!(
-            "channel name contains {bad:?}; allowed are ASCII letters, digits and {CHANNEL_PUNCTUATION}"
+            "{what} name contains {bad:?}; allowed are ASCII letters, digits and {CHANNEL_PUNCTUATION}"
         )));
     }
     Ok(())
@@ -293,6 +380,23 @@ mod tests {
         assert!(error(r#"{"id":7,"op":"subscribe","channel":"c","offset":"x-1"}"#).2.contains("offset must be"));
         assert_eq!(error(r#"{"id":7,"op":"subscribe","channel":"c","offset":5}"#).1, ErrorCode::BadRequest);
         assert_eq!(error(r#"{"id":7,"op":"subscribe"}"#).2, "missing \"channel\"");
+    }
+
+    #[test]
+    fn group_requests() {
+        let sub = parse(r#"{"id":1,"op":"subscribe","channel":"c","group":"g","consumer":"w1","offset":"0"}"#).unwrap();
+        assert_eq!(sub.op, Op::GroupSubscribe { channel: "c".into(), group: "g".into(), consumer: "w1".into(), start: Start::After(StreamId::ZERO) });
+        assert_eq!(sub.to_json(), r#"{"id":1,"op":"subscribe","channel":"c","group":"g","consumer":"w1","offset":"0-0"}"#);
+        let ack = parse(r#"{"id":2,"op":"ack","channel":"c","group":"g","offsets":["1-1","2"]}"#).unwrap();
+        assert_eq!(ack.op, Op::Ack { channel: "c".into(), group: "g".into(), offsets: vec![StreamId::new(1, 1), StreamId::new(2, 0)] });
+        assert_eq!(ack.to_json(), r#"{"id":2,"op":"ack","channel":"c","group":"g","offsets":["1-1","2-0"]}"#);
+        let unsub = parse(r#"{"id":3,"op":"unsubscribe","channel":"c","group":"g"}"#).unwrap();
+        assert_eq!(unsub.to_json(), r#"{"id":3,"op":"unsubscribe","channel":"c","group":"g"}"#);
+        assert!(error(r#"{"id":4,"op":"subscribe","channel":"c","group":"g"}"#).2.contains("both"));
+        assert!(error(&format!(r#"{{"id":4,"op":"subscribe","channel":"c","group":"g","consumer":"{}"}}"#, "w".repeat(300))).2.contains("consumer name is 300 bytes"));
+        assert!(error(r#"{"id":5,"op":"ack","channel":"c","group":"g","offsets":[]}"#).2.contains("1 to"));
+        assert!(error(r#"{"id":5,"op":"ack","channel":"c","group":"g","offsets":["x"]}"#).2.contains("offset must be"));
+        assert!(error(r#"{"id":5,"op":"ack","channel":"c","offsets":["1-1"]}"#).2.contains("missing \"group\""));
     }
 
     #[test]

@@ -45,6 +45,10 @@ pub struct Config {
     pub read_buffer_bytes: usize,
     /// Serve the files of this directory over plain HTTP GET (a web app next to its socket).
     pub static_dir: Option<std::path::PathBuf>,
+    /// Consumer groups: how long an entry may stay unacknowledged before others claim it.
+    pub group_claim_idle: Duration,
+    /// Consumer groups: deliveries after which an entry goes to `<channel>:dead`.
+    pub group_max_deliveries: u64,
 }
 
 impl Default for Config {
@@ -67,6 +71,8 @@ impl Default for Config {
             maxlen: HashMap::new(),
             read_buffer_bytes: 4 << 10,
             static_dir: None,
+            group_claim_idle: Duration::from_secs(30),
+            group_max_deliveries: 5,
         }
     }
 }
@@ -96,6 +102,7 @@ impl Config {
             ("max_frame_bytes", self.max_frame_bytes),
             ("max_channel_len", self.limits.max_channel_len),
             ("max_fields", self.limits.max_fields),
+            ("max_offsets", self.limits.max_offsets),
             ("max_subscriptions", self.max_subscriptions),
             ("max_connections", self.max_connections),
             ("send_queue", self.send_queue),

@@ -8,7 +8,7 @@
 use crate::error::client_error;
 use crate::hooks::{ConnInfo, Decision};
 use crate::outbox::{Kick, Outbox};
-use crate::{Shared, replay};
+use crate::{Shared, group, groups, replay};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use redistribute_protocol::frame::OkBody;
 use redistribute_protocol::{ErrorCode, Op, ProtocolError, Reply, Request, Start, close};
@@ -36,7 +36,7 @@ where
     }
     let (outbox, queue) = Outbox::new(shared.config.send_queue);
     let writer = write_loop(sink, queue, outbox.kick_signal(), shared.shutdown.clone());
-    let mut handler = Handler { shared: shared.clone(), conn: conn.clone(), outbox, subscriptions: HashMap::new() };
+    let mut handler = Handler { shared: shared.clone(), conn: conn.clone(), outbox, subscriptions: HashMap::new(), groups: HashMap::new() };
     let reader = async move {
         handler.read_loop(stream).await;
         handler.cleanup().await;
@@ -98,6 +98,8 @@ struct Handler {
     conn: Arc<ConnInfo>,
     outbox: Outbox,
     subscriptions: HashMap<String, Subscription>,
+    /// Consumer group memberships by (channel, group), each pulling in its own task.
+    groups: HashMap<(String, String), JoinHandle<()>>,
 }
 
 impl Handler {
@@ -173,6 +175,36 @@ impl Handler {
                 };
                 self.reply(reply).await;
             }
+            Op::GroupSubscribe { channel, group, consumer, start } => {
+                match self.join_group(&channel, &group, &consumer, start).await {
+                    Ok(consumer) => {
+                        self.reply(Reply::ok(id, OkBody::default())).await;
+                        let task = group::Membership {
+                            shared: self.shared.clone(),
+                            outbox: self.outbox.clone(),
+                            channel: channel.clone(),
+                            group: group.clone(),
+                        };
+                        let handle = self.shared.tasks.spawn(task.run(consumer));
+                        self.groups.insert((channel, group), handle);
+                    }
+                    Err(error) => self.reply(Reply::error(id, error)).await,
+                }
+            }
+            Op::GroupUnsubscribe { channel, group } => {
+                if let Some(task) = self.groups.remove(&(channel, group)) {
+                    task.abort();
+                    let _ = task.await;
+                }
+                self.reply(Reply::ok(id, OkBody::default())).await;
+            }
+            Op::Ack { channel, group, offsets } => {
+                let reply = match groups::ack(&self.shared.engine, &channel, &group, &offsets).await {
+                    Ok(acked) => Reply::ok(id, OkBody { acked: Some(acked), ..OkBody::default() }),
+                    Err(e) => Reply::error(id, client_error(&e)),
+                };
+                self.reply(reply).await;
+            }
             Op::Ping => self.reply(Reply::ok(id, OkBody::default())).await,
             _ => self.reply(Reply::error(id, ProtocolError::new(ErrorCode::UnknownOp, "op not supported by this server"))).await,
         }
@@ -185,7 +217,7 @@ impl Handler {
             )));
         }
         let max = self.shared.config.max_subscriptions;
-        if self.subscriptions.len() >= max {
+        if self.subscriptions.len() + self.groups.len() >= max {
             return Err(ProtocolError::new(ErrorCode::LimitExceeded, format!("a connection may hold at most {max} subscriptions")));
         }
         if let Decision::Deny(reason) = self.shared.hooks.on_subscribe(&self.conn, channel, start).await {
@@ -199,7 +231,7 @@ impl Handler {
         let partition = self.shared.partition_of(channel);
         partition.join(channel, &self.conn, &self.outbox, state.last_generated);
         let loss = state.loss_after(after);
-        let body = OkBody { offset: Some(after), truncated: loss.is_some() };
+        let body = OkBody { offset: Some(after), truncated: loss.is_some(), ..OkBody::default() };
         let plan = replay::Replay {
             shared: self.shared.clone(),
             conn: self.conn.clone(),
@@ -209,6 +241,29 @@ impl Handler {
             reported_loss: loss,
         };
         Ok((body, plan))
+    }
+
+    async fn join_group(&mut self, channel: &str, group: &str, consumer: &str, start: Start) -> Result<groups::Consumer, ProtocolError> {
+        if self.groups.contains_key(&(channel.to_owned(), group.to_owned())) {
+            return Err(ProtocolError::bad_request(format!("already in group {group:?} of {channel:?} on this connection")));
+        }
+        let max = self.shared.config.max_subscriptions;
+        if self.subscriptions.len() + self.groups.len() >= max {
+            return Err(ProtocolError::new(ErrorCode::LimitExceeded, format!("a connection may hold at most {max} subscriptions")));
+        }
+        if let Decision::Deny(reason) = self.shared.hooks.on_subscribe(&self.conn, channel, start).await {
+            return Err(ProtocolError::new(ErrorCode::Forbidden, reason));
+        }
+        let config = &self.shared.config;
+        let options = groups::GroupOptions {
+            start,
+            claim_idle: config.group_claim_idle,
+            max_deliveries: config.group_max_deliveries,
+            dead_letter: None,
+            batch: config.read_count.min(config.limits.max_offsets),
+            block: config.block,
+        };
+        groups::Consumer::join(&self.shared.engine, channel, group, consumer, options).await.map_err(|e| client_error(&e))
     }
 
     async fn unsubscribe(&mut self, channel: &str) {
@@ -232,6 +287,11 @@ impl Handler {
         let channels: Vec<String> = self.subscriptions.keys().cloned().collect();
         for channel in channels {
             self.unsubscribe(&channel).await;
+        }
+        for (_, task) in self.groups.drain() {
+            // Unacknowledged entries stay pending: claimed by others after the idle time.
+            task.abort();
+            let _ = task.await;
         }
     }
 }

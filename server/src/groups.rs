@@ -19,25 +19,17 @@
 use crate::engine::{Engine, EngineError, RedisEngine, reply};
 use redis::Value;
 use redis::aio::MultiplexedConnection;
-use redistribute_protocol::{Entry, StreamId};
+use redistribute_protocol::{Entry, Start, StreamId};
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// Where a new group starts reading.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GroupStart {
-    /// Only entries added after the group is created (`$`).
-    Latest,
-    /// Everything the stream holds (`0`).
-    Beginning,
-}
-
 /// Tunables of a consumer.
 #[derive(Debug, Clone)]
 pub struct GroupOptions {
-    /// Where the group starts if this consumer creates it.
-    pub start: GroupStart,
+    /// Where the group starts if this consumer creates it: `$` (new entries only) or after an
+    /// offset (`0`: everything the stream holds).
+    pub start: Start,
     /// How long an entry may stay unacknowledged before other consumers claim it.
     pub claim_idle: Duration,
     /// Deliveries after which an entry goes to the dead-letter stream.
@@ -53,7 +45,7 @@ pub struct GroupOptions {
 impl Default for GroupOptions {
     fn default() -> Self {
         GroupOptions {
-            start: GroupStart::Latest,
+            start: Start::Latest,
             claim_idle: Duration::from_secs(30),
             max_deliveries: 5,
             dead_letter: None,
@@ -118,12 +110,14 @@ impl Consumer {
     pub async fn join(engine: &Engine, channel: &str, group: &str, name: &str, options: GroupOptions) -> Result<Consumer, EngineError> {
         let redis = redis_of(engine)?;
         let mut conn = redis.targets()[redis.target_of(channel)].reader_connection().await?;
-        let start = match options.start {
-            GroupStart::Latest => "$",
-            GroupStart::Beginning => "0",
-        };
-        let created: Result<(), _> =
-            redis::cmd("XGROUP").arg("CREATE").arg(channel).arg(group).arg(start).arg("MKSTREAM").query_async(&mut conn).await;
+        let created: Result<(), _> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(channel)
+            .arg(group)
+            .arg(options.start.to_string())
+            .arg("MKSTREAM")
+            .query_async(&mut conn)
+            .await;
         match created {
             Ok(()) => {}
             Err(e) if e.code() == Some("BUSYGROUP") => {}
@@ -140,6 +134,16 @@ impl Consumer {
             claim_cursor: StreamId::ZERO,
             options,
         })
+    }
+
+    /// Joins again on a fresh connection (after a connection failure, or if the group was
+    /// destroyed), starting over with this consumer's own pending entries.
+    ///
+    /// # Errors
+    /// As for [`Consumer::join`].
+    pub async fn rejoin(&mut self, engine: &Engine) -> Result<(), EngineError> {
+        *self = Consumer::join(engine, &self.channel, &self.group, &self.name, self.options.clone()).await?;
+        Ok(())
     }
 
     /// The next deliveries: own pending first, then claimed, then new. Waits up to the block

@@ -35,6 +35,7 @@ pub mod hooks;
 
 mod connection;
 mod error;
+mod group;
 mod http;
 mod hub;
 mod listener;

@@ -95,6 +95,14 @@ struct Args {
     #[arg(long = "static", env = "REDISTRIBUTE_STATIC", value_name = "DIR")]
     static_dir: Option<PathBuf>,
 
+    /// Consumer groups: milliseconds an entry may stay unacknowledged before other consumers claim it.
+    #[arg(long, env = "REDISTRIBUTE_GROUP_CLAIM_IDLE_MS", default_value_t = 30_000)]
+    group_claim_idle_ms: u64,
+
+    /// Consumer groups: deliveries after which an entry moves to the `<channel>:dead` stream.
+    #[arg(long, env = "REDISTRIBUTE_GROUP_MAX_DELIVERIES", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    group_max_deliveries: u64,
+
     /// Seconds to wait for connections to close on shutdown.
     #[arg(long, env = "REDISTRIBUTE_SHUTDOWN_GRACE", default_value_t = 10)]
     shutdown_grace: u64,
@@ -132,6 +140,8 @@ impl Args {
         config.default_maxlen = self.default_maxlen;
         config.maxlen = self.maxlen.iter().cloned().collect();
         config.static_dir = self.static_dir.clone();
+        config.group_claim_idle = Duration::from_millis(self.group_claim_idle_ms);
+        config.group_max_deliveries = self.group_max_deliveries;
         config
     }
 }

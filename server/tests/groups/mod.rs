@@ -2,8 +2,8 @@
 
 use crate::support::Redis;
 use redistribute::engine::{Engine, EngineError, MemoryEngine, RedisEngine};
-use redistribute::groups::{self, Consumer, GroupOptions, GroupStart};
-use redistribute::protocol::StreamId;
+use redistribute::groups::{self, Consumer, GroupOptions};
+use redistribute::protocol::{Start, StreamId};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,12 +28,12 @@ fn fill(redis: &Redis, channel: &str, count: usize) -> Vec<String> {
 }
 
 fn pending(redis: &Redis, channel: &str, group: &str) -> u64 {
-    let summary: (u64, Option<String>, Option<String>, Option<Vec<(String, String)>>) =
-        redis::cmd("XPENDING").arg(channel).arg(group).query(&mut redis.conn()).unwrap();
-    summary.0
+    // XPENDING's summary form starts with the number of pending entries.
+    let summary: Vec<redis::Value> = redis::cmd("XPENDING").arg(channel).arg(group).query(&mut redis.conn()).unwrap();
+    redis::from_redis_value(summary[0].clone()).unwrap()
 }
 
-fn options(start: GroupStart) -> GroupOptions {
+fn options(start: Start) -> GroupOptions {
     GroupOptions { start, block: Duration::from_millis(200), ..GroupOptions::default() }
 }
 
@@ -49,7 +49,7 @@ async fn three_workers_split_the_entries_exactly_once() {
         .map(|w| {
             let (engine, done) = (engine.clone(), done.clone());
             tokio::spawn(async move {
-                let mut consumer = Consumer::join(&engine, "jobs", "workers", &format!("w{w}"), options(GroupStart::Beginning)).await.unwrap();
+                let mut consumer = Consumer::join(&engine, "jobs", "workers", &format!("w{w}"), options(Start::After(StreamId::ZERO))).await.unwrap();
                 let mut mine = Vec::new();
                 while done.load(Ordering::Acquire) < TOTAL {
                     let batch = consumer.next().await.unwrap();
@@ -84,7 +84,7 @@ async fn a_crashed_workers_entries_are_claimed_by_the_others() {
     let redis = Redis::start();
     let engine = engine(&redis);
     let all: HashSet<String> = fill(&redis, "tasks", 500).into_iter().collect();
-    let quick = GroupOptions { claim_idle: Duration::from_millis(300), batch: 50, ..options(GroupStart::Beginning) };
+    let quick = GroupOptions { claim_idle: Duration::from_millis(300), batch: 50, ..options(Start::After(StreamId::ZERO)) };
 
     // This worker takes a batch and dies without acknowledging it.
     let mut doomed = Consumer::join(&engine, "tasks", "g", "doomed", quick.clone()).await.unwrap();
@@ -125,7 +125,7 @@ async fn a_worker_restarting_under_its_name_rereads_its_own_pending_entries() {
     let redis = Redis::start();
     let engine = engine(&redis);
     fill(&redis, "own", 20);
-    let opts = GroupOptions { batch: 5, ..options(GroupStart::Beginning) };
+    let opts = GroupOptions { batch: 5, ..options(Start::After(StreamId::ZERO)) };
     let mut first = Consumer::join(&engine, "own", "g", "w", opts.clone()).await.unwrap();
     let taken: Vec<StreamId> = first.next().await.unwrap().iter().map(|d| d.entry.offset).collect();
     drop(first);
@@ -140,7 +140,7 @@ async fn entries_delivered_too_often_go_to_the_dead_letter_stream() {
     let redis = Redis::start();
     let engine = engine(&redis);
     let poison = redis.xadd("work", &[("job", "explodes")]);
-    let opts = GroupOptions { claim_idle: Duration::from_millis(50), max_deliveries: 3, ..options(GroupStart::Beginning) };
+    let opts = GroupOptions { claim_idle: Duration::from_millis(50), max_deliveries: 3, ..options(Start::After(StreamId::ZERO)) };
     let mut worker = Consumer::join(&engine, "work", "g", "w", opts).await.unwrap();
     let mut counts = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -164,7 +164,7 @@ async fn bad_acks_change_nothing_and_say_why() {
     let redis = Redis::start();
     let engine = engine(&redis);
     fill(&redis, "acks", 3);
-    let mut worker = Consumer::join(&engine, "acks", "g", "w", options(GroupStart::Beginning)).await.unwrap();
+    let mut worker = Consumer::join(&engine, "acks", "g", "w", options(Start::After(StreamId::ZERO))).await.unwrap();
     let batch = worker.next().await.unwrap();
     let real = batch[0].entry.offset;
     let unknown = StreamId::new(1, 1);
@@ -177,4 +177,135 @@ async fn bad_acks_change_nothing_and_say_why() {
     assert_eq!(groups::ack(&engine, "acks", "g", &[real]).await.unwrap(), 1);
     let memory = Engine::Memory(MemoryEngine::default());
     assert!(matches!(Consumer::join(&memory, "c", "g", "w", GroupOptions::default()).await, Err(EngineError::Unsupported(_))));
+}
+
+mod over_the_wire {
+    use super::{fill, pending};
+    use crate::support::{Redis, TestServer, config, connect};
+    use redistribute::Config;
+    use serde_json::json;
+    use std::collections::HashSet;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+    use tokio::sync::Notify;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn members_share_the_entries_and_acknowledge_them() {
+        const TOTAL: usize = 3000;
+        let redis = Redis::start();
+        let mut cfg = config(&redis);
+        cfg.read_count = 50; // pushes of at most 50: the work spreads in many pieces
+        let server = TestServer::start(cfg).await;
+        let done = Arc::new(AtomicUsize::new(0));
+        let finished = Arc::new(Notify::new());
+        let joined = Arc::new(tokio::sync::Barrier::new(4));
+        let workers: Vec<_> = (0..3)
+            .map(|w| {
+                let (url, done, finished, joined) = (server.url(), done.clone(), finished.clone(), joined.clone());
+                tokio::spawn(async move {
+                    let mut client = connect(&url).await;
+                    let ok = client.request(json!({"op": "subscribe", "channel": "queue", "group": "g", "consumer": format!("w{w}"), "offset": "0"})).await;
+                    assert_eq!(ok["ok"], json!({}), "{ok}");
+                    joined.wait().await;
+                    let mut mine = Vec::new();
+                    while done.load(Ordering::Acquire) < TOTAL {
+                        let push = tokio::select! {
+                            push = client.push() => push,
+                            () = finished.notified() => break,
+                        };
+                        assert_eq!((push["channel"].as_str(), push["group"].as_str()), (Some("queue"), Some("g")));
+                        let offsets: Vec<String> = push["messages"].as_array().unwrap().iter().map(|m| {
+                            assert_eq!(m["deliveries"], 1);
+                            m["offset"].as_str().unwrap().to_owned()
+                        }).collect();
+                        let reply = client.request(json!({"op": "ack", "channel": "queue", "group": "g", "offsets": offsets})).await;
+                        assert_eq!(reply["ok"]["acked"], json!(offsets.len()), "{reply}");
+                        let n = offsets.len();
+                        mine.extend(offsets);
+                        if done.fetch_add(n, Ordering::AcqRel) + n >= TOTAL {
+                            finished.notify_waiters();
+                        }
+                    }
+                    mine
+                })
+            })
+            .collect();
+        joined.wait().await;
+        let all: HashSet<String> = fill(&redis, "queue", TOTAL).into_iter().collect();
+        let mut seen = HashSet::new();
+        for worker in workers {
+            let mine = worker.await.unwrap();
+            assert!(mine.len() > TOTAL / 10, "each member gets a real share ({})", mine.len());
+            for id in mine {
+                assert!(seen.insert(id), "delivered to two members");
+            }
+        }
+        assert_eq!(seen, all);
+        assert_eq!(pending(&redis, "queue", "g"), 0);
+        server.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_members_entries_are_redelivered_to_another() {
+        let redis = Redis::start();
+        let mut cfg = config(&redis);
+        cfg.group_claim_idle = Duration::from_millis(300);
+        let server = TestServer::start(cfg).await;
+        let all: HashSet<String> = fill(&redis, "q2", 200).into_iter().collect();
+        let mut doomed = connect(&server.url()).await;
+        doomed.request(json!({"op": "subscribe", "channel": "q2", "group": "g", "consumer": "doomed", "offset": "0"})).await;
+        let taken = doomed.push().await["messages"].as_array().unwrap().len();
+        assert!(taken > 0);
+        drop(doomed); // dies without acknowledging
+
+        let mut survivor = connect(&server.url()).await;
+        survivor.request(json!({"op": "subscribe", "channel": "q2", "group": "g", "consumer": "survivor"})).await;
+        let mut seen = HashSet::new();
+        let mut redelivered = 0;
+        while seen.len() < all.len() {
+            let push = survivor.push().await;
+            let offsets: Vec<String> = push["messages"].as_array().unwrap().iter().map(|m| {
+                if m["deliveries"].as_u64().unwrap() > 1 {
+                    redelivered += 1;
+                }
+                m["offset"].as_str().unwrap().to_owned()
+            }).collect();
+            survivor.request(json!({"op": "ack", "channel": "q2", "group": "g", "offsets": offsets})).await;
+            seen.extend(offsets);
+        }
+        assert_eq!(seen, all, "nothing lost");
+        assert_eq!(redelivered, taken, "the dropped member's entries came back with their count");
+        assert_eq!(pending(&redis, "q2", "g"), 0);
+        server.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bad_group_requests_get_clear_errors() {
+        let redis = Redis::start();
+        let server = TestServer::start(config(&redis)).await;
+        fill(&redis, "q3", 2);
+        let mut client = connect(&server.url()).await;
+        client.request(json!({"op": "subscribe", "channel": "q3", "group": "g", "consumer": "w", "offset": "0"})).await;
+        let real = client.push().await["messages"][0]["offset"].as_str().unwrap().to_owned();
+        let error = client.expect_error(json!({"op": "ack", "channel": "q3", "group": "g", "offsets": [real, "1-1"]})).await;
+        assert_eq!(error["code"], "bad_request");
+        assert!(error["message"].as_str().unwrap().contains("not pending in the group, nothing acknowledged: 1-1"), "{error}");
+        let error = client.expect_error(json!({"op": "ack", "channel": "q3", "group": "nope", "offsets": [real]})).await;
+        assert!(error["message"].as_str().unwrap().contains("no such consumer group"), "{error}");
+        let long = "w".repeat(300);
+        let error = client.expect_error(json!({"op": "subscribe", "channel": "q3", "group": "g", "consumer": long})).await;
+        assert!(error["message"].as_str().unwrap().contains("consumer name is 300 bytes"), "{error}");
+        let error = client.expect_error(json!({"op": "subscribe", "channel": "q3", "group": "g", "consumer": "w"})).await;
+        assert!(error["message"].as_str().unwrap().contains("already in group"), "{error}");
+        assert_eq!(client.request(json!({"op": "ack", "channel": "q3", "group": "g", "offsets": [real]})).await["ok"], json!({"acked": 1}));
+        assert_eq!(client.request(json!({"op": "unsubscribe", "channel": "q3", "group": "g"})).await["ok"], json!({}));
+
+        let memory = TestServer::start(Config::default()).await;
+        let mut on_memory = connect(&memory.url()).await;
+        let error = on_memory.expect_error(json!({"op": "subscribe", "channel": "c", "group": "g", "consumer": "w"})).await;
+        assert!(error["message"].as_str().unwrap().contains("need the Redis engine"), "{error}");
+        memory.stop().await;
+        server.stop().await;
+    }
 }

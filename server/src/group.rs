@@ -1,0 +1,68 @@
+//! A connection's membership in a consumer group: pulls deliveries for it and pushes them.
+//!
+//! Deliveries are pulled only as fast as the client takes them (sends wait for room in its
+//! queue), so a slow member simply gets less of the work. Unacknowledged entries stay pending in
+//! Redis when the connection ends, to be claimed by the other members after the idle time.
+
+use crate::Shared;
+use crate::engine::EngineError;
+use crate::error::client_error;
+use crate::groups::Consumer;
+use crate::outbox::Outbox;
+use redistribute_protocol::frame::{GroupEntry, GroupPush};
+use redistribute_protocol::{Backoff, close};
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::warn;
+
+/// A joined member, ready to run.
+pub(crate) struct Membership {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) outbox: Outbox,
+    pub(crate) channel: String,
+    pub(crate) group: String,
+}
+
+impl Membership {
+    pub(crate) async fn run(self, mut consumer: Consumer) {
+        let mut retry = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+        loop {
+            let batch = tokio::select! {
+                batch = consumer.next() => batch,
+                () = self.outbox.kicked() => return,
+            };
+            let error = match batch {
+                Ok(batch) if batch.is_empty() => continue,
+                Ok(batch) => {
+                    retry.reset();
+                    let messages = batch
+                        .into_iter()
+                        .map(|d| GroupEntry { offset: d.entry.offset, fields: d.entry.fields, deliveries: d.deliveries })
+                        .collect();
+                    let push = GroupPush { channel: Cow::Borrowed(&self.channel), group: Cow::Borrowed(&self.group), messages };
+                    let text = serde_json::to_string(&push).expect("pushes serialise");
+                    if self.outbox.send(text.into()).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                Err(e) => e,
+            };
+            match error {
+                EngineError::Unavailable(_) | EngineError::NoGroup(_) => {
+                    warn!(channel = self.channel, group = self.group, error = %error, "group member rejoining");
+                    loop {
+                        tokio::time::sleep(retry.next_delay(rand::random())).await;
+                        match consumer.rejoin(&self.shared.engine).await {
+                            Ok(()) => break,
+                            Err(EngineError::Unavailable(_)) => continue,
+                            Err(e) => return self.outbox.kick(close::INTERNAL_ERROR, &client_error(&e).message),
+                        }
+                    }
+                }
+                other => return self.outbox.kick(close::INTERNAL_ERROR, &client_error(&other).message),
+            }
+        }
+    }
+}
