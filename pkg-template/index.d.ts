@@ -14,7 +14,26 @@ export type StartOffset = '$' | '0' | Offset;
  */
 export interface Message<T = unknown> {
   offset: Offset;
-  [field: string]: T | Offset;
+  /** Consumer group deliveries only: how many times the group delivered this entry. */
+  deliveries?: number;
+  [field: string]: T | Offset | number | undefined;
+}
+
+/** Joining a consumer group: each member receives a share of the channel's entries. */
+export interface GroupOptions {
+  /** The group (created, with the stream, if it does not exist). */
+  group: string;
+  /** This member's name; a member rejoining under its name first gets its unacknowledged entries. */
+  consumer: string;
+  /** Where a newly created group starts: `'$'` (default) or `'0'` / an offset. */
+  offset?: StartOffset;
+  /** Acknowledge each batch after the `messages` listeners ran. Default false: call `ack`. */
+  autoAck?: boolean;
+}
+
+/** Passed as third argument of `messages` for consumer group deliveries. */
+export interface DeliveryInfo {
+  group: string;
 }
 
 /** Codes carried by errors (`err.code`): the server's, and the client's own. */
@@ -69,8 +88,11 @@ export interface ClientEvents<T = unknown> {
   connect: (url: string) => void;
   /** The connection closed; the client reconnects by itself unless `close()` was called. */
   disconnect: (code: number, reason: string) => void;
-  /** New messages of a subscribed channel, in order, each delivered once. */
-  messages: (channel: string, messages: Message<T>[]) => void;
+  /**
+   * New messages of a subscribed channel, in order, each delivered once. For a consumer group
+   * membership, `info.group` is set and each message has `deliveries`.
+   */
+  messages: (channel: string, messages: Message<T>[], info?: DeliveryInfo) => void;
   /** A transient message a server application broadcast (not stored, no offset). */
   broadcast: (channel: string, message: unknown) => void;
   /** Something went wrong that no call can report (a lost history, full storage…). */
@@ -87,8 +109,15 @@ export declare class Client<T = unknown> {
    * with new messages. Resolves `true` once the server confirmed.
    */
   subscribe(channel: string, offset?: StartOffset): Promise<true>;
-  /** Stops deliveries of `channel`. */
-  unsubscribe(channel: string): Promise<true>;
+  /** Joins a consumer group of `channel`: this client receives a share of its entries. */
+  subscribe(channel: string, group: GroupOptions): Promise<true>;
+  /** Stops deliveries of `channel` (or, with `{ group }`, leaves that consumer group). */
+  unsubscribe(channel: string, group?: { group: string }): Promise<true>;
+  /**
+   * Acknowledges consumer group deliveries, all or none (rejects with `bad_request` if one is not
+   * pending). Resolves with how many were acknowledged.
+   */
+  ack(channel: string, group: string, offsets: Offset | Offset[]): Promise<number>;
   /**
    * Publishes field/value pairs: `publish('chat', 'TEST_MESSAGE', { foo: 'bar' })`. Rejects
    * (code `invalid_argument`) for an odd number of arguments. Resolves with the new offset.

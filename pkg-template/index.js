@@ -24,6 +24,7 @@ const EVENTS = new Set(['connect', 'disconnect', 'messages', 'broadcast', 'error
 /** A connection to one or more Redistribute servers. See index.d.ts for the full API. */
 export class Client {
   #listeners = new Map();
+  #autoAck = new Set();
   #inner = null;
   #closed = false;
   #ready;
@@ -75,6 +76,7 @@ export class Client {
     const list = this.#listeners.get(event);
     if (!list || list.length === 0) {
       if (event === 'error' && typeof console !== 'undefined') console.warn('redistribute-client:', args[0]);
+      this.#maybeAutoAck(event, args);
       return;
     }
     for (const listener of [...list]) {
@@ -86,6 +88,13 @@ export class Client {
         else queueMicrotask(() => { throw err; });
       }
     }
+    this.#maybeAutoAck(event, args);
+  }
+
+  // With `autoAck`, group deliveries are acknowledged once every `messages` listener returned.
+  #maybeAutoAck(event, [channel, messages, meta]) {
+    if (event !== 'messages' || !meta || !this.#autoAck.has(`${channel}\u0000${meta.group}`)) return;
+    this.ack(channel, meta.group, messages.map((m) => m.offset)).catch((err) => this.#emit('error', err));
   }
 
   async #client() {
@@ -98,14 +107,41 @@ export class Client {
     return this.#inner;
   }
 
-  /** Subscribes to `channel`; resolves `true` once the server confirmed. */
-  async subscribe(channel, offset) {
-    return (await this.#client()).subscribe(channel, offset ?? undefined);
+  /**
+   * Subscribes to `channel`; resolves `true` once the server confirmed. `options` is an offset
+   * (`'$'`, `'0'`, an offset) or `{ group, consumer, offset?, autoAck? }` to join a consumer group.
+   */
+  async subscribe(channel, options) {
+    const client = await this.#client();
+    if (options !== null && typeof options === 'object') {
+      const { group, consumer, offset, autoAck = false } = options;
+      if (typeof group !== 'string' || typeof consumer !== 'string') {
+        const err = new TypeError('a group subscription needs string `group` and `consumer`');
+        err.code = 'invalid_argument';
+        throw err;
+      }
+      const joined = await client.joinGroup(channel, group, consumer, offset ?? undefined);
+      const key = `${channel}\u0000${group}`;
+      if (autoAck) this.#autoAck.add(key);
+      else this.#autoAck.delete(key);
+      return joined;
+    }
+    return client.subscribe(channel, options ?? undefined);
   }
 
-  /** Unsubscribes from `channel`; resolves `true`. */
-  async unsubscribe(channel) {
-    return (await this.#client()).unsubscribe(channel);
+  /** Unsubscribes from `channel`, or leaves its consumer group with `{ group }`; resolves `true`. */
+  async unsubscribe(channel, options) {
+    const client = await this.#client();
+    if (options !== null && typeof options === 'object' && typeof options.group === 'string') {
+      this.#autoAck.delete(`${channel}\u0000${options.group}`);
+      return client.leaveGroup(channel, options.group);
+    }
+    return client.unsubscribe(channel);
+  }
+
+  /** Acknowledges consumer group deliveries (all or none); resolves with how many. */
+  async ack(channel, group, offsets) {
+    return (await this.#client()).ack(channel, group, Array.isArray(offsets) ? offsets : [offsets]);
   }
 
   /** Publishes field/value pairs to `channel`; resolves with the new message's offset. */

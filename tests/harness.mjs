@@ -10,6 +10,7 @@
 //   RD_SERVER_A, RD_SERVER_B   ws:// URLs of the two instances
 //   RD_CONTROL                 http:// URL of the control API
 //   RD_REDIS_PORT              the Redis port
+// The servers let consumer group entries idle 1 s before others may claim them.
 //
 // Control API (CORS open, loopback only):
 //   POST /server/<0|1>/stop    SIGTERM the instance and wait for it to exit
@@ -92,7 +93,7 @@ async function main() {
   const startServer = async (i) => {
     const s = servers[i];
     const extra = staticDir ? ['--static', staticDir] : [];
-    s.child = run(serverBin, ['--listen', `127.0.0.1:${s.port}`, '--redis', `redis://127.0.0.1:${redisPort}`, '--log', 'warn', '--shutdown-grace', '2', ...extra]);
+    s.child = run(serverBin, ['--listen', `127.0.0.1:${s.port}`, '--redis', `redis://127.0.0.1:${redisPort}`, '--log', 'warn', '--shutdown-grace', '2', '--group-claim-idle-ms', '1000', ...extra]);
     await until(`server ${i} start`, async () => (await fetch(`http://127.0.0.1:${s.port}/healthz`)).ok);
   };
   const stopServer = async (i) => {

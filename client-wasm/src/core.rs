@@ -17,7 +17,7 @@
 use crate::json::{self, Json};
 use redistribute_protocol::{Backoff, Entry, Op, Start, StreamId};
 use std::fmt::Write as _;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 /// An error an API call rejects with, or an `error` event carries.
@@ -52,6 +52,8 @@ pub enum Resolution {
     Unsubscribed,
     /// `publish`: the new entry's offset.
     Published(StreamId),
+    /// `ack`: how many entries were acknowledged.
+    Acked(u64),
 }
 
 /// Something for the glue to do.
@@ -71,6 +73,9 @@ pub enum Effect<R> {
     Reject(R, ClientError),
     /// New entries for a channel, in order, never seen before: persist and emit `messages`.
     Messages(String, Vec<Entry>),
+    /// Entries a consumer group delivered (with delivery counts): emit `messages` with the group.
+    /// Not persisted and not deduplicated: a redelivery is meant to be seen again.
+    GroupMessages(String, String, Vec<(Entry, u64)>),
     /// A transient broadcast for a channel (its JSON text): emit `broadcast`.
     Broadcast(String, String),
     /// Emit `connect` with the URL.
@@ -114,8 +119,21 @@ impl<R> Subscription<R> {
 #[derive(Debug)]
 enum InFlight<R> {
     Subscribe(String),
+    GroupSubscribe(GroupKey),
     Unsubscribe(R),
     Publish(R),
+    Ack(R),
+}
+
+/// A consumer group membership: (channel, group).
+type GroupKey = (String, String);
+
+#[derive(Debug)]
+struct Membership<R> {
+    consumer: String,
+    start: Start,
+    waiters: Vec<R>,
+    confirmed: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -138,7 +156,45 @@ pub struct Core<R> {
     next_id: u64,
     in_flight: HashMap<u64, InFlight<R>>,
     queue: VecDeque<(String, Vec<String>, R)>,
-    subscriptions: BTreeMap<String, Subscription<R>>,
+    subscriptions: Keyed<String, Subscription<R>>,
+    memberships: Keyed<GroupKey, Membership<R>>,
+}
+
+/// A small map kept as a list. A client holds few subscriptions (the server allows 256 per
+/// connection), and each `BTreeMap` instantiation costs the WebAssembly about 10 KB.
+#[derive(Debug)]
+struct Keyed<K, V>(Vec<(K, V)>);
+
+impl<K: PartialEq + Clone, V> Keyed<K, V> {
+    fn new() -> Self {
+        Keyed(Vec::new())
+    }
+
+    fn get_mut<Q: PartialEq<K> + ?Sized>(&mut self, key: &Q) -> Option<&mut V> {
+        self.0.iter_mut().find(|(k, _)| key == k).map(|(_, v)| v)
+    }
+
+    fn contains<Q: PartialEq<K> + ?Sized>(&self, key: &Q) -> bool {
+        self.0.iter().any(|(k, _)| key == k)
+    }
+
+    /// Adds an entry whose key is not present yet (callers check first).
+    fn insert(&mut self, key: K, value: V) {
+        self.0.push((key, value));
+    }
+
+    fn remove<Q: PartialEq<K> + ?Sized>(&mut self, key: &Q) -> Option<V> {
+        let index = self.0.iter().position(|(k, _)| key == k)?;
+        Some(self.0.remove(index).1)
+    }
+
+    fn keys(&self) -> Vec<K> {
+        self.0.iter().map(|(k, _)| k.clone()).collect()
+    }
+
+    fn take(&mut self) -> Vec<(K, V)> {
+        std::mem::take(&mut self.0)
+    }
 }
 
 impl<R> Core<R> {
@@ -154,7 +210,8 @@ impl<R> Core<R> {
             next_id: 0,
             in_flight: HashMap::new(),
             queue: VecDeque::new(),
-            subscriptions: BTreeMap::new(),
+            subscriptions: Keyed::new(),
+            memberships: Keyed::new(),
         };
         (core, vec![Effect::Connect(url)])
     }
@@ -171,7 +228,7 @@ impl<R> Core<R> {
 
     /// Channels subscribed (confirmed or not).
     pub fn channels(&self) -> impl Iterator<Item = &str> {
-        self.subscriptions.keys().map(String::as_str)
+        self.subscriptions.0.iter().map(|(k, _)| k.as_str())
     }
 
     fn request(&mut self, op: Op, pending: InFlight<R>) -> Effect<R> {
@@ -181,7 +238,7 @@ impl<R> Core<R> {
     }
 
     fn send_subscribe(&mut self, channel: &str) -> Effect<R> {
-        let start = self.subscriptions[channel].offset();
+        let start = self.subscriptions.get_mut(channel).expect("subscribed before sending").offset();
         self.request(Op::Subscribe { channel: channel.to_owned(), start }, InFlight::Subscribe(channel.to_owned()))
     }
 
@@ -241,6 +298,67 @@ impl<R> Core<R> {
         }
     }
 
+    fn send_join(&mut self, key: &GroupKey) -> Effect<R> {
+        let membership = self.memberships.get_mut(key).expect("joined before sending");
+        let op = Op::GroupSubscribe { channel: key.0.clone(), group: key.1.clone(), consumer: membership.consumer.clone(), start: membership.start };
+        self.request(op, InFlight::GroupSubscribe(key.clone()))
+    }
+
+    /// `subscribe(channel, { group, consumer })`: join a consumer group and receive a share of
+    /// its entries. Rejoined after every reconnect (the server then redelivers what this consumer
+    /// had not acknowledged).
+    pub fn join_group(&mut self, channel: &str, group: &str, consumer: &str, start: Start, done: R) -> Vec<Effect<R>> {
+        if self.link == Link::Closed {
+            return vec![Effect::Reject(done, closed())];
+        }
+        let key = (channel.to_owned(), group.to_owned());
+        if let Some(existing) = self.memberships.get_mut(&key) {
+            if existing.confirmed {
+                return vec![Effect::Resolve(done, Resolution::Subscribed)];
+            }
+            existing.waiters.push(done);
+            return Vec::new();
+        }
+        self.memberships.insert(key.clone(), Membership { consumer: consumer.to_owned(), start, waiters: vec![done], confirmed: false });
+        if self.link == Link::Open { vec![self.send_join(&key)] } else { Vec::new() }
+    }
+
+    /// `unsubscribe(channel, { group })`: leave the group (unacknowledged entries stay pending).
+    pub fn leave_group(&mut self, channel: &str, group: &str, done: R) -> Vec<Effect<R>> {
+        let key = (channel.to_owned(), group.to_owned());
+        let Some(membership) = self.memberships.remove(&key) else {
+            return vec![Effect::Resolve(done, Resolution::Unsubscribed)];
+        };
+        let mut effects: Vec<Effect<R>> = membership
+            .waiters
+            .into_iter()
+            .map(|w| Effect::Reject(w, ClientError::new("unsubscribed", "left the group before the server confirmed").on(channel)))
+            .collect();
+        if self.link == Link::Open {
+            let op = Op::GroupUnsubscribe { channel: key.0, group: key.1 };
+            effects.push(self.request(op, InFlight::Unsubscribe(done)));
+        } else {
+            effects.push(Effect::Resolve(done, Resolution::Unsubscribed));
+        }
+        effects
+    }
+
+    /// `ack(channel, group, offsets)`: acknowledge deliveries. Needs a connection: while
+    /// disconnected it rejects with `disconnected` (the entries stay pending and come back).
+    pub fn ack(&mut self, channel: &str, group: &str, offsets: Vec<StreamId>, done: R) -> Vec<Effect<R>> {
+        match self.link {
+            Link::Closed => vec![Effect::Reject(done, closed())],
+            Link::Open => {
+                let op = Op::Ack { channel: channel.to_owned(), group: group.to_owned(), offsets };
+                vec![self.request(op, InFlight::Ack(done))]
+            }
+            Link::Down | Link::Connecting => vec![Effect::Reject(
+                done,
+                ClientError::new("disconnected", "not connected: the entries stay pending and will be delivered again").on(channel),
+            )],
+        }
+    }
+
     /// The socket opened: resubscribe everything, then send queued publishes in order.
     pub fn opened(&mut self) -> Vec<Effect<R>> {
         if self.link == Link::Closed {
@@ -249,9 +367,13 @@ impl<R> Core<R> {
         self.link = Link::Open;
         self.backoff.reset();
         let mut effects = vec![Effect::Connected(self.target().to_owned())];
-        let channels: Vec<String> = self.subscriptions.keys().cloned().collect();
+        let channels = self.subscriptions.keys();
         for channel in channels {
             effects.push(self.send_subscribe(&channel));
+        }
+        let groups = self.memberships.keys();
+        for key in groups {
+            effects.push(self.send_join(&key));
         }
         while let Some((channel, fields, done)) = self.queue.pop_front() {
             effects.push(self.request(Op::Publish { channel, fields, maxlen: None }, InFlight::Publish(done)));
@@ -264,9 +386,10 @@ impl<R> Core<R> {
         let frame = json::parse(text).map_err(|e| e.0).and_then(|value| ServerFrame::read(&value));
         match frame {
             Ok(frame) if frame.reply.is_some() => self.on_reply(frame.id, frame.reply.expect("checked")),
-            Ok(frame) => match frame.channel {
-                Some(channel) => self.on_push(channel, frame.messages, frame.truncated, frame.broadcast),
-                None => vec![Effect::Error(ClientError::new("protocol", format!("unexpected frame from the server: {}", clip(text))))],
+            Ok(frame) => match (frame.channel, frame.group) {
+                (Some(channel), Some(group)) => self.on_group_push(channel, group, frame.messages, frame.deliveries),
+                (Some(channel), None) => self.on_push(channel, frame.messages, frame.truncated, frame.broadcast),
+                (None, _) => vec![Effect::Error(ClientError::new("protocol", format!("unexpected frame from the server: {}", clip(text))))],
             },
             Err(e) => vec![Effect::Error(ClientError::new("protocol", format!("unreadable frame from the server ({e}): {}", clip(text))))],
         }
@@ -285,6 +408,26 @@ impl<R> Core<R> {
             },
             (InFlight::Publish(done), Err(e)) => vec![Effect::Reject(done, e)],
             (InFlight::Unsubscribe(done), _) => vec![Effect::Resolve(done, Resolution::Unsubscribed)],
+            (InFlight::Ack(done), Ok(body)) => vec![Effect::Resolve(done, Resolution::Acked(body.acked.unwrap_or(0)))],
+            (InFlight::Ack(done), Err(e)) => vec![Effect::Reject(done, e)],
+            (InFlight::GroupSubscribe(key), outcome) => {
+                let Some(membership) = self.memberships.get_mut(&key) else { return Vec::new() };
+                match outcome {
+                    Ok(_) => {
+                        membership.confirmed = true;
+                        membership.waiters.drain(..).map(|w| Effect::Resolve(w, Resolution::Subscribed)).collect()
+                    }
+                    Err(e) => {
+                        let membership = self.memberships.remove(&key).expect("looked up above");
+                        let error = e.on(&key.0);
+                        let mut effects: Vec<Effect<R>> = membership.waiters.into_iter().map(|w| Effect::Reject(w, error.clone())).collect();
+                        if membership.confirmed {
+                            effects.push(Effect::Error(error));
+                        }
+                        effects
+                    }
+                }
+            }
             (InFlight::Subscribe(channel), outcome) => {
                 let Some(subscription) = self.subscriptions.get_mut(&channel) else { return Vec::new() };
                 match outcome {
@@ -314,6 +457,13 @@ impl<R> Core<R> {
                 }
             }
         }
+    }
+
+    fn on_group_push(&mut self, channel: String, group: String, messages: Vec<Entry>, deliveries: Vec<u64>) -> Vec<Effect<R>> {
+        if !self.memberships.contains(&(channel.clone(), group.clone())) || messages.is_empty() {
+            return Vec::new();
+        }
+        vec![Effect::GroupMessages(channel, group, messages.into_iter().zip(deliveries).collect())]
     }
 
     fn on_push(&mut self, channel: String, messages: Vec<Entry>, lost: bool, broadcast: Option<String>) -> Vec<Effect<R>> {
@@ -348,7 +498,11 @@ impl<R> Core<R> {
         for (_, pending) in self.in_flight.drain() {
             match pending {
                 // Resent by `opened`.
-                InFlight::Subscribe(_) => {}
+                InFlight::Subscribe(_) | InFlight::GroupSubscribe(_) => {}
+                InFlight::Ack(done) => effects.push(Effect::Reject(
+                    done,
+                    ClientError::new("disconnected", "the connection dropped before the server answered; unacknowledged entries come back"),
+                )),
                 // The server forgets subscriptions with the connection.
                 InFlight::Unsubscribe(done) => effects.push(Effect::Resolve(done, Resolution::Unsubscribed)),
                 InFlight::Publish(done) => effects.push(Effect::Reject(
@@ -383,14 +537,17 @@ impl<R> Core<R> {
         let mut effects = vec![Effect::CloseSocket];
         for (_, pending) in self.in_flight.drain() {
             match pending {
-                InFlight::Subscribe(_) => {}
+                InFlight::Subscribe(_) | InFlight::GroupSubscribe(_) => {}
                 InFlight::Unsubscribe(done) => effects.push(Effect::Resolve(done, Resolution::Unsubscribed)),
-                InFlight::Publish(done) => effects.push(Effect::Reject(done, closed())),
+                InFlight::Publish(done) | InFlight::Ack(done) => effects.push(Effect::Reject(done, closed())),
             }
         }
         effects.extend(self.queue.drain(..).map(|(_, _, done)| Effect::Reject(done, closed())));
-        for (_, subscription) in std::mem::take(&mut self.subscriptions) {
+        for (_, subscription) in self.subscriptions.take() {
             effects.extend(subscription.waiters.into_iter().map(|w| Effect::Reject(w, closed())));
+        }
+        for (_, membership) in self.memberships.take() {
+            effects.extend(membership.waiters.into_iter().map(|w| Effect::Reject(w, closed())));
         }
         effects
     }
@@ -418,6 +575,32 @@ fn request_text(id: u64, op: &Op) -> String {
             out.push_str("\"unsubscribe\"");
             channel(&mut out, name);
         }
+        Op::GroupSubscribe { channel: name, group, consumer, start } => {
+            out.push_str("\"subscribe\"");
+            channel(&mut out, name);
+            out.push_str(",\"group\":");
+            json::write_str(&mut out, group);
+            out.push_str(",\"consumer\":");
+            json::write_str(&mut out, consumer);
+            let _ = write!(out, ",\"offset\":\"{start}\"");
+        }
+        Op::GroupUnsubscribe { channel: name, group } => {
+            out.push_str("\"unsubscribe\"");
+            channel(&mut out, name);
+            out.push_str(",\"group\":");
+            json::write_str(&mut out, group);
+        }
+        Op::Ack { channel: name, group, offsets } => {
+            out.push_str("\"ack\"");
+            channel(&mut out, name);
+            out.push_str(",\"group\":");
+            json::write_str(&mut out, group);
+            out.push_str(",\"offsets\":[");
+            for (i, offset) in offsets.iter().enumerate() {
+                let _ = write!(out, "{}\"{offset}\"", if i > 0 { "," } else { "" });
+            }
+            out.push(']');
+        }
         Op::Publish { channel: name, fields, maxlen } => {
             out.push_str("\"publish\"");
             channel(&mut out, name);
@@ -438,6 +621,7 @@ fn request_text(id: u64, op: &Op) -> String {
 struct OkBody {
     offset: Option<StreamId>,
     truncated: bool,
+    acked: Option<u64>,
 }
 
 /// Any frame the server sends: a reply has `ok` or `error`, a push has `channel`.
@@ -445,7 +629,11 @@ struct ServerFrame {
     id: Option<u64>,
     reply: Option<Result<OkBody, ClientError>>,
     channel: Option<String>,
+    /// Set on consumer group pushes.
+    group: Option<String>,
     messages: Vec<Entry>,
+    /// Per message of a group push: how many times it was delivered.
+    deliveries: Vec<u64>,
     truncated: bool,
     /// The broadcast value as JSON text.
     broadcast: Option<String>,
@@ -467,18 +655,23 @@ impl ServerFrame {
                     None => None,
                 },
                 truncated: ok.get("truncated").and_then(Json::as_bool).unwrap_or(false),
+                acked: ok.get("acked").and_then(Json::as_u64),
             })),
             (None, None) => None,
         };
-        let messages = match value.get("messages") {
-            Some(list) => list.as_array().ok_or("messages is not an array")?.iter().map(json::entry).collect::<Option<_>>().ok_or("bad message entry")?,
-            None => Vec::new(),
+        let list = match value.get("messages") {
+            Some(list) => list.as_array().ok_or("messages is not an array")?,
+            None => &[],
         };
+        let messages = list.iter().map(json::entry).collect::<Option<_>>().ok_or("bad message entry")?;
+        let deliveries = list.iter().map(|m| m.get("deliveries").and_then(Json::as_u64).unwrap_or(1)).collect();
         Ok(ServerFrame {
             id: value.get("id").and_then(Json::as_u64),
             reply,
             channel: value.get("channel").and_then(Json::as_str).map(str::to_owned),
+            group: value.get("group").and_then(Json::as_str).map(str::to_owned),
             messages,
+            deliveries,
             truncated: value.get("truncated").and_then(Json::as_bool).unwrap_or(false),
             broadcast: value.get("broadcast").map(Json::to_text),
         })
@@ -633,11 +826,36 @@ mod tests {
             Op::Unsubscribe { channel: "c".into() },
             Op::Publish { channel: "c".into(), fields: vec!["k\"\n".into(), "{\"x\":1} é".into()], maxlen: Some(9) },
             Op::Publish { channel: "c".into(), fields: vec!["k".into(), "v".into()], maxlen: None },
+            Op::GroupSubscribe { channel: "c".into(), group: "g".into(), consumer: "w\"1".into(), start: Start::Latest },
+            Op::GroupUnsubscribe { channel: "c".into(), group: "g".into() },
+            Op::Ack { channel: "c".into(), group: "g".into(), offsets: vec![StreamId::new(1, 2), StreamId::new(3, 0)] },
             Op::Ping,
         ];
         for op in ops {
             assert_eq!(request_text(42, &op), Request { id: 42, op: op.clone() }.to_json());
         }
+    }
+
+    #[test]
+    fn group_memberships_deliver_with_counts_and_rejoin_after_reconnects() {
+        let mut core = open();
+        let effects = core.join_group("jobs", "g", "w1", Start::After(StreamId::ZERO), 1);
+        assert_eq!(sent(&effects)[0], json!({"id": 1, "op": "subscribe", "channel": "jobs", "group": "g", "consumer": "w1", "offset": "0-0"}));
+        assert_eq!(core.received(r#"{"id":1,"ok":{}}"#), vec![Effect::Resolve(1, Resolution::Subscribed)]);
+        let effects = core.received(r#"{"channel":"jobs","group":"g","messages":[{"offset":"5-0","fields":["k","v"],"deliveries":2}]}"#);
+        let Effect::GroupMessages(channel, group, entries) = &effects[0] else { panic!("{effects:?}") };
+        assert_eq!((channel.as_str(), group.as_str(), entries[0].1), ("jobs", "g", 2));
+        let effects = core.ack("jobs", "g", vec![StreamId::new(5, 0)], 2);
+        assert_eq!(sent(&effects)[0]["op"], "ack");
+        assert_eq!(core.received(r#"{"id":2,"ok":{"acked":1}}"#), vec![Effect::Resolve(2, Resolution::Acked(1))]);
+        core.closed(1006, "", 0.0);
+        assert!(matches!(&core.ack("jobs", "g", vec![StreamId::new(6, 0)], 3)[0], Effect::Reject(3, e) if e.code == "disconnected"));
+        core.reconnect();
+        let effects = core.opened();
+        assert_eq!(sent(&effects)[0]["group"], "g", "rejoined after the reconnect");
+        let effects = core.leave_group("jobs", "g", 4);
+        assert_eq!(sent(&effects)[0], json!({"id": 4, "op": "unsubscribe", "channel": "jobs", "group": "g"}));
+        assert!(core.received(r#"{"channel":"jobs","group":"g","messages":[{"offset":"7-0","fields":["k","v"],"deliveries":1}]}"#).is_empty());
     }
 
     #[test]

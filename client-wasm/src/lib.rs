@@ -214,6 +214,7 @@ impl Client {
                     Resolution::Subscribed => JsValue::TRUE,
                     Resolution::Unsubscribed => JsValue::TRUE,
                     Resolution::Published(offset) => JsValue::from_str(&offset.to_string()),
+                    Resolution::Acked(n) => JsValue::from(n as f64),
                 };
                 out.push(Outcall::Resolve(pending, value));
             }
@@ -232,6 +233,16 @@ impl Client {
                 }
                 let messages = decode_entries(inner, &entries);
                 out.push(Outcall::Emit("messages", vec![JsValue::from_str(&channel), messages.into()]));
+            }
+            Effect::GroupMessages(channel, group, deliveries) => {
+                let (entries, counts): (Vec<Entry>, Vec<u64>) = deliveries.into_iter().unzip();
+                let messages = decode_entries(inner, &entries);
+                for (message, count) in messages.iter().zip(counts) {
+                    let _ = Reflect::set(&message, &"deliveries".into(), &JsValue::from(count as f64));
+                }
+                let meta = Object::new();
+                let _ = Reflect::set(&meta, &"group".into(), &JsValue::from_str(&group));
+                out.push(Outcall::Emit("messages", vec![JsValue::from_str(&channel), messages.into(), meta.into()]));
             }
             Effect::Broadcast(channel, json) => {
                 let value = js_sys::JSON::parse(&json).unwrap_or(JsValue::NULL);
@@ -383,6 +394,48 @@ impl WasmClient {
             (inner.core.subscribe(&channel, offset, stored, pending), problems)
         };
         self.client.run(problems.iter().map(|p| Effect::Error(ClientError::new(p.code, p.message.clone()))).chain(effects).collect());
+        Ok(promise)
+    }
+
+    /// Joins consumer group `group` of `channel` as `consumer`; resolves `true` once the server
+    /// confirmed. `offset` (`"$"` default, `"0"`, an ID) is where a newly created group starts.
+    #[wasm_bindgen(js_name = joinGroup)]
+    pub fn join_group(&self, channel: String, group: String, consumer: String, offset: Option<String>) -> Result<Promise, JsValue> {
+        redistribute_protocol::request::validate_channel(&channel, usize::MAX).map_err(|e| argument_error(e.message))?;
+        for (what, name) in [("group", &group), ("consumer", &consumer)] {
+            redistribute_protocol::request::validate_name(what, name, usize::MAX).map_err(|e| argument_error(e.message))?;
+        }
+        let start = match offset {
+            Some(text) => text.parse::<Start>().map_err(|e| argument_error(e.to_string()))?,
+            None => Start::Latest,
+        };
+        let (promise, pending) = Client::promise();
+        let effects = self.client.inner.borrow_mut().core.join_group(&channel, &group, &consumer, start, pending);
+        self.client.run(effects);
+        Ok(promise)
+    }
+
+    /// Leaves consumer group `group` of `channel`; resolves `true`.
+    #[wasm_bindgen(js_name = leaveGroup)]
+    pub fn leave_group(&self, channel: String, group: String) -> Promise {
+        let (promise, pending) = Client::promise();
+        let effects = self.client.inner.borrow_mut().core.leave_group(&channel, &group, pending);
+        self.client.run(effects);
+        promise
+    }
+
+    /// Acknowledges group deliveries (all or none); resolves with the number acknowledged.
+    pub fn ack(&self, channel: String, group: String, offsets: Array) -> Result<Promise, JsValue> {
+        let offsets = offsets
+            .iter()
+            .map(|o| o.as_string().and_then(|s| s.parse().ok()).ok_or_else(|| argument_error("offsets must be offset strings such as \"1518951480106-0\"")))
+            .collect::<Result<Vec<_>, _>>()?;
+        if offsets.is_empty() {
+            return Err(argument_error("ack needs at least one offset"));
+        }
+        let (promise, pending) = Client::promise();
+        let effects = self.client.inner.borrow_mut().core.ack(&channel, &group, offsets, pending);
+        self.client.run(effects);
         Ok(promise)
     }
 

@@ -83,3 +83,42 @@ test('reconnects after a server restart without loss or repeat, and settles cut-
   assert.deepEqual(got.map((m) => m.n), [...Array(200).keys()]);
   client.close();
 });
+
+test('consumer groups: Node clients share the work, and a crashed member\'s entries come back', async () => {
+  const channel = unique('jobs');
+  const workers = [0, 1, 2].map(() => createClient({ targets: [RD_SERVER_A], WebSocket, localStorage: false }));
+  const got = [[], [], []];
+  workers.forEach((w, i) => w.on('messages', (ch, messages, info) => {
+    if (ch === channel && info?.group === 'g') got[i].push(...messages.map((m) => m.offset));
+  }));
+  await Promise.all(workers.map((w, i) => w.subscribe(channel, { group: 'g', consumer: `w${i}`, offset: '0', autoAck: true })));
+  await control('POST', `/publisher?channel=${channel}&count=300&interval=2`);
+  await control('GET', '/publisher/wait');
+  const stream = (await control('GET', `/xrange?channel=${channel}`)).map(([offset]) => offset);
+  await waitFor('every entry processed', () => got.flat().length >= stream.length);
+  assert.deepEqual([...got.flat()].sort(), [...stream].sort(), 'each entry once, across the group');
+  assert.ok(got.filter((g) => g.length > 0).length >= 2, `the work is shared: ${got.map((g) => g.length)}`);
+  workers.forEach((w) => w.close());
+
+  // A member takes entries and dies without acknowledging them.
+  const crasher = createClient({ targets: [RD_SERVER_A], WebSocket, localStorage: false });
+  let taken = [];
+  crasher.on('messages', (ch, messages) => { if (ch === channel) taken.push(...messages.map((m) => m.offset)); });
+  await crasher.subscribe(channel, { group: 'g2', consumer: 'crasher', offset: '0' });
+  await waitFor('the crasher to get work', () => taken.length > 0);
+  crasher.close();
+  taken = [...new Set(taken)];
+
+  const survivor = createClient({ targets: [RD_SERVER_B], WebSocket, localStorage: false });
+  const seen = new Map();
+  survivor.on('messages', (ch, messages, info) => {
+    if (ch === channel && info?.group === 'g2') for (const m of messages) seen.set(m.offset, m.deliveries);
+  });
+  await survivor.subscribe(channel, { group: 'g2', consumer: 'survivor', autoAck: true });
+  await waitFor('the crashed member\'s entries to come back', () => seen.size >= stream.length);
+  assert.deepEqual([...seen.keys()].sort(), [...stream].sort(), 'none lost');
+  for (const offset of taken) assert.ok(seen.get(offset) >= 2, `${offset} was redelivered and counted`);
+  await assert.rejects(survivor.ack(channel, 'g2', ['1-1']), (err) => err.code === 'bad_request' && /not pending/.test(err.message));
+  await assert.rejects(survivor.subscribe(channel, { group: 'g3' }), { code: 'invalid_argument' });
+  survivor.close();
+});

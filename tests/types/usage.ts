@@ -26,8 +26,18 @@ async function use(): Promise<void> {
   const last: string | null = lastOffset;
   void [confirmed, offset, messages, last, client.connected, client.target];
   await client.unsubscribe('chat');
+  // Consumer groups.
+  const joined: true = await client.subscribe('jobs', { group: 'workers', consumer: 'w1', offset: '0', autoAck: false });
+  const acked: number = await client.ack('jobs', 'workers', ['1518951480106-0']);
+  await client.unsubscribe('jobs', { group: 'workers' });
+  void [joined, acked];
   client.close();
 }
+client.on('messages', (channel, messages, info) => {
+  const group: string | undefined = info?.group;
+  const deliveries: number | undefined = messages[0]?.deliveries;
+  void [channel, group, deliveries];
+});
 void use;
 
 // @ts-expect-error: unknown event
@@ -38,3 +48,5 @@ createClient({});
 createClient({ targets: 'ws://x/', storageLimit: 'many' });
 // @ts-expect-error: messages listeners get (channel, messages)
 client.on('messages', (channel: number) => void channel);
+// @ts-expect-error: a group subscription needs a consumer name
+client.subscribe('jobs', { group: 'workers' });
