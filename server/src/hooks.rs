@@ -70,7 +70,7 @@ pub trait Hooks: Send + Sync + 'static {
         async { Decision::Allow }
     }
 
-    /// A socket asks to subscribe to `channel` from `start`.
+    /// A socket asks to subscribe to `channel` from `start` (also when joining a consumer group).
     fn on_subscribe(&self, conn: &ConnInfo, channel: &str, start: Start) -> impl Future<Output = Decision> + Send {
         let _ = (conn, channel, start);
         async { Decision::Allow }
@@ -82,7 +82,9 @@ pub trait Hooks: Send + Sync + 'static {
         async { Decision::Allow }
     }
 
-    /// An entry of `channel` is about to be sent to `conn` (live or replayed).
+    /// An entry of `channel` is about to be sent to `conn` (live or replayed). Consumer group
+    /// deliveries do not pass through here: they are work items, and hiding one would leave it
+    /// pending until it is dead-lettered. Guard groups with [`Hooks::on_subscribe`].
     fn on_stream_event(&self, conn: &ConnInfo, channel: &str, entry: &Entry) -> StreamEvent {
         let _ = (conn, channel, entry);
         StreamEvent::Pass
