@@ -99,11 +99,25 @@ pub struct Settings {
     pub max_queue: usize,
 }
 
+/// A subscription's identity: the channel, and the consumer group for a group membership.
+type SubKey = (String, Option<String>);
+
+/// What a subscription follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Kind {
+    /// Every entry of the channel, resumed by offset.
+    Stream,
+    /// A share of the channel's entries, as this consumer of the group (the key's group).
+    Group { consumer: String },
+}
+
 #[derive(Debug)]
 struct Subscription<R> {
-    /// Where the user asked to start.
+    kind: Kind,
+    /// Where the user asked to start (for a group: where a newly created group starts).
     start: Start,
-    /// Last offset received, or the start the server confirmed: where a resubscribe resumes.
+    /// Streams only: last offset received, or the start the server confirmed; a resubscribe
+    /// resumes after it. (A group's position lives in the server.)
     resume: Option<StreamId>,
     /// Calls waiting for the first confirmation.
     waiters: Vec<R>,
@@ -111,6 +125,10 @@ struct Subscription<R> {
 }
 
 impl<R> Subscription<R> {
+    fn new(kind: Kind, start: Start, done: R) -> Self {
+        Subscription { kind, start, resume: None, waiters: vec![done], confirmed: false }
+    }
+
     fn offset(&self) -> Start {
         self.resume.map_or(self.start, Start::After)
     }
@@ -118,22 +136,10 @@ impl<R> Subscription<R> {
 
 #[derive(Debug)]
 enum InFlight<R> {
-    Subscribe(String),
-    GroupSubscribe(GroupKey),
+    Subscribe(SubKey),
     Unsubscribe(R),
     Publish(R),
     Ack(R),
-}
-
-/// A consumer group membership: (channel, group).
-type GroupKey = (String, String);
-
-#[derive(Debug)]
-struct Membership<R> {
-    consumer: String,
-    start: Start,
-    waiters: Vec<R>,
-    confirmed: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -156,8 +162,7 @@ pub struct Core<R> {
     next_id: u64,
     in_flight: HashMap<u64, InFlight<R>>,
     queue: VecDeque<(String, Vec<String>, R)>,
-    subscriptions: Keyed<String, Subscription<R>>,
-    memberships: Keyed<GroupKey, Membership<R>>,
+    subscriptions: Keyed<SubKey, Subscription<R>>,
 }
 
 /// A small map kept as a list. A client holds few subscriptions (the server allows 256 per
@@ -211,7 +216,6 @@ impl<R> Core<R> {
             in_flight: HashMap::new(),
             queue: VecDeque::new(),
             subscriptions: Keyed::new(),
-            memberships: Keyed::new(),
         };
         (core, vec![Effect::Connect(url)])
     }
@@ -228,7 +232,7 @@ impl<R> Core<R> {
 
     /// Channels subscribed (confirmed or not).
     pub fn channels(&self) -> impl Iterator<Item = &str> {
-        self.subscriptions.0.iter().map(|(k, _)| k.as_str())
+        self.subscriptions.0.iter().filter(|((_, group), _)| group.is_none()).map(|((channel, _), _)| channel.as_str())
     }
 
     fn request(&mut self, op: Op, pending: InFlight<R>) -> Effect<R> {
@@ -237,47 +241,78 @@ impl<R> Core<R> {
         Effect::Send(request_text(self.next_id, &op))
     }
 
-    fn send_subscribe(&mut self, channel: &str) -> Effect<R> {
-        let start = self.subscriptions.get_mut(channel).expect("subscribed before sending").offset();
-        self.request(Op::Subscribe { channel: channel.to_owned(), start }, InFlight::Subscribe(channel.to_owned()))
+    fn send_subscribe(&mut self, key: &SubKey) -> Effect<R> {
+        let subscription = self.subscriptions.get_mut(key).expect("subscribed before sending");
+        let (channel, start) = (key.0.clone(), subscription.offset());
+        let op = match (&subscription.kind, &key.1) {
+            (Kind::Group { consumer }, Some(group)) => Op::GroupSubscribe { channel, group: group.clone(), consumer: consumer.clone(), start },
+            _ => Op::Subscribe { channel, start },
+        };
+        self.request(op, InFlight::Subscribe(key.clone()))
     }
 
-    /// `subscribe(channel, offset)`. Without an explicit offset, `stored` (the last offset kept
-    /// in storage) is resumed from, else `$`. Subscribing to a channel already subscribed
-    /// resolves once it is confirmed and keeps its offset.
-    pub fn subscribe(&mut self, channel: &str, offset: Option<Start>, stored: Option<StreamId>, done: R) -> Vec<Effect<R>> {
+    /// Registers a subscription, or waits for (or reports) the existing one with that key.
+    fn add(&mut self, key: SubKey, kind: Kind, start: Start, done: R) -> Vec<Effect<R>> {
         if self.link == Link::Closed {
             return vec![Effect::Reject(done, closed())];
         }
-        if let Some(existing) = self.subscriptions.get_mut(channel) {
+        if let Some(existing) = self.subscriptions.get_mut(&key) {
             if existing.confirmed {
                 return vec![Effect::Resolve(done, Resolution::Subscribed)];
             }
             existing.waiters.push(done);
             return Vec::new();
         }
-        let start = offset.or(stored.map(Start::After)).unwrap_or(Start::Latest);
-        let subscription = Subscription { start, resume: None, waiters: vec![done], confirmed: false };
-        self.subscriptions.insert(channel.to_owned(), subscription);
-        if self.link == Link::Open { vec![self.send_subscribe(channel)] } else { Vec::new() }
+        self.subscriptions.insert(key.clone(), Subscription::new(kind, start, done));
+        if self.link == Link::Open { vec![self.send_subscribe(&key)] } else { Vec::new() }
     }
 
-    /// `unsubscribe(channel)`: deliveries stop; calls still waiting for the subscription fail.
-    pub fn unsubscribe(&mut self, channel: &str, done: R) -> Vec<Effect<R>> {
-        let Some(subscription) = self.subscriptions.remove(channel) else {
+    /// `subscribe(channel, offset)`. Without an explicit offset, `stored` (the last offset kept
+    /// in storage) is resumed from, else `$`. Subscribing to a channel already subscribed
+    /// resolves once it is confirmed and keeps its offset.
+    pub fn subscribe(&mut self, channel: &str, offset: Option<Start>, stored: Option<StreamId>, done: R) -> Vec<Effect<R>> {
+        let start = offset.or(stored.map(Start::After)).unwrap_or(Start::Latest);
+        self.add((channel.to_owned(), None), Kind::Stream, start, done)
+    }
+
+    /// `subscribe(channel, { group, consumer })`: join a consumer group and receive a share of
+    /// its entries. Rejoined after every reconnect (the server then redelivers what this consumer
+    /// had not acknowledged).
+    pub fn join_group(&mut self, channel: &str, group: &str, consumer: &str, start: Start, done: R) -> Vec<Effect<R>> {
+        let kind = Kind::Group { consumer: consumer.to_owned() };
+        self.add((channel.to_owned(), Some(group.to_owned())), kind, start, done)
+    }
+
+    /// Ends a subscription: deliveries stop; calls still waiting for it fail.
+    fn remove(&mut self, key: SubKey, done: R) -> Vec<Effect<R>> {
+        let Some(subscription) = self.subscriptions.remove(&key) else {
             return vec![Effect::Resolve(done, Resolution::Unsubscribed)];
         };
         let mut effects: Vec<Effect<R>> = subscription
             .waiters
             .into_iter()
-            .map(|w| Effect::Reject(w, ClientError::new("unsubscribed", "unsubscribed before the server confirmed").on(channel)))
+            .map(|w| Effect::Reject(w, ClientError::new("unsubscribed", "unsubscribed before the server confirmed").on(&key.0)))
             .collect();
         if self.link == Link::Open {
-            effects.push(self.request(Op::Unsubscribe { channel: channel.to_owned() }, InFlight::Unsubscribe(done)));
+            let op = match key {
+                (channel, None) => Op::Unsubscribe { channel },
+                (channel, Some(group)) => Op::GroupUnsubscribe { channel, group },
+            };
+            effects.push(self.request(op, InFlight::Unsubscribe(done)));
         } else {
             effects.push(Effect::Resolve(done, Resolution::Unsubscribed));
         }
         effects
+    }
+
+    /// `unsubscribe(channel)`.
+    pub fn unsubscribe(&mut self, channel: &str, done: R) -> Vec<Effect<R>> {
+        self.remove((channel.to_owned(), None), done)
+    }
+
+    /// `unsubscribe(channel, { group })`: leave the group (unacknowledged entries stay pending).
+    pub fn leave_group(&mut self, channel: &str, group: &str, done: R) -> Vec<Effect<R>> {
+        self.remove((channel.to_owned(), Some(group.to_owned())), done)
     }
 
     /// `publish(channel, fields)`, with `fields` already validated and encoded.
@@ -296,51 +331,6 @@ impl<R> Core<R> {
                 Vec::new()
             }
         }
-    }
-
-    fn send_join(&mut self, key: &GroupKey) -> Effect<R> {
-        let membership = self.memberships.get_mut(key).expect("joined before sending");
-        let op = Op::GroupSubscribe { channel: key.0.clone(), group: key.1.clone(), consumer: membership.consumer.clone(), start: membership.start };
-        self.request(op, InFlight::GroupSubscribe(key.clone()))
-    }
-
-    /// `subscribe(channel, { group, consumer })`: join a consumer group and receive a share of
-    /// its entries. Rejoined after every reconnect (the server then redelivers what this consumer
-    /// had not acknowledged).
-    pub fn join_group(&mut self, channel: &str, group: &str, consumer: &str, start: Start, done: R) -> Vec<Effect<R>> {
-        if self.link == Link::Closed {
-            return vec![Effect::Reject(done, closed())];
-        }
-        let key = (channel.to_owned(), group.to_owned());
-        if let Some(existing) = self.memberships.get_mut(&key) {
-            if existing.confirmed {
-                return vec![Effect::Resolve(done, Resolution::Subscribed)];
-            }
-            existing.waiters.push(done);
-            return Vec::new();
-        }
-        self.memberships.insert(key.clone(), Membership { consumer: consumer.to_owned(), start, waiters: vec![done], confirmed: false });
-        if self.link == Link::Open { vec![self.send_join(&key)] } else { Vec::new() }
-    }
-
-    /// `unsubscribe(channel, { group })`: leave the group (unacknowledged entries stay pending).
-    pub fn leave_group(&mut self, channel: &str, group: &str, done: R) -> Vec<Effect<R>> {
-        let key = (channel.to_owned(), group.to_owned());
-        let Some(membership) = self.memberships.remove(&key) else {
-            return vec![Effect::Resolve(done, Resolution::Unsubscribed)];
-        };
-        let mut effects: Vec<Effect<R>> = membership
-            .waiters
-            .into_iter()
-            .map(|w| Effect::Reject(w, ClientError::new("unsubscribed", "left the group before the server confirmed").on(channel)))
-            .collect();
-        if self.link == Link::Open {
-            let op = Op::GroupUnsubscribe { channel: key.0, group: key.1 };
-            effects.push(self.request(op, InFlight::Unsubscribe(done)));
-        } else {
-            effects.push(Effect::Resolve(done, Resolution::Unsubscribed));
-        }
-        effects
     }
 
     /// `ack(channel, group, offsets)`: acknowledge deliveries. Needs a connection: while
@@ -367,13 +357,8 @@ impl<R> Core<R> {
         self.link = Link::Open;
         self.backoff.reset();
         let mut effects = vec![Effect::Connected(self.target().to_owned())];
-        let channels = self.subscriptions.keys();
-        for channel in channels {
-            effects.push(self.send_subscribe(&channel));
-        }
-        let groups = self.memberships.keys();
-        for key in groups {
-            effects.push(self.send_join(&key));
+        for key in self.subscriptions.keys() {
+            effects.push(self.send_subscribe(&key));
         }
         while let Some((channel, fields, done)) = self.queue.pop_front() {
             effects.push(self.request(Op::Publish { channel, fields, maxlen: None }, InFlight::Publish(done)));
@@ -410,42 +395,24 @@ impl<R> Core<R> {
             (InFlight::Unsubscribe(done), _) => vec![Effect::Resolve(done, Resolution::Unsubscribed)],
             (InFlight::Ack(done), Ok(body)) => vec![Effect::Resolve(done, Resolution::Acked(body.acked.unwrap_or(0)))],
             (InFlight::Ack(done), Err(e)) => vec![Effect::Reject(done, e)],
-            (InFlight::GroupSubscribe(key), outcome) => {
-                let Some(membership) = self.memberships.get_mut(&key) else { return Vec::new() };
-                match outcome {
-                    Ok(_) => {
-                        membership.confirmed = true;
-                        membership.waiters.drain(..).map(|w| Effect::Resolve(w, Resolution::Subscribed)).collect()
-                    }
-                    Err(e) => {
-                        let membership = self.memberships.remove(&key).expect("looked up above");
-                        let error = e.on(&key.0);
-                        let mut effects: Vec<Effect<R>> = membership.waiters.into_iter().map(|w| Effect::Reject(w, error.clone())).collect();
-                        if membership.confirmed {
-                            effects.push(Effect::Error(error));
-                        }
-                        effects
-                    }
-                }
-            }
-            (InFlight::Subscribe(channel), outcome) => {
-                let Some(subscription) = self.subscriptions.get_mut(&channel) else { return Vec::new() };
+            (InFlight::Subscribe(key), outcome) => {
+                let Some(subscription) = self.subscriptions.get_mut(&key) else { return Vec::new() };
                 match outcome {
                     Ok(body) => {
                         subscription.confirmed = true;
-                        if subscription.resume.is_none() {
+                        if subscription.kind == Kind::Stream && subscription.resume.is_none() {
                             subscription.resume = body.offset;
                         }
                         let mut effects: Vec<Effect<R>> =
                             subscription.waiters.drain(..).map(|w| Effect::Resolve(w, Resolution::Subscribed)).collect();
                         if body.truncated {
-                            effects.push(Effect::Error(truncated(&channel)));
+                            effects.push(Effect::Error(truncated(&key.0)));
                         }
                         effects
                     }
                     Err(e) => {
-                        let subscription = self.subscriptions.remove(&channel).expect("looked up above");
-                        let error = e.on(&channel);
+                        let subscription = self.subscriptions.remove(&key).expect("looked up above");
+                        let error = e.on(&key.0);
                         let mut effects: Vec<Effect<R>> =
                             subscription.waiters.into_iter().map(|w| Effect::Reject(w, error.clone())).collect();
                         if subscription.confirmed {
@@ -460,14 +427,14 @@ impl<R> Core<R> {
     }
 
     fn on_group_push(&mut self, channel: String, group: String, messages: Vec<Entry>, deliveries: Vec<u64>) -> Vec<Effect<R>> {
-        if !self.memberships.contains(&(channel.clone(), group.clone())) || messages.is_empty() {
+        if !self.subscriptions.contains(&(channel.clone(), Some(group.clone()))) || messages.is_empty() {
             return Vec::new();
         }
         vec![Effect::GroupMessages(channel, group, messages.into_iter().zip(deliveries).collect())]
     }
 
     fn on_push(&mut self, channel: String, messages: Vec<Entry>, lost: bool, broadcast: Option<String>) -> Vec<Effect<R>> {
-        let Some(subscription) = self.subscriptions.get_mut(&channel) else { return Vec::new() };
+        let Some(subscription) = self.subscriptions.get_mut(&(channel.clone(), None)) else { return Vec::new() };
         let mut effects = Vec::new();
         if lost {
             effects.push(Effect::Error(truncated(&channel)));
@@ -498,7 +465,7 @@ impl<R> Core<R> {
         for (_, pending) in self.in_flight.drain() {
             match pending {
                 // Resent by `opened`.
-                InFlight::Subscribe(_) | InFlight::GroupSubscribe(_) => {}
+                InFlight::Subscribe(_) => {}
                 InFlight::Ack(done) => effects.push(Effect::Reject(
                     done,
                     ClientError::new("disconnected", "the connection dropped before the server answered; unacknowledged entries come back"),
@@ -537,7 +504,7 @@ impl<R> Core<R> {
         let mut effects = vec![Effect::CloseSocket];
         for (_, pending) in self.in_flight.drain() {
             match pending {
-                InFlight::Subscribe(_) | InFlight::GroupSubscribe(_) => {}
+                InFlight::Subscribe(_) => {}
                 InFlight::Unsubscribe(done) => effects.push(Effect::Resolve(done, Resolution::Unsubscribed)),
                 InFlight::Publish(done) | InFlight::Ack(done) => effects.push(Effect::Reject(done, closed())),
             }
@@ -545,9 +512,6 @@ impl<R> Core<R> {
         effects.extend(self.queue.drain(..).map(|(_, _, done)| Effect::Reject(done, closed())));
         for (_, subscription) in self.subscriptions.take() {
             effects.extend(subscription.waiters.into_iter().map(|w| Effect::Reject(w, closed())));
-        }
-        for (_, membership) in self.memberships.take() {
-            effects.extend(membership.waiters.into_iter().map(|w| Effect::Reject(w, closed())));
         }
         effects
     }

@@ -16,6 +16,7 @@
 use super::{EngineError, HistoryPage, StreamState};
 use redistribute_protocol::{Entry, StreamId};
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
@@ -81,6 +82,9 @@ struct Inner {
     streams: Mutex<Streams>,
     /// Woken on every append and by [`MemoryEngine::wake`].
     appended: Notify,
+    /// Reads blocked right now (registered with `appended`), so a wake can tell whether it
+    /// reached one, like `CLIENT UNBLOCK` does.
+    waiting: AtomicUsize,
     limits: MemoryLimits,
 }
 
@@ -113,7 +117,7 @@ fn now_ms() -> u64 {
 impl MemoryEngine {
     /// An empty engine with these bounds.
     pub fn new(limits: MemoryLimits) -> Self {
-        MemoryEngine { inner: Arc::new(Inner { streams: Mutex::default(), appended: Notify::new(), limits }) }
+        MemoryEngine { inner: Arc::new(Inner { streams: Mutex::default(), appended: Notify::new(), waiting: AtomicUsize::new(0), limits }) }
     }
 
     fn lock(&self) -> MutexGuard<'_, Streams> {
@@ -194,7 +198,9 @@ impl MemoryEngine {
         if !found.is_empty() {
             return found;
         }
+        self.inner.waiting.fetch_add(1, Ordering::AcqRel);
         let _ = tokio::time::timeout(block, appended).await;
+        self.inner.waiting.fetch_sub(1, Ordering::AcqRel);
         self.collect(streams, count)
     }
 
@@ -209,9 +215,14 @@ impl MemoryEngine {
             .collect()
     }
 
-    /// Ends every blocked [`MemoryEngine::read`] early (the channel set changed).
-    pub fn wake(&self) {
-        self.inner.appended.notify_waiters();
+    /// Ends every blocked [`MemoryEngine::read`] early (the channel set changed). Returns
+    /// whether one was blocked; callers retry otherwise, as with `CLIENT UNBLOCK`.
+    pub fn wake(&self) -> bool {
+        let blocked = self.inner.waiting.load(Ordering::Acquire) > 0;
+        if blocked {
+            self.inner.appended.notify_waiters();
+        }
+        blocked
     }
 
     /// Bytes currently accounted (entry fields and channel names).

@@ -120,17 +120,14 @@ impl Engine {
     }
 
     /// Ends the blocked read of the follower with `wake_id` on target `index` early. Returns
-    /// whether it was blocked (for memory: always true, a wake is never lost).
+    /// whether it was blocked; if not, the caller tries again (the read may be about to block).
     ///
     /// # Errors
     /// When the command connection fails.
     pub async fn wake(&self, index: usize, wake_id: i64) -> Result<bool, EngineError> {
         match self {
             Engine::Redis(redis) => redis.targets()[index].unblock(wake_id).await,
-            Engine::Memory(memory) => {
-                memory.wake();
-                Ok(true)
-            }
+            Engine::Memory(memory) => Ok(memory.wake()),
         }
     }
 }
