@@ -6,6 +6,8 @@
 //! - **Replayable**: a subscriber starts after any offset (stream ID) and gets every later entry
 //!   once, in order, with no gap between replayed history and the live tail; lost history is
 //!   reported, never skipped silently.
+//! - **Shardable**: consumer groups split a channel's entries among workers; a crashed worker's
+//!   unacknowledged entries go to the others.
 //!
 //! ```no_run
 //! use redistribute::{Config, ListenOptions, Server};
@@ -26,6 +28,8 @@
 //! - `hub` holds local subscribers and fans entries out; `reader` follows streams with a fixed
 //!   number of blocking reads; [`engine`] talks to Redis, or holds streams in memory when no Redis
 //!   target is configured (single instance, zero setup).
+//! - [`groups`]: consumer groups (a fleet of workers sharing a channel); `group` runs one
+//!   connection's membership.
 //! - `outbox` is a connection's bounded send queue.
 
 pub mod config;
