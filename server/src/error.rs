@@ -33,7 +33,6 @@ pub(crate) fn client_error(e: &EngineError) -> ProtocolError {
         EngineError::WrongType(channel) => {
             ProtocolError::bad_request(format!("the Redis key of channel {channel:?} is not a stream"))
         }
-        EngineError::Unsupported(message) => ProtocolError::bad_request(message.clone()),
         EngineError::NoGroup(detail) => ProtocolError::bad_request(format!("no such consumer group ({detail})")),
         EngineError::NotPending(offsets) => {
             ProtocolError::bad_request(format!("not pending in the group, nothing acknowledged: {offsets}"))

@@ -13,10 +13,10 @@
 //! deliveries in stream order within one batch, but across consumers and redeliveries there is no
 //! global order; an entry is delivered at most `max_deliveries` times, then dead-lettered.
 //!
-//! Each consumer holds one dedicated Redis connection (its blocking reads would stall a shared
-//! one). Consumer groups need the Redis engine.
+//! On Redis each consumer holds one dedicated connection (its blocking reads would stall a shared
+//! one). The embedded memory engine keeps groups the same way in process.
 
-use crate::engine::{Engine, EngineError, RedisEngine, reply};
+use crate::engine::{Engine, EngineError, MemoryEngine, reply};
 use redis::Value;
 use redis::aio::MultiplexedConnection;
 use redistribute_protocol::{Entry, Start, StreamId};
@@ -71,10 +71,18 @@ enum Phase {
     Live,
 }
 
+/// Where a consumer's group lives.
+#[derive(Debug)]
+enum Backend {
+    /// A dedicated Redis connection.
+    Redis(MultiplexedConnection),
+    Memory(MemoryEngine),
+}
+
 /// A member of a consumer group.
 #[derive(Debug)]
 pub struct Consumer {
-    conn: MultiplexedConnection,
+    backend: Backend,
     channel: String,
     group: String,
     name: String,
@@ -82,13 +90,6 @@ pub struct Consumer {
     phase: Phase,
     next_claim: Instant,
     claim_cursor: StreamId,
-}
-
-fn redis_of(engine: &Engine) -> Result<&RedisEngine, EngineError> {
-    match engine {
-        Engine::Redis(redis) => Ok(redis),
-        _ => Err(EngineError::Unsupported("consumer groups need the Redis engine (start the server with --redis)".into())),
-    }
 }
 
 fn failed(e: redis::RedisError) -> EngineError {
@@ -105,27 +106,35 @@ impl Consumer {
     /// needed, starting where `options.start` says.
     ///
     /// # Errors
-    /// [`EngineError::Unsupported`] on the memory engine; [`EngineError::Unavailable`] when Redis
-    /// cannot be reached.
+    /// [`EngineError::Unavailable`] when Redis cannot be reached; [`EngineError::WrongType`] when
+    /// the channel's key is not a stream.
     pub async fn join(engine: &Engine, channel: &str, group: &str, name: &str, options: GroupOptions) -> Result<Consumer, EngineError> {
-        let redis = redis_of(engine)?;
-        let mut conn = redis.targets()[redis.target_of(channel)].reader_connection().await?;
-        let created: Result<(), _> = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(channel)
-            .arg(group)
-            .arg(options.start.to_string())
-            .arg("MKSTREAM")
-            .query_async(&mut conn)
-            .await;
-        match created {
-            Ok(()) => {}
-            Err(e) if e.code() == Some("BUSYGROUP") => {}
-            Err(e) if e.code() == Some("WRONGTYPE") => return Err(EngineError::WrongType(channel.to_owned())),
-            Err(e) => return Err(failed(e)),
-        }
+        let backend = match engine {
+            Engine::Redis(redis) => {
+                let mut conn = redis.targets()[redis.target_of(channel)].reader_connection().await?;
+                let created: Result<(), _> = redis::cmd("XGROUP")
+                    .arg("CREATE")
+                    .arg(channel)
+                    .arg(group)
+                    .arg(options.start.to_string())
+                    .arg("MKSTREAM")
+                    .query_async(&mut conn)
+                    .await;
+                match created {
+                    Ok(()) => {}
+                    Err(e) if e.code() == Some("BUSYGROUP") => {}
+                    Err(e) if e.code() == Some("WRONGTYPE") => return Err(EngineError::WrongType(channel.to_owned())),
+                    Err(e) => return Err(failed(e)),
+                }
+                Backend::Redis(conn)
+            }
+            Engine::Memory(memory) => {
+                memory.group_create(channel, group, options.start);
+                Backend::Memory(memory.clone())
+            }
+        };
         Ok(Consumer {
-            conn,
+            backend,
             channel: channel.to_owned(),
             group: group.to_owned(),
             name: name.to_owned(),
@@ -154,78 +163,111 @@ impl Consumer {
     /// group was destroyed meanwhile.
     pub async fn next(&mut self) -> Result<Vec<Delivery>, EngineError> {
         if let Phase::OwnPending(after) = self.phase {
-            let entries = self.read_group(&after.to_string(), None).await?;
-            match entries.last() {
-                Some(last) => self.phase = Phase::OwnPending(last.offset),
+            let own = self.read(Some(after), None).await?;
+            match own.last() {
+                Some((last, _)) => self.phase = Phase::OwnPending(last.offset),
                 None => self.phase = Phase::Live,
             }
-            if !entries.is_empty() {
-                return self.counted(entries).await;
+            if !own.is_empty() {
+                return self.limit(own).await;
             }
         }
         if Instant::now() >= self.next_claim {
             let claimed = self.claim().await?;
             if !claimed.is_empty() {
-                return self.counted(claimed).await;
+                return self.limit(claimed).await;
             }
         }
         let wait = self.options.block.min(self.next_claim.saturating_duration_since(Instant::now())).max(Duration::from_millis(1));
-        let fresh = self.read_group(">", Some(wait)).await?;
-        Ok(fresh.into_iter().map(|entry| Delivery { entry, deliveries: 1 }).collect())
+        let fresh = self.read(None, Some(wait)).await?;
+        self.limit(fresh).await
     }
 
-    async fn read_group(&mut self, id: &str, block: Option<Duration>) -> Result<Vec<Entry>, EngineError> {
+    /// `XREADGROUP`: own pending after `after`, or new entries (`>`) when `after` is `None`;
+    /// entries come with their delivery counts.
+    async fn read(&mut self, after: Option<StreamId>, block: Option<Duration>) -> Result<Vec<(Entry, u64)>, EngineError> {
+        let count = self.options.batch;
+        let conn = match &mut self.backend {
+            Backend::Memory(memory) => return memory.group_read(&self.channel, &self.group, &self.name, after, count, block).await,
+            Backend::Redis(conn) => conn,
+        };
         let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP").arg(&self.group).arg(&self.name).arg("COUNT").arg(self.options.batch);
+        cmd.arg("GROUP").arg(&self.group).arg(&self.name).arg("COUNT").arg(count);
         if let Some(block) = block {
             cmd.arg("BLOCK").arg(block.as_millis() as u64);
         }
-        cmd.arg("STREAMS").arg(&self.channel).arg(id);
-        let value: Value = cmd.query_async(&mut self.conn).await.map_err(failed)?;
-        Ok(reply::streams(&value)?.into_iter().flat_map(|(_, entries)| entries).collect())
+        cmd.arg("STREAMS").arg(&self.channel).arg(after.map_or_else(|| ">".to_owned(), |id| id.to_string()));
+        let value: Value = cmd.query_async(conn).await.map_err(failed)?;
+        let entries: Vec<Entry> = reply::streams(&value)?.into_iter().flat_map(|(_, entries)| entries).collect();
+        match after {
+            None => Ok(entries.into_iter().map(|e| (e, 1)).collect()),
+            Some(_) => self.counted(entries).await,
+        }
     }
 
     /// One `XAUTOCLAIM` step over the group's pending list.
-    async fn claim(&mut self) -> Result<Vec<Entry>, EngineError> {
-        let value: Value = redis::cmd("XAUTOCLAIM")
-            .arg(&self.channel)
-            .arg(&self.group)
-            .arg(&self.name)
-            .arg(self.options.claim_idle.as_millis() as u64)
-            .arg(self.claim_cursor.to_string())
-            .arg("COUNT")
-            .arg(self.options.batch)
-            .query_async(&mut self.conn)
-            .await
-            .map_err(failed)?;
-        let Value::Array(parts) = &value else { return Err(EngineError::Protocol(format!("XAUTOCLAIM: {value:?}"))) };
-        let cursor = parts.first().map(reply::stream_id).transpose()?.unwrap_or(StreamId::ZERO);
-        let entries = parts.get(1).map(reply::entries).transpose()?.unwrap_or_default();
+    async fn claim(&mut self) -> Result<Vec<(Entry, u64)>, EngineError> {
+        let (cursor, claimed) = match &mut self.backend {
+            Backend::Memory(memory) => memory.group_autoclaim(
+                &self.channel,
+                &self.group,
+                &self.name,
+                self.options.claim_idle,
+                self.claim_cursor,
+                self.options.batch,
+            )?,
+            Backend::Redis(conn) => {
+                let value: Value = redis::cmd("XAUTOCLAIM")
+                    .arg(&self.channel)
+                    .arg(&self.group)
+                    .arg(&self.name)
+                    .arg(self.options.claim_idle.as_millis() as u64)
+                    .arg(self.claim_cursor.to_string())
+                    .arg("COUNT")
+                    .arg(self.options.batch)
+                    .query_async(conn)
+                    .await
+                    .map_err(failed)?;
+                let Value::Array(parts) = &value else { return Err(EngineError::Protocol(format!("XAUTOCLAIM: {value:?}"))) };
+                let cursor = parts.first().map(reply::stream_id).transpose()?.unwrap_or(StreamId::ZERO);
+                let entries = parts.get(1).map(reply::entries).transpose()?.unwrap_or_default();
+                (cursor, self.counted(entries).await?)
+            }
+        };
         self.claim_cursor = cursor;
         if cursor == StreamId::ZERO {
             // Scanned the whole pending list: look again after a while.
             self.next_claim = Instant::now() + self.options.claim_idle / 2;
         }
-        Ok(entries)
+        Ok(claimed)
     }
 
-    /// Adds delivery counts (from `XPENDING`) and dead-letters entries past the limit.
-    async fn counted(&mut self, entries: Vec<Entry>) -> Result<Vec<Delivery>, EngineError> {
-        let (first, last) = (entries[0].offset, entries[entries.len() - 1].offset);
+    /// Redis only: delivery counts of this consumer's `entries`, from `XPENDING`.
+    async fn counted(&mut self, entries: Vec<Entry>) -> Result<Vec<(Entry, u64)>, EngineError> {
+        let (Backend::Redis(conn), Some(first), Some(last)) = (&mut self.backend, entries.first(), entries.last()) else {
+            return Ok(entries.into_iter().map(|e| (e, 1)).collect());
+        };
         let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
             .arg(&self.channel)
             .arg(&self.group)
-            .arg(first.to_string())
-            .arg(last.to_string())
+            .arg(first.offset.to_string())
+            .arg(last.offset.to_string())
             .arg(entries.len())
             .arg(&self.name)
-            .query_async(&mut self.conn)
+            .query_async(conn)
             .await
             .map_err(failed)?;
         let counts: HashMap<String, u64> = pending.into_iter().map(|(id, _, _, count)| (id, count)).collect();
-        let mut out = Vec::with_capacity(entries.len());
-        for entry in entries {
-            let deliveries = counts.get(&entry.offset.to_string()).copied().unwrap_or(1);
+        Ok(entries.into_iter().map(|e| {
+            let count = counts.get(&e.offset.to_string()).copied().unwrap_or(1);
+            (e, count)
+        }).collect())
+    }
+
+    /// Dead-letters entries delivered more often than allowed; returns the rest.
+    async fn limit(&mut self, batch: Vec<(Entry, u64)>) -> Result<Vec<Delivery>, EngineError> {
+        let mut out = Vec::with_capacity(batch.len());
+        for (entry, deliveries) in batch {
             if deliveries > self.options.max_deliveries {
                 self.dead_letter(&entry, deliveries).await?;
             } else {
@@ -237,21 +279,29 @@ impl Consumer {
 
     async fn dead_letter(&mut self, entry: &Entry, deliveries: u64) -> Result<(), EngineError> {
         let stream = self.options.dead_letter.clone().unwrap_or_else(|| format!("{}:dead", self.channel));
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        pipe.cmd("XADD")
-            .arg(&stream)
-            .arg("*")
-            .arg(&entry.fields)
-            .arg("dead-letter-offset")
-            .arg(entry.offset.to_string())
-            .arg("dead-letter-group")
-            .arg(&self.group)
-            .arg("dead-letter-deliveries")
-            .arg(deliveries)
-            .ignore();
-        pipe.cmd("XACK").arg(&self.channel).arg(&self.group).arg(entry.offset.to_string()).ignore();
-        pipe.query_async::<()>(&mut self.conn).await.map_err(failed)
+        let mut fields = entry.fields.clone();
+        fields.extend([
+            "dead-letter-offset".to_owned(),
+            entry.offset.to_string(),
+            "dead-letter-group".to_owned(),
+            self.group.clone(),
+            "dead-letter-deliveries".to_owned(),
+            deliveries.to_string(),
+        ]);
+        match &mut self.backend {
+            Backend::Memory(memory) => {
+                memory.publish(&stream, &fields, None).await?;
+                memory.group_ack(&self.channel, &self.group, &[entry.offset])?;
+                Ok(())
+            }
+            Backend::Redis(conn) => {
+                let mut pipe = redis::pipe();
+                pipe.atomic();
+                pipe.cmd("XADD").arg(&stream).arg("*").arg(&fields).ignore();
+                pipe.cmd("XACK").arg(&self.channel).arg(&self.group).arg(entry.offset.to_string()).ignore();
+                pipe.query_async::<()>(conn).await.map_err(failed)
+            }
+        }
     }
 
     /// Acknowledges entries of this consumer's group. Returns how many were pending.
@@ -259,8 +309,13 @@ impl Consumer {
     /// # Errors
     /// As for [`Consumer::next`].
     pub async fn ack(&mut self, offsets: &[StreamId]) -> Result<u64, EngineError> {
-        let ids: Vec<String> = offsets.iter().map(ToString::to_string).collect();
-        redis::cmd("XACK").arg(&self.channel).arg(&self.group).arg(&ids).query_async(&mut self.conn).await.map_err(failed)
+        match &mut self.backend {
+            Backend::Memory(memory) => memory.group_ack(&self.channel, &self.group, offsets),
+            Backend::Redis(conn) => {
+                let ids: Vec<String> = offsets.iter().map(ToString::to_string).collect();
+                redis::cmd("XACK").arg(&self.channel).arg(&self.group).arg(&ids).query_async(conn).await.map_err(failed)
+            }
+        }
     }
 }
 
@@ -269,20 +324,43 @@ impl Consumer {
 ///
 /// # Errors
 /// [`EngineError::NoGroup`] for a missing group; [`EngineError::NotPending`] listing offsets that
-/// are not pending; [`EngineError::Unsupported`] on the memory engine.
+/// are not pending.
 pub async fn ack(engine: &Engine, channel: &str, group: &str, offsets: &[StreamId]) -> Result<u64, EngineError> {
-    let redis = redis_of(engine)?;
-    let mut conn = redis.commands(channel);
-    let mut pipe = redis::pipe();
-    for offset in offsets {
-        let id = offset.to_string();
-        pipe.cmd("XPENDING").arg(channel).arg(group).arg(&id).arg(&id).arg(1);
-    }
-    let found: Vec<Vec<(String, String, u64, u64)>> = pipe.query_async(&mut conn).await.map_err(failed)?;
-    let missing: Vec<String> = offsets.iter().zip(&found).filter(|(_, f)| f.is_empty()).map(|(o, _)| o.to_string()).collect();
+    let pending: Vec<bool> = match engine {
+        Engine::Memory(memory) => memory.group_pending(channel, group, offsets)?,
+        Engine::Redis(redis) => {
+            let mut pipe = redis::pipe();
+            for offset in offsets {
+                let id = offset.to_string();
+                pipe.cmd("XPENDING").arg(channel).arg(group).arg(&id).arg(&id).arg(1);
+            }
+            let found: Vec<Vec<(String, String, u64, u64)>> = pipe.query_async(&mut redis.commands(channel)).await.map_err(failed)?;
+            found.iter().map(|f| !f.is_empty()).collect()
+        }
+    };
+    let missing: Vec<String> = offsets.iter().zip(&pending).filter(|(_, p)| !**p).map(|(o, _)| o.to_string()).collect();
     if !missing.is_empty() {
         return Err(EngineError::NotPending(missing.join(", ")));
     }
-    let ids: Vec<String> = offsets.iter().map(ToString::to_string).collect();
-    redis::cmd("XACK").arg(channel).arg(group).arg(&ids).query_async(&mut conn).await.map_err(failed)
+    match engine {
+        Engine::Memory(memory) => memory.group_ack(channel, group, offsets),
+        Engine::Redis(redis) => {
+            let ids: Vec<String> = offsets.iter().map(ToString::to_string).collect();
+            redis::cmd("XACK").arg(channel).arg(group).arg(&ids).query_async(&mut redis.commands(channel)).await.map_err(failed)
+        }
+    }
+}
+
+/// How many entries of `group` are delivered but not yet acknowledged.
+///
+/// # Errors
+/// [`EngineError::NoGroup`] for a missing group; [`EngineError::Unavailable`] when Redis fails.
+pub async fn pending_count(engine: &Engine, channel: &str, group: &str) -> Result<u64, EngineError> {
+    match engine {
+        Engine::Memory(memory) => memory.group_pending_count(channel, group),
+        Engine::Redis(redis) => {
+            let summary: Vec<Value> = redis::cmd("XPENDING").arg(channel).arg(group).query_async(&mut redis.commands(channel)).await.map_err(failed)?;
+            summary.first().and_then(|v| redis::from_redis_value(v.clone()).ok()).ok_or_else(|| EngineError::Protocol("XPENDING summary".into()))
+        }
+    }
 }

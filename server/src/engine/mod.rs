@@ -269,9 +269,6 @@ pub enum EngineError {
     /// The engine answered something unexpected.
     #[error("unexpected storage reply: {0}")]
     Protocol(String),
-    /// The engine does not offer this feature.
-    #[error("{0}")]
-    Unsupported(String),
     /// The consumer group does not exist.
     #[error("{0}")]
     NoGroup(String),

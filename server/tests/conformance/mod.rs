@@ -1,9 +1,13 @@
 //! One conformance suite, run against both engines: the same code checks Redis (a real
 //! `redis-server`) and the embedded memory engine for the semantics the server relies on.
 
-use redistribute::engine::{Engine, MemoryEngine};
-use redistribute::protocol::StreamId;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use redistribute::engine::{Engine, EngineError, MemoryEngine};
+use redistribute::groups::{self, Consumer, GroupOptions};
+use redistribute::protocol::{Start, StreamId};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Generates `redis_engine::<case>` and `memory_engine::<case>` tests for each case.
 macro_rules! conformance {
@@ -38,6 +42,11 @@ conformance!(
     trimming_keeps_the_newest_and_reports_the_loss,
     tail_reads_wake_on_append_and_on_wake,
     concurrent_publishers_lose_nothing,
+    groups_split_the_entries_exactly_once,
+    groups_give_a_crashed_workers_entries_to_the_others,
+    groups_reread_a_restarted_consumers_own_pending_entries,
+    groups_dead_letter_entries_delivered_too_often,
+    groups_acknowledge_all_or_nothing,
 );
 
 fn memory() -> Engine {
@@ -171,4 +180,136 @@ async fn concurrent_publishers_lose_nothing(engine: &Engine) {
         let mine: Vec<&String> = stored.iter().filter(|(_, f)| f[0] == format!("t{t}")).map(|(_, f)| &f[1]).collect();
         assert_eq!(mine, (0..250).map(|n| n.to_string()).collect::<Vec<_>>().iter().collect::<Vec<_>>());
     }
+}
+
+fn group_options() -> GroupOptions {
+    GroupOptions { start: Start::After(StreamId::ZERO), block: Duration::from_millis(200), ..GroupOptions::default() }
+}
+
+async fn pending(engine: &Engine, channel: &str, group: &str) -> u64 {
+    groups::pending_count(engine, channel, group).await.unwrap()
+}
+
+async fn groups_split_the_entries_exactly_once(engine: &Engine) {
+    const TOTAL: usize = 10_000;
+    let all: HashSet<StreamId> = publish_many(engine, "jobs", TOTAL, None).await.into_iter().collect();
+    let done = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..3)
+        .map(|w| {
+            let (engine, done) = (engine.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut consumer = Consumer::join(&engine, "jobs", "workers", &format!("w{w}"), group_options()).await.unwrap();
+                let mut mine = Vec::new();
+                while done.load(Ordering::Acquire) < TOTAL {
+                    let batch = consumer.next().await.unwrap();
+                    assert!(batch.iter().all(|d| d.deliveries == 1), "nobody crashed: first deliveries only");
+                    let offsets: Vec<StreamId> = batch.iter().map(|d| d.entry.offset).collect();
+                    if !offsets.is_empty() {
+                        assert_eq!(consumer.ack(&offsets).await.unwrap(), offsets.len() as u64);
+                        done.fetch_add(offsets.len(), Ordering::AcqRel);
+                        mine.extend(offsets);
+                    }
+                    tokio::task::yield_now().await; // let the other workers in, as separate machines would be
+                }
+                mine
+            })
+        })
+        .collect();
+    let mut seen = HashSet::new();
+    for worker in workers {
+        let mine = worker.await.unwrap();
+        assert!(mine.len() > TOTAL / 10, "each worker gets a real share ({} of {TOTAL})", mine.len());
+        for id in mine {
+            assert!(seen.insert(id), "an entry processed twice");
+        }
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(seen, all, "every entry processed");
+    assert_eq!(pending(engine, "jobs", "workers").await, 0);
+    println!("3 workers acknowledged {TOTAL} entries in {elapsed:?} ({:.0}/s)", TOTAL as f64 / elapsed.as_secs_f64());
+}
+
+async fn groups_give_a_crashed_workers_entries_to_the_others(engine: &Engine) {
+    let all: HashSet<StreamId> = publish_many(engine, "tasks", 500, None).await.into_iter().collect();
+    let quick = GroupOptions { claim_idle: Duration::from_millis(300), batch: 50, ..group_options() };
+    // This worker takes a batch and dies without acknowledging it.
+    let mut doomed = Consumer::join(engine, "tasks", "g", "doomed", quick.clone()).await.unwrap();
+    let taken: HashSet<StreamId> = doomed.next().await.unwrap().iter().map(|d| d.entry.offset).collect();
+    assert_eq!(taken.len(), 50);
+    drop(doomed);
+
+    let mut survivors = Vec::new();
+    for name in ["a", "b"] {
+        survivors.push(Consumer::join(engine, "tasks", "g", name, quick.clone()).await.unwrap());
+    }
+    let (mut acked, mut redelivered) = (HashSet::new(), HashSet::new());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while acked.len() < all.len() {
+        assert!(Instant::now() < deadline, "only {} of {} acknowledged", acked.len(), all.len());
+        for consumer in &mut survivors {
+            let batch = consumer.next().await.unwrap();
+            for d in &batch {
+                if d.deliveries > 1 {
+                    redelivered.insert(d.entry.offset);
+                }
+                acked.insert(d.entry.offset);
+            }
+            let offsets: Vec<StreamId> = batch.iter().map(|d| d.entry.offset).collect();
+            if !offsets.is_empty() {
+                consumer.ack(&offsets).await.unwrap();
+            }
+        }
+    }
+    assert_eq!(acked, all, "none lost");
+    assert_eq!(redelivered, taken, "exactly the dead worker's entries came back, counted");
+    assert_eq!(pending(engine, "tasks", "g").await, 0);
+}
+
+async fn groups_reread_a_restarted_consumers_own_pending_entries(engine: &Engine) {
+    publish_many(engine, "own", 20, None).await;
+    let opts = GroupOptions { batch: 5, ..group_options() };
+    let mut first = Consumer::join(engine, "own", "g", "w", opts.clone()).await.unwrap();
+    let taken: Vec<StreamId> = first.next().await.unwrap().iter().map(|d| d.entry.offset).collect();
+    drop(first);
+    let mut again = Consumer::join(engine, "own", "g", "w", opts).await.unwrap();
+    let batch = again.next().await.unwrap();
+    assert_eq!(batch.iter().map(|d| d.entry.offset).collect::<Vec<_>>(), taken, "its own pending entries first");
+    assert!(batch.iter().all(|d| d.deliveries == 2), "re-reading counts as a delivery, as in Redis");
+}
+
+async fn groups_dead_letter_entries_delivered_too_often(engine: &Engine) {
+    let poison = engine.publish("work", &["job".into(), "explodes".into()], None).await.unwrap();
+    let opts = GroupOptions { claim_idle: Duration::from_millis(50), max_deliveries: 3, ..group_options() };
+    let mut worker = Consumer::join(engine, "work", "g", "w", opts).await.unwrap();
+    let mut counts = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pending(engine, "work", "g").await > 0 || counts.is_empty() {
+        assert!(Instant::now() < deadline, "never dead-lettered; deliveries so far {counts:?}");
+        for d in worker.next().await.unwrap() {
+            counts.push(d.deliveries); // never acknowledged: it "crashes" every time
+        }
+    }
+    assert_eq!(counts, vec![1, 2, 3], "delivered up to the limit, counted");
+    let dead = all(engine, "work:dead").await;
+    assert_eq!(dead.len(), 1);
+    let poison = poison.to_string();
+    assert_eq!(dead[0].1, vec!["job", "explodes", "dead-letter-offset", poison.as_str(), "dead-letter-group", "g", "dead-letter-deliveries", "4"]);
+}
+
+async fn groups_acknowledge_all_or_nothing(engine: &Engine) {
+    publish_many(engine, "acks", 3, None).await;
+    let mut worker = Consumer::join(engine, "acks", "g", "w", group_options()).await.unwrap();
+    let batch = worker.next().await.unwrap();
+    let real = batch[0].entry.offset;
+    let unknown = StreamId::new(1, 1);
+    match groups::ack(engine, "acks", "g", &[real, unknown]).await {
+        Err(EngineError::NotPending(list)) => assert_eq!(list, "1-1"),
+        other => panic!("expected NotPending, got {other:?}"),
+    }
+    assert_eq!(pending(engine, "acks", "g").await, 3, "all or nothing");
+    assert!(matches!(groups::ack(engine, "acks", "nope", &[real]).await, Err(EngineError::NoGroup(_))));
+    assert!(matches!(groups::pending_count(engine, "acks", "nope").await, Err(EngineError::NoGroup(_))));
+    assert_eq!(groups::ack(engine, "acks", "g", &[real]).await.unwrap(), 1);
+    assert_eq!(pending(engine, "acks", "g").await, 2);
 }
