@@ -216,13 +216,7 @@ impl Handler {
                 "already subscribed to {channel:?}; unsubscribe first to change the offset"
             )));
         }
-        let max = self.shared.config.max_subscriptions;
-        if self.subscriptions.len() + self.groups.len() >= max {
-            return Err(ProtocolError::new(ErrorCode::LimitExceeded, format!("a connection may hold at most {max} subscriptions")));
-        }
-        if let Decision::Deny(reason) = self.shared.hooks.on_subscribe(&self.conn, channel, start).await {
-            return Err(ProtocolError::new(ErrorCode::Forbidden, reason));
-        }
+        self.admit(channel, start).await?;
         let state = self.shared.engine.state(channel).await.map_err(|e| client_error(&e))?;
         let after = match start {
             Start::Latest => state.last_generated,
@@ -243,17 +237,24 @@ impl Handler {
         Ok((body, plan))
     }
 
-    async fn join_group(&mut self, channel: &str, group: &str, consumer: &str, start: Start) -> Result<groups::Consumer, ProtocolError> {
-        if self.groups.contains_key(&(channel.to_owned(), group.to_owned())) {
-            return Err(ProtocolError::bad_request(format!("already in group {group:?} of {channel:?} on this connection")));
-        }
+    /// The checks every new subscription or group membership passes: the per-connection limit
+    /// (both kinds count) and the application's subscribe hook.
+    async fn admit(&self, channel: &str, start: Start) -> Result<(), ProtocolError> {
         let max = self.shared.config.max_subscriptions;
         if self.subscriptions.len() + self.groups.len() >= max {
             return Err(ProtocolError::new(ErrorCode::LimitExceeded, format!("a connection may hold at most {max} subscriptions")));
         }
-        if let Decision::Deny(reason) = self.shared.hooks.on_subscribe(&self.conn, channel, start).await {
-            return Err(ProtocolError::new(ErrorCode::Forbidden, reason));
+        match self.shared.hooks.on_subscribe(&self.conn, channel, start).await {
+            Decision::Allow => Ok(()),
+            Decision::Deny(reason) => Err(ProtocolError::new(ErrorCode::Forbidden, reason)),
         }
+    }
+
+    async fn join_group(&mut self, channel: &str, group: &str, consumer: &str, start: Start) -> Result<groups::Consumer, ProtocolError> {
+        if self.groups.contains_key(&(channel.to_owned(), group.to_owned())) {
+            return Err(ProtocolError::bad_request(format!("already in group {group:?} of {channel:?} on this connection")));
+        }
+        self.admit(channel, start).await?;
         let config = &self.shared.config;
         let options = groups::GroupOptions {
             start,

@@ -6,7 +6,6 @@ use redistribute::groups::{self, Consumer, GroupOptions};
 use redistribute::protocol::{Start, StreamId};
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Generates `redis_engine::<case>` and `memory_engine::<case>` tests for each case.
@@ -192,25 +191,29 @@ async fn pending(engine: &Engine, channel: &str, group: &str) -> u64 {
 
 async fn groups_split_the_entries_exactly_once(engine: &Engine) {
     const TOTAL: usize = 10_000;
+    const BATCH: usize = 100;
     let all: HashSet<StreamId> = publish_many(engine, "jobs", TOTAL, None).await.into_iter().collect();
-    let done = Arc::new(AtomicUsize::new(0));
+    // Workers ask in rounds, as independent machines would keep asking; the engine must hand
+    // each request different entries.
+    let rounds = TOTAL.div_ceil(3 * BATCH);
+    let round = Arc::new(tokio::sync::Barrier::new(3));
     let started = Instant::now();
     let workers: Vec<_> = (0..3)
         .map(|w| {
-            let (engine, done) = (engine.clone(), done.clone());
+            let (engine, round) = (engine.clone(), round.clone());
             tokio::spawn(async move {
-                let mut consumer = Consumer::join(&engine, "jobs", "workers", &format!("w{w}"), group_options()).await.unwrap();
+                let options = GroupOptions { batch: BATCH, ..group_options() };
+                let mut consumer = Consumer::join(&engine, "jobs", "workers", &format!("w{w}"), options).await.unwrap();
                 let mut mine = Vec::new();
-                while done.load(Ordering::Acquire) < TOTAL {
+                for _ in 0..rounds {
+                    round.wait().await;
                     let batch = consumer.next().await.unwrap();
                     assert!(batch.iter().all(|d| d.deliveries == 1), "nobody crashed: first deliveries only");
                     let offsets: Vec<StreamId> = batch.iter().map(|d| d.entry.offset).collect();
                     if !offsets.is_empty() {
                         assert_eq!(consumer.ack(&offsets).await.unwrap(), offsets.len() as u64);
-                        done.fetch_add(offsets.len(), Ordering::AcqRel);
                         mine.extend(offsets);
                     }
-                    tokio::task::yield_now().await; // let the other workers in, as separate machines would be
                 }
                 mine
             })
