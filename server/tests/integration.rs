@@ -118,9 +118,13 @@ async fn handover_from_replay_to_live_has_no_gap_and_no_duplicate_under_load() {
         let url = urls[j % 2].clone();
         let redis_url = redis.url();
         joiners.push(tokio::spawn(async move {
-            // Join at staggered moments during the run, from varied offsets.
-            tokio::time::sleep(Duration::from_millis(40 * j as u64)).await;
+            // Join at staggered points of the run (after j/JOINERS of it), from varied offsets.
             let mut conn = redis::Client::open(redis_url).unwrap().get_connection().unwrap();
+            let deadline = std::time::Instant::now() + PATIENCE;
+            while redis::cmd("XLEN").arg("load").query::<usize>(&mut conn).unwrap() < TOTAL * j / JOINERS {
+                assert!(std::time::Instant::now() < deadline, "the publisher stalled");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
             let existing: Vec<(String, Vec<String>)> = redis::cmd("XRANGE").arg("load").arg("-").arg("+").query(&mut conn).unwrap();
             let offset = match j % 4 {
                 0 => "$".to_owned(),
