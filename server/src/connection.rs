@@ -199,9 +199,12 @@ impl Handler {
                 self.reply(Reply::ok(id, OkBody::default())).await;
             }
             Op::Ack { channel, group, offsets } => {
-                let reply = match groups::ack(&self.shared.engine, &channel, &group, &offsets).await {
-                    Ok(acked) => Reply::ok(id, OkBody { acked: Some(acked), ..OkBody::default() }),
-                    Err(e) => Reply::error(id, client_error(&e)),
+                let reply = match self.shared.hooks.on_ack(&self.conn, &channel, &group, &offsets).await {
+                    Decision::Deny(reason) => Reply::error(id, ProtocolError::new(ErrorCode::Forbidden, reason)),
+                    Decision::Allow => match groups::ack(&self.shared.engine, &channel, &group, &offsets).await {
+                        Ok(acked) => Reply::ok(id, OkBody { acked: Some(acked), ..OkBody::default() }),
+                        Err(e) => Reply::error(id, client_error(&e)),
+                    },
                 };
                 self.reply(reply).await;
             }

@@ -6,7 +6,7 @@
 //! connection's task (a slow hook delays only that connection); [`Hooks::on_stream_event`] is
 //! synchronous because it runs in the fan-out path for every subscriber: keep it fast.
 
-use redistribute_protocol::{Entry, Start};
+use redistribute_protocol::{Entry, Start, StreamId};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -82,6 +82,12 @@ pub trait Hooks: Send + Sync + 'static {
         async { Decision::Allow }
     }
 
+    /// A socket asks to acknowledge `offsets` delivered by consumer group `group` of `channel`.
+    fn on_ack(&self, conn: &ConnInfo, channel: &str, group: &str, offsets: &[StreamId]) -> impl Future<Output = Decision> + Send {
+        let _ = (conn, channel, group, offsets);
+        async { Decision::Allow }
+    }
+
     /// An entry of `channel` is about to be sent to `conn` (live or replayed). Consumer group
     /// deliveries do not pass through here: they are work items, and hiding one would leave it
     /// pending until it is dead-lettered. Guard groups with [`Hooks::on_subscribe`].
@@ -110,6 +116,7 @@ pub(crate) trait DynHooks: Send + Sync + 'static {
     fn on_connect<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Decision>;
     fn on_subscribe<'a>(&'a self, conn: &'a ConnInfo, channel: &'a str, start: Start) -> BoxFuture<'a, Decision>;
     fn on_publish<'a>(&'a self, conn: &'a ConnInfo, channel: &'a str, fields: &'a [String]) -> BoxFuture<'a, Decision>;
+    fn on_ack<'a>(&'a self, conn: &'a ConnInfo, channel: &'a str, group: &'a str, offsets: &'a [StreamId]) -> BoxFuture<'a, Decision>;
     fn on_stream_event(&self, conn: &ConnInfo, channel: &str, entry: &Entry) -> StreamEvent;
     fn on_disconnect<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, ()>;
 }
@@ -123,6 +130,9 @@ impl<H: Hooks> DynHooks for H {
     }
     fn on_publish<'a>(&'a self, conn: &'a ConnInfo, channel: &'a str, fields: &'a [String]) -> BoxFuture<'a, Decision> {
         Box::pin(Hooks::on_publish(self, conn, channel, fields))
+    }
+    fn on_ack<'a>(&'a self, conn: &'a ConnInfo, channel: &'a str, group: &'a str, offsets: &'a [StreamId]) -> BoxFuture<'a, Decision> {
+        Box::pin(Hooks::on_ack(self, conn, channel, group, offsets))
     }
     fn on_stream_event(&self, conn: &ConnInfo, channel: &str, entry: &Entry) -> StreamEvent {
         Hooks::on_stream_event(self, conn, channel, entry)

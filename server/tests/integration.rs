@@ -604,6 +604,10 @@ impl Hooks for Rules {
         }
     }
 
+    async fn on_ack(&self, _: &ConnInfo, _: &str, group: &str, _: &[redistribute::StreamId]) -> Decision {
+        if group == "auditors" { Decision::Deny("auditors only read".into()) } else { Decision::Allow }
+    }
+
     fn on_stream_event(&self, _: &ConnInfo, _: &str, entry: &Entry) -> StreamEvent {
         match entry.fields.first().map(String::as_str) {
             Some("internal") => StreamEvent::Drop,
@@ -628,6 +632,8 @@ async fn hooks_deny_and_filter() {
     assert_eq!(error, json!({"code": "forbidden", "message": "no access to private:ops"}));
     let error = client.expect_error(json!({"op": "publish", "channel": "readonly:feed", "fields": ["a", "b"]})).await;
     assert_eq!(error["code"], "forbidden");
+    let error = client.expect_error(json!({"op": "ack", "channel": "feed", "group": "auditors", "offsets": ["1-1"]})).await;
+    assert_eq!(error, json!({"code": "forbidden", "message": "auditors only read"}));
 
     // Filtering applies to replayed history and to live entries alike.
     let start = redis.xadd("feed", &[("visible", "1")]);
