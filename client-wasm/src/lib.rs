@@ -189,7 +189,9 @@ impl Client {
                 inner.flush_timer = None;
                 inner._pagehide = None;
                 if let Some(store) = &mut inner.store {
-                    out.extend(store.flush().iter().map(problem_event));
+                    for problem in store.flush() {
+                        self.apply(inner, problem_effect(&problem), out);
+                    }
                 }
             }
             Effect::ReconnectAfter(delay) => {
@@ -221,7 +223,9 @@ impl Client {
             Effect::Reject(pending, error) => out.push(Outcall::Reject(pending, js_error(&error))),
             Effect::Messages(channel, entries) => {
                 if let Some(store) = &mut inner.store {
-                    out.extend(store.append(&channel, &entries).iter().map(problem_event));
+                    for problem in store.append(&channel, &entries) {
+                        self.apply(inner, problem_effect(&problem), out);
+                    }
                     if inner.flush_timer.is_none() {
                         let weak = Rc::downgrade(self);
                         inner.flush_timer = Some(Timer::after(inner.flush_interval_ms, move || {
@@ -275,15 +279,7 @@ impl Client {
             inner.flush_timer = None;
             inner.store.as_mut().map(Store::flush).unwrap_or_default()
         };
-        for problem in problems {
-            if let Outcall::Emit(event, args) = problem_event(&problem) {
-                let all = Array::of1(&JsValue::from_str(event));
-                for arg in args {
-                    all.push(&arg);
-                }
-                let _ = self.emit.apply(&JsValue::NULL, &all);
-            }
-        }
+        self.run(problems.iter().map(problem_effect).collect());
     }
 
     /// Returns a promise and the handle that settles it.
@@ -294,8 +290,9 @@ impl Client {
     }
 }
 
-fn problem_event(problem: &StoreProblem) -> Outcall {
-    Outcall::Emit("error", vec![js_error(&ClientError::new(problem.code, problem.message.clone()))])
+/// A storage problem as the `error` event it becomes.
+fn problem_effect(problem: &StoreProblem) -> Effect<Pending> {
+    Effect::Error(ClientError::new(problem.code, problem.message.clone()))
 }
 
 /// Decodes a value with the user's `decode`, or JSON with a fallback to the raw string.
@@ -393,7 +390,7 @@ impl WasmClient {
             };
             (inner.core.subscribe(&channel, offset, stored, pending), problems)
         };
-        self.client.run(problems.iter().map(|p| Effect::Error(ClientError::new(p.code, p.message.clone()))).chain(effects).collect());
+        self.client.run(problems.iter().map(problem_effect).chain(effects).collect());
         Ok(promise)
     }
 
@@ -489,7 +486,7 @@ impl WasmClient {
                 None => (Vec::new(), None, Vec::new()),
             }
         };
-        self.client.run(problems.iter().map(|p| Effect::Error(ClientError::new(p.code, p.message.clone()))).collect());
+        self.client.run(problems.iter().map(problem_effect).collect());
         let result = Object::new();
         let messages = decode_entries(&self.client.inner.borrow(), &entries);
         let _ = Reflect::set(&result, &"messages".into(), &messages);
