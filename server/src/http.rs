@@ -109,15 +109,7 @@ async fn serve_file<IO: AsyncWrite + Unpin>(io: &mut IO, dir: &Path, path: &str,
         "txt" => "text/plain; charset=utf-8",
         _ => "application/octet-stream",
     };
-    let head = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    let _ = io.write_all(head.as_bytes()).await;
-    if !head_only {
-        let _ = io.write_all(&body).await;
-    }
-    let _ = io.shutdown().await;
+    respond_with(io, "200 OK", content_type, &body, &[("Cache-Control", "no-cache")], head_only).await;
 }
 
 /// Reads until the end of the head. `Ok(None)` when the peer left; `Err(status)` when the head
@@ -152,17 +144,29 @@ async fn read_head<IO: AsyncRead + Unpin>(io: &mut IO, buf: &mut Vec<u8>) -> Res
     }
 }
 
+/// A plain-text response.
 async fn respond<IO: AsyncWrite + Unpin>(io: &mut IO, status: &str, body: &str, extra: &[(&str, &str)]) {
-    let mut response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n",
-        body.len()
-    );
+    respond_with(io, status, "text/plain; charset=utf-8", body.as_bytes(), extra, false).await;
+}
+
+/// Writes a whole response (only its head for HEAD requests) and closes the connection.
+async fn respond_with<IO: AsyncWrite + Unpin>(
+    io: &mut IO,
+    status: &str,
+    content_type: &str,
+    body: &[u8],
+    extra: &[(&str, &str)],
+    head_only: bool,
+) {
+    let mut head = format!("HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
     for (name, value) in extra {
-        response.push_str(&format!("{name}: {value}\r\n"));
+        head.push_str(&format!("{name}: {value}\r\n"));
     }
-    response.push_str("\r\n");
-    response.push_str(body);
-    let _ = io.write_all(response.as_bytes()).await;
+    head.push_str("\r\n");
+    let _ = io.write_all(head.as_bytes()).await;
+    if !head_only {
+        let _ = io.write_all(body).await;
+    }
     let _ = io.shutdown().await;
 }
 

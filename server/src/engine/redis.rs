@@ -109,10 +109,6 @@ impl RedisEngine {
         (channel_hash(channel) % self.targets.len() as u64) as usize
     }
 
-    fn target(&self, channel: &str) -> ConnectionManager {
-        self.commands(channel)
-    }
-
     /// The command connection of the target holding `channel` (multiplexed: never block on it).
     pub(crate) fn commands(&self, channel: &str) -> ConnectionManager {
         self.targets[self.target_of(channel)].commands.clone()
@@ -130,7 +126,7 @@ impl RedisEngine {
             cmd.arg("MAXLEN").arg("~").arg(n);
         }
         cmd.arg("*").arg(fields);
-        let id: Value = cmd.query_async(&mut self.target(channel)).await.map_err(|e| classify(e, channel))?;
+        let id: Value = cmd.query_async(&mut self.commands(channel)).await.map_err(|e| classify(e, channel))?;
         reply::stream_id(&id)
     }
 
@@ -142,7 +138,7 @@ impl RedisEngine {
         let info = redis::cmd("XINFO")
             .arg("STREAM")
             .arg(channel)
-            .query_async::<Value>(&mut self.target(channel))
+            .query_async::<Value>(&mut self.commands(channel))
             .await;
         match info {
             Ok(value) => reply::stream_state(&value),
@@ -161,7 +157,7 @@ impl RedisEngine {
         pipe.atomic().ignore_errors();
         pipe.cmd("XINFO").arg("STREAM").arg(channel);
         pipe.cmd("XRANGE").arg(channel).arg(format!("({after}")).arg("+").arg("COUNT").arg(count);
-        let results: Vec<Value> = pipe.query_async(&mut self.target(channel)).await.map_err(|e| classify(e, channel))?;
+        let results: Vec<Value> = pipe.query_async(&mut self.commands(channel)).await.map_err(|e| classify(e, channel))?;
         let [info, range] = results.as_slice() else {
             return Err(EngineError::Protocol(format!("MULTI returned {} results", results.len())));
         };
