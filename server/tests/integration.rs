@@ -389,17 +389,12 @@ async fn redis_outage_and_restart_lose_nothing() {
 }
 
 async fn health(server: &TestServer) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
-    let mut response = String::new();
-    tokio::time::timeout(PATIENCE, tcp.read_to_string(&mut response)).await.unwrap().unwrap();
+    let response = server.http("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
     response[9..12].parse().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_http_requests_get_plain_answers() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let redis = Redis::start();
     let server = TestServer::start(config(&redis)).await;
     for (request, status) in [
@@ -409,10 +404,7 @@ async fn plain_http_requests_get_plain_answers() {
         ("GARBAGE\r\n\r\n", "400"),
         ("GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: other.v9\r\n\r\n", "400"),
     ] {
-        let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-        tcp.write_all(request.as_bytes()).await.unwrap();
-        let mut response = String::new();
-        tokio::time::timeout(PATIENCE, tcp.read_to_string(&mut response)).await.unwrap().unwrap();
+        let response = server.http(request).await;
         assert_eq!(&response[9..12], status, "{request:?} → {response}");
     }
     server.stop().await;
@@ -420,7 +412,6 @@ async fn plain_http_requests_get_plain_answers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_static_files_next_to_the_websocket() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let redis = Redis::start();
     let dir = std::env::temp_dir().join(format!("redistribute-static-{}", support::free_port()));
     std::fs::create_dir_all(dir.join("assets")).unwrap();
@@ -437,11 +428,7 @@ async fn serves_static_files_next_to_the_websocket() {
         ("/../etc/passwd", "404"),
         ("/assets/../../x", "404"),
     ] {
-        let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-        tcp.write_all(format!("GET {path} HTTP/1.1\r\n\r\n").as_bytes()).await.unwrap();
-        let mut response = Vec::new();
-        tokio::time::timeout(PATIENCE, tcp.read_to_end(&mut response)).await.unwrap().unwrap();
-        let response = String::from_utf8_lossy(&response);
+        let response = server.http(&format!("GET {path} HTTP/1.1\r\n\r\n")).await;
         for part in expected.split('|') {
             assert!(response.contains(part), "{path}: expected {part:?} in {response}");
         }

@@ -142,6 +142,16 @@ impl TestServer {
         format!("ws://{}/", self.addr)
     }
 
+    /// Sends a raw HTTP request and returns the whole response (the server closes after it).
+    pub async fn http(&self, request: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        tokio::time::timeout(PATIENCE, tcp.read_to_end(&mut response)).await.expect("no HTTP response").unwrap();
+        String::from_utf8_lossy(&response).into_owned()
+    }
+
     pub async fn stop(self) {
         self.server.shutdown();
         tokio::time::timeout(PATIENCE, self.server.stopped()).await.expect("server did not stop");
