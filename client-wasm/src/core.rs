@@ -16,8 +16,8 @@
 
 use crate::json::{self, Json};
 use redistribute_protocol::{Backoff, Entry, Op, Start, StreamId};
-use std::fmt::Write as _;
 use std::collections::{HashMap, VecDeque};
+use std::fmt::Write as _;
 use std::time::Duration;
 
 /// An error an API call rejects with, or an `error` event carries.
@@ -245,7 +245,9 @@ impl<R> Core<R> {
         let subscription = self.subscriptions.get_mut(key).expect("subscribed before sending");
         let (channel, start) = (key.0.clone(), subscription.offset());
         let op = match (&subscription.kind, &key.1) {
-            (Kind::Group { consumer }, Some(group)) => Op::GroupSubscribe { channel, group: group.clone(), consumer: consumer.clone(), start },
+            (Kind::Group { consumer }, Some(group)) => {
+                Op::GroupSubscribe { channel, group: group.clone(), consumer: consumer.clone(), start }
+            }
             _ => Op::Subscribe { channel, start },
         };
         self.request(op, InFlight::Subscribe(key.clone()))
@@ -270,7 +272,13 @@ impl<R> Core<R> {
     /// `subscribe(channel, offset)`. Without an explicit offset, `stored` (the last offset kept
     /// in storage) is resumed from, else `$`. Subscribing to a channel already subscribed
     /// resolves once it is confirmed and keeps its offset.
-    pub fn subscribe(&mut self, channel: &str, offset: Option<Start>, stored: Option<StreamId>, done: R) -> Vec<Effect<R>> {
+    pub fn subscribe(
+        &mut self,
+        channel: &str,
+        offset: Option<Start>,
+        stored: Option<StreamId>,
+        done: R,
+    ) -> Vec<Effect<R>> {
         let start = offset.or(stored.map(Start::After)).unwrap_or(Start::Latest);
         self.add((channel.to_owned(), None), Kind::Stream, start, done)
     }
@@ -291,7 +299,12 @@ impl<R> Core<R> {
         let mut effects: Vec<Effect<R>> = subscription
             .waiters
             .into_iter()
-            .map(|w| Effect::Reject(w, ClientError::new("unsubscribed", "unsubscribed before the server confirmed").on(&key.0)))
+            .map(|w| {
+                Effect::Reject(
+                    w,
+                    ClientError::new("unsubscribed", "unsubscribed before the server confirmed").on(&key.0),
+                )
+            })
             .collect();
         if self.link == Link::Open {
             let op = match key {
@@ -320,11 +333,18 @@ impl<R> Core<R> {
         match self.link {
             Link::Closed => vec![Effect::Reject(done, closed())],
             Link::Open => {
-                vec![self.request(Op::Publish { channel: channel.to_owned(), fields, maxlen: None }, InFlight::Publish(done))]
+                vec![self.request(
+                    Op::Publish { channel: channel.to_owned(), fields, maxlen: None },
+                    InFlight::Publish(done),
+                )]
             }
             Link::Down | Link::Connecting if self.queue.len() >= self.settings.max_queue => {
                 let max = self.settings.max_queue;
-                vec![Effect::Reject(done, ClientError::new("queue_full", format!("{max} publishes already wait for a connection")).on(channel))]
+                vec![Effect::Reject(
+                    done,
+                    ClientError::new("queue_full", format!("{max} publishes already wait for a connection"))
+                        .on(channel),
+                )]
             }
             Link::Down | Link::Connecting => {
                 self.queue.push_back((channel.to_owned(), fields, done));
@@ -344,7 +364,8 @@ impl<R> Core<R> {
             }
             Link::Down | Link::Connecting => vec![Effect::Reject(
                 done,
-                ClientError::new("disconnected", "not connected: the entries stay pending and will be delivered again").on(channel),
+                ClientError::new("disconnected", "not connected: the entries stay pending and will be delivered again")
+                    .on(channel),
             )],
         }
     }
@@ -374,9 +395,15 @@ impl<R> Core<R> {
             Ok(frame) => match (frame.channel, frame.group) {
                 (Some(channel), Some(group)) => self.on_group_push(channel, group, frame.messages, frame.deliveries),
                 (Some(channel), None) => self.on_push(channel, frame.messages, frame.truncated, frame.broadcast),
-                (None, _) => vec![Effect::Error(ClientError::new("protocol", format!("unexpected frame from the server: {}", clip(text))))],
+                (None, _) => vec![Effect::Error(ClientError::new(
+                    "protocol",
+                    format!("unexpected frame from the server: {}", clip(text)),
+                ))],
             },
-            Err(e) => vec![Effect::Error(ClientError::new("protocol", format!("unreadable frame from the server ({e}): {}", clip(text))))],
+            Err(e) => vec![Effect::Error(ClientError::new(
+                "protocol",
+                format!("unreadable frame from the server ({e}): {}", clip(text)),
+            ))],
         }
     }
 
@@ -403,8 +430,11 @@ impl<R> Core<R> {
                         if subscription.kind == Kind::Stream && subscription.resume.is_none() {
                             subscription.resume = body.offset;
                         }
-                        let mut effects: Vec<Effect<R>> =
-                            subscription.waiters.drain(..).map(|w| Effect::Resolve(w, Resolution::Subscribed)).collect();
+                        let mut effects: Vec<Effect<R>> = subscription
+                            .waiters
+                            .drain(..)
+                            .map(|w| Effect::Resolve(w, Resolution::Subscribed))
+                            .collect();
                         if body.truncated {
                             effects.push(Effect::Error(truncated(&key.0)));
                         }
@@ -426,14 +456,26 @@ impl<R> Core<R> {
         }
     }
 
-    fn on_group_push(&mut self, channel: String, group: String, messages: Vec<Entry>, deliveries: Vec<u64>) -> Vec<Effect<R>> {
+    fn on_group_push(
+        &mut self,
+        channel: String,
+        group: String,
+        messages: Vec<Entry>,
+        deliveries: Vec<u64>,
+    ) -> Vec<Effect<R>> {
         if !self.subscriptions.contains(&(channel.clone(), Some(group.clone()))) || messages.is_empty() {
             return Vec::new();
         }
         vec![Effect::GroupMessages(channel, group, messages.into_iter().zip(deliveries).collect())]
     }
 
-    fn on_push(&mut self, channel: String, messages: Vec<Entry>, lost: bool, broadcast: Option<String>) -> Vec<Effect<R>> {
+    fn on_push(
+        &mut self,
+        channel: String,
+        messages: Vec<Entry>,
+        lost: bool,
+        broadcast: Option<String>,
+    ) -> Vec<Effect<R>> {
         let Some(subscription) = self.subscriptions.get_mut(&(channel.clone(), None)) else { return Vec::new() };
         let mut effects = Vec::new();
         if lost {
@@ -479,7 +521,10 @@ impl<R> Core<R> {
             }
         }
         if code == redistribute_protocol::close::POLICY_VIOLATION {
-            effects.push(Effect::Error(ClientError::new("forbidden", format!("the server refused the connection: {reason}"))));
+            effects.push(Effect::Error(ClientError::new(
+                "forbidden",
+                format!("the server refused the connection: {reason}"),
+            )));
         }
         self.target = (self.target + 1) % self.settings.targets.len();
         effects.push(Effect::ReconnectAfter(self.backoff.next_delay(random)));
@@ -647,7 +692,11 @@ fn closed() -> ClientError {
 }
 
 fn truncated(channel: &str) -> ClientError {
-    ClientError::new("truncated", format!("messages of \"{channel}\" after the resume point were trimmed before delivery")).on(channel)
+    ClientError::new(
+        "truncated",
+        format!("messages of \"{channel}\" after the resume point were trimmed before delivery"),
+    )
+    .on(channel)
 }
 
 #[cfg(test)]
@@ -665,7 +714,10 @@ mod tests {
     }
 
     fn sent(effects: &[Effect<u32>]) -> Vec<serde_json::Value> {
-        effects.iter().filter_map(|e| if let Effect::Send(t) = e { Some(serde_json::from_str(t).unwrap()) } else { None }).collect()
+        effects
+            .iter()
+            .filter_map(|e| if let Effect::Send(t) = e { Some(serde_json::from_str(t).unwrap()) } else { None })
+            .collect()
     }
 
     fn open() -> Core<u32> {
@@ -734,10 +786,20 @@ mod tests {
         assert!(matches!(&full[0], Effect::Reject(3, e) if e.code == "queue_full"));
         let effects = core.opened();
         let frames = sent(&effects);
-        assert_eq!(frames.iter().map(|f| f["fields"][1].clone()).collect::<Vec<_>>(), vec![json!("1"), json!("2")], "in order");
-        assert_eq!(core.received(r#"{"id":1,"ok":{"offset":"9-0"}}"#), vec![Effect::Resolve(1, Resolution::Published(StreamId::new(9, 0)))]);
+        assert_eq!(
+            frames.iter().map(|f| f["fields"][1].clone()).collect::<Vec<_>>(),
+            vec![json!("1"), json!("2")],
+            "in order"
+        );
+        assert_eq!(
+            core.received(r#"{"id":1,"ok":{"offset":"9-0"}}"#),
+            vec![Effect::Resolve(1, Resolution::Published(StreamId::new(9, 0)))]
+        );
         let effects = core.closed(1001, "restart", 0.0);
-        assert!(effects.iter().any(|e| matches!(e, Effect::Reject(2, err) if err.code == "disconnected")), "{effects:?}");
+        assert!(
+            effects.iter().any(|e| matches!(e, Effect::Reject(2, err) if err.code == "disconnected")),
+            "{effects:?}"
+        );
     }
 
     #[test]
@@ -790,7 +852,12 @@ mod tests {
             Op::Unsubscribe { channel: "c".into() },
             Op::Publish { channel: "c".into(), fields: vec!["k\"\n".into(), "{\"x\":1} é".into()], maxlen: Some(9) },
             Op::Publish { channel: "c".into(), fields: vec!["k".into(), "v".into()], maxlen: None },
-            Op::GroupSubscribe { channel: "c".into(), group: "g".into(), consumer: "w\"1".into(), start: Start::Latest },
+            Op::GroupSubscribe {
+                channel: "c".into(),
+                group: "g".into(),
+                consumer: "w\"1".into(),
+                start: Start::Latest,
+            },
             Op::GroupUnsubscribe { channel: "c".into(), group: "g".into() },
             Op::Ack { channel: "c".into(), group: "g".into(), offsets: vec![StreamId::new(1, 2), StreamId::new(3, 0)] },
             Op::Ping,
@@ -804,22 +871,34 @@ mod tests {
     fn group_memberships_deliver_with_counts_and_rejoin_after_reconnects() {
         let mut core = open();
         let effects = core.join_group("jobs", "g", "w1", Start::After(StreamId::ZERO), 1);
-        assert_eq!(sent(&effects)[0], json!({"id": 1, "op": "subscribe", "channel": "jobs", "group": "g", "consumer": "w1", "offset": "0-0"}));
+        assert_eq!(
+            sent(&effects)[0],
+            json!({"id": 1, "op": "subscribe", "channel": "jobs", "group": "g", "consumer": "w1", "offset": "0-0"})
+        );
         assert_eq!(core.received(r#"{"id":1,"ok":{}}"#), vec![Effect::Resolve(1, Resolution::Subscribed)]);
-        let effects = core.received(r#"{"channel":"jobs","group":"g","messages":[{"offset":"5-0","fields":["k","v"],"deliveries":2}]}"#);
+        let effects = core.received(
+            r#"{"channel":"jobs","group":"g","messages":[{"offset":"5-0","fields":["k","v"],"deliveries":2}]}"#,
+        );
         let Effect::GroupMessages(channel, group, entries) = &effects[0] else { panic!("{effects:?}") };
         assert_eq!((channel.as_str(), group.as_str(), entries[0].1), ("jobs", "g", 2));
         let effects = core.ack("jobs", "g", vec![StreamId::new(5, 0)], 2);
         assert_eq!(sent(&effects)[0]["op"], "ack");
         assert_eq!(core.received(r#"{"id":2,"ok":{"acked":1}}"#), vec![Effect::Resolve(2, Resolution::Acked(1))]);
         core.closed(1006, "", 0.0);
-        assert!(matches!(&core.ack("jobs", "g", vec![StreamId::new(6, 0)], 3)[0], Effect::Reject(3, e) if e.code == "disconnected"));
+        assert!(
+            matches!(&core.ack("jobs", "g", vec![StreamId::new(6, 0)], 3)[0], Effect::Reject(3, e) if e.code == "disconnected")
+        );
         core.reconnect();
         let effects = core.opened();
         assert_eq!(sent(&effects)[0]["group"], "g", "rejoined after the reconnect");
         let effects = core.leave_group("jobs", "g", 4);
         assert_eq!(sent(&effects)[0], json!({"id": 4, "op": "unsubscribe", "channel": "jobs", "group": "g"}));
-        assert!(core.received(r#"{"channel":"jobs","group":"g","messages":[{"offset":"7-0","fields":["k","v"],"deliveries":1}]}"#).is_empty());
+        assert!(
+            core.received(
+                r#"{"channel":"jobs","group":"g","messages":[{"offset":"7-0","fields":["k","v"],"deliveries":1}]}"#
+            )
+            .is_empty()
+        );
     }
 
     #[test]

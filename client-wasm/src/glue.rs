@@ -56,7 +56,11 @@ pub(crate) struct Socket {
 
 impl Socket {
     /// Opens `url` with the given constructor (the global `WebSocket` or the `ws` package's).
-    pub(crate) fn open(ctor: &Function, url: &str, on_event: impl Fn(SocketEvent) + Clone + 'static) -> Result<Socket, JsValue> {
+    pub(crate) fn open(
+        ctor: &Function,
+        url: &str,
+        on_event: impl Fn(SocketEvent) + Clone + 'static,
+    ) -> Result<Socket, JsValue> {
         let args = Array::of2(&JsValue::from_str(url), &JsValue::from_str(redistribute_protocol::SUBPROTOCOL));
         let ws: WebSocket = Reflect::construct(ctor, &args)?.unchecked_into();
         let mut listeners: Vec<Listener> = Vec::new();
@@ -155,7 +159,8 @@ impl KeyValue for BrowserStorage {
 
     fn set(&mut self, key: &str, value: &str) -> Result<(), StoreError> {
         self.0.set_item(key, value).map_err(|e| {
-            let name = Reflect::get(&e, &JsValue::from_str("name")).ok().and_then(|n| n.as_string()).unwrap_or_default();
+            let name =
+                Reflect::get(&e, &JsValue::from_str("name")).ok().and_then(|n| n.as_string()).unwrap_or_default();
             if name == "QuotaExceededError" || name == "NS_ERROR_DOM_QUOTA_REACHED" {
                 StoreError::Quota
             } else {

@@ -335,7 +335,8 @@ impl Parser<'_> {
 /// An entry `{"offset": "…", "fields": ["…", …]}`, as in pushes and in storage.
 pub fn entry(value: &Json) -> Option<redistribute_protocol::Entry> {
     let offset = value.get("offset")?.as_str()?.parse().ok()?;
-    let fields = value.get("fields")?.as_array()?.iter().map(|f| f.as_str().map(str::to_owned)).collect::<Option<_>>()?;
+    let fields =
+        value.get("fields")?.as_array()?.iter().map(|f| f.as_str().map(str::to_owned)).collect::<Option<_>>()?;
     Some(redistribute_protocol::Entry { offset, fields })
 }
 
@@ -381,7 +382,22 @@ mod tests {
 
     #[test]
     fn rejects_malformed_text() {
-        for bad in ["", "{", "[1,]", "{\"a\"}", "{a:1}", "\"\\ud83d\"", "\"\\q\"", "01x", "tru", "\"a\nb\"", "[1] 2", "-", "1.", "1e"] {
+        for bad in [
+            "",
+            "{",
+            "[1,]",
+            "{\"a\"}",
+            "{a:1}",
+            "\"\\ud83d\"",
+            "\"\\q\"",
+            "01x",
+            "tru",
+            "\"a\nb\"",
+            "[1] 2",
+            "-",
+            "1.",
+            "1e",
+        ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
         let deep = "[".repeat(100) + &"]".repeat(100);

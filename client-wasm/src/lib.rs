@@ -133,8 +133,12 @@ fn parse_options(options: &JsValue) -> Result<Options, JsValue> {
         local_storage,
         storage_cap: number_option(options, "storageLimit", defaults.storage_cap as u32, 1)? as usize,
         storage_prefix,
-        backoff_base: Duration::from_millis(number_option(options, "reconnectDelay", defaults.backoff_base.as_millis() as u32, 1)?.into()),
-        backoff_max: Duration::from_millis(number_option(options, "reconnectDelayMax", defaults.backoff_max.as_millis() as u32, 1)?.into()),
+        backoff_base: Duration::from_millis(
+            number_option(options, "reconnectDelay", defaults.backoff_base.as_millis() as u32, 1)?.into(),
+        ),
+        backoff_max: Duration::from_millis(
+            number_option(options, "reconnectDelayMax", defaults.backoff_max.as_millis() as u32, 1)?.into(),
+        ),
         max_queue: number_option(options, "maxQueue", defaults.max_queue as u32, 0)? as usize,
         flush_interval_ms: number_option(options, "flushInterval", defaults.flush_interval_ms, 0)?,
     })
@@ -332,7 +336,9 @@ impl WasmClient {
             None => Reflect::get(&js_sys::global(), &"WebSocket".into())
                 .ok()
                 .and_then(|c| c.dyn_into::<Function>().ok())
-                .ok_or_else(|| argument_error("no global WebSocket: pass one as option WebSocket (e.g. from the ws package)"))?,
+                .ok_or_else(|| {
+                    argument_error("no global WebSocket: pass one as option WebSocket (e.g. from the ws package)")
+                })?,
         };
         let store = if parsed.local_storage {
             BrowserStorage::open().map(|kv| Store::new(kv, parsed.storage_prefix.clone(), parsed.storage_cap))
@@ -376,7 +382,8 @@ impl WasmClient {
     /// Subscribes; resolves `true` once the server confirmed. `offset`: `"$"`, `"0"` or an ID;
     /// without it, the client resumes after the last stored offset, else starts at `"$"`.
     pub fn subscribe(&self, channel: String, offset: Option<String>) -> Result<Promise, JsValue> {
-        redistribute_protocol::request::validate_channel(&channel, usize::MAX).map_err(|e| argument_error(e.message))?;
+        redistribute_protocol::request::validate_channel(&channel, usize::MAX)
+            .map_err(|e| argument_error(e.message))?;
         let offset = match offset {
             Some(text) => Some(text.parse::<Start>().map_err(|e| argument_error(e.to_string()))?),
             None => None,
@@ -397,10 +404,18 @@ impl WasmClient {
     /// Joins consumer group `group` of `channel` as `consumer`; resolves `true` once the server
     /// confirmed. `offset` (`"$"` default, `"0"`, an ID) is where a newly created group starts.
     #[wasm_bindgen(js_name = joinGroup)]
-    pub fn join_group(&self, channel: String, group: String, consumer: String, offset: Option<String>) -> Result<Promise, JsValue> {
-        redistribute_protocol::request::validate_channel(&channel, usize::MAX).map_err(|e| argument_error(e.message))?;
+    pub fn join_group(
+        &self,
+        channel: String,
+        group: String,
+        consumer: String,
+        offset: Option<String>,
+    ) -> Result<Promise, JsValue> {
+        redistribute_protocol::request::validate_channel(&channel, usize::MAX)
+            .map_err(|e| argument_error(e.message))?;
         for (what, name) in [("group", &group), ("consumer", &consumer)] {
-            redistribute_protocol::request::validate_name(what, name, usize::MAX).map_err(|e| argument_error(e.message))?;
+            redistribute_protocol::request::validate_name(what, name, usize::MAX)
+                .map_err(|e| argument_error(e.message))?;
         }
         let start = match offset {
             Some(text) => text.parse::<Start>().map_err(|e| argument_error(e.to_string()))?,
@@ -425,7 +440,11 @@ impl WasmClient {
     pub fn ack(&self, channel: String, group: String, offsets: Array) -> Result<Promise, JsValue> {
         let offsets = offsets
             .iter()
-            .map(|o| o.as_string().and_then(|s| s.parse().ok()).ok_or_else(|| argument_error("offsets must be offset strings such as \"1518951480106-0\"")))
+            .map(|o| {
+                o.as_string()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| argument_error("offsets must be offset strings such as \"1518951480106-0\""))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         if offsets.is_empty() {
             return Err(argument_error("ack needs at least one offset"));
@@ -447,7 +466,8 @@ impl WasmClient {
     /// Publishes `args` = `[field, value, …]`; resolves with the new offset. Non-string values
     /// are encoded with `encode` (default `JSON.stringify`).
     pub fn publish(&self, channel: String, args: Array) -> Result<Promise, JsValue> {
-        redistribute_protocol::request::validate_channel(&channel, usize::MAX).map_err(|e| argument_error(e.message))?;
+        redistribute_protocol::request::validate_channel(&channel, usize::MAX)
+            .map_err(|e| argument_error(e.message))?;
         let count = args.length();
         if count == 0 || count % 2 != 0 {
             return Err(argument_error(format!(
@@ -458,7 +478,9 @@ impl WasmClient {
         let mut fields = Vec::with_capacity(count as usize);
         for (i, value) in args.iter().enumerate() {
             let text = if i % 2 == 0 {
-                value.as_string().ok_or_else(|| argument_error(format!("field name #{} must be a string", i / 2 + 1)))?
+                value
+                    .as_string()
+                    .ok_or_else(|| argument_error(format!("field name #{} must be a string", i / 2 + 1)))?
             } else if let Some(text) = value.as_string() {
                 text
             } else {
@@ -466,7 +488,9 @@ impl WasmClient {
                     Some(f) => f.call1(&JsValue::NULL, &value)?,
                     None => js_sys::JSON::stringify(&value).map(JsValue::from)?,
                 };
-                encoded.as_string().ok_or_else(|| argument_error(format!("the value of field \"{}\" cannot be encoded to a string", fields[i - 1])))?
+                encoded.as_string().ok_or_else(|| {
+                    argument_error(format!("the value of field \"{}\" cannot be encoded to a string", fields[i - 1]))
+                })?
             };
             fields.push(text);
         }

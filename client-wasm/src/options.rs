@@ -44,7 +44,9 @@ impl Default for Options {
 /// # Errors
 /// A message naming the target when it has another scheme or no host.
 pub fn websocket_url(target: &str) -> Result<String, String> {
-    let (scheme, rest) = target.split_once("://").ok_or_else(|| format!("target \"{target}\" is not a URL (expected ws://, wss://, http:// or https://)"))?;
+    let (scheme, rest) = target
+        .split_once("://")
+        .ok_or_else(|| format!("target \"{target}\" is not a URL (expected ws://, wss://, http:// or https://)"))?;
     let scheme = match scheme.to_ascii_lowercase().as_str() {
         "ws" | "http" => "ws",
         "wss" | "https" => "wss",

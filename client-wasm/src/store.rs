@@ -66,7 +66,8 @@ struct Meta {
 
 impl Meta {
     fn to_text(&self) -> String {
-        let mut out = format!("{{\"v\":{},\"first\":{},\"last\":{},\"count\":{}", self.v, self.first, self.last, self.count);
+        let mut out =
+            format!("{{\"v\":{},\"first\":{},\"last\":{},\"count\":{}", self.v, self.first, self.last, self.count);
         if let Some(offset) = self.last_offset {
             let _ = write!(out, ",\"lastOffset\":\"{offset}\"");
         }
@@ -104,7 +105,13 @@ fn chunk_text(chunk: &[Entry]) -> String {
 
 fn parse_chunk(text: &str) -> Result<Vec<Entry>, &'static str> {
     let value = json::parse(text).map_err(|e| e.0)?;
-    value.as_array().ok_or("chunk is not an array")?.iter().map(json::entry).collect::<Option<_>>().ok_or("bad entry in chunk")
+    value
+        .as_array()
+        .ok_or("chunk is not an array")?
+        .iter()
+        .map(json::entry)
+        .collect::<Option<_>>()
+        .ok_or("bad entry in chunk")
 }
 
 const LAYOUT: u32 = 1;
@@ -210,7 +217,8 @@ impl<K: KeyValue> Store<K> {
 
     /// Writes everything appended since the last flush.
     pub fn flush(&mut self) -> Vec<StoreProblem> {
-        let dirty: Vec<String> = self.channels.iter().filter(|(_, c)| !c.pending.is_empty()).map(|(k, _)| k.clone()).collect();
+        let dirty: Vec<String> =
+            self.channels.iter().filter(|(_, c)| !c.pending.is_empty()).map(|(k, _)| k.clone()).collect();
         let mut problems = Vec::new();
         for channel in dirty {
             if let Err(problem) = self.flush_channel(&channel) {
@@ -242,7 +250,9 @@ impl<K: KeyValue> Store<K> {
                 code: "storage_quota",
                 message: format!("storage is full: {unwritten} messages of \"{channel}\" were not persisted"),
             }),
-            Err(StoreError::Other(e)) => Err(StoreProblem { code: "storage_failed", message: format!("persisting \"{channel}\": {e}") }),
+            Err(StoreError::Other(e)) => {
+                Err(StoreProblem { code: "storage_failed", message: format!("persisting \"{channel}\": {e}") })
+            }
         }
     }
 
@@ -323,7 +333,9 @@ impl<K: KeyValue> Store<K> {
                     Err(reason) => {
                         problems.push(StoreProblem {
                             code: "storage_corrupt",
-                            message: format!("stored messages of \"{channel}\" were unreadable ({reason}) and were discarded"),
+                            message: format!(
+                                "stored messages of \"{channel}\" were unreadable ({reason}) and were discarded"
+                            ),
                         });
                         self.wipe(channel);
                         self.channels.remove(channel);
@@ -438,7 +450,13 @@ mod tests {
             assert_eq!(offsets(&reopened), offsets(&loaded), "cap {cap} after reopening");
             let chunks = store.backend().data.keys().filter(|k| k.contains('~')).count();
             assert!(chunks <= cap.div_ceil(Store::<MemoryKeyValue>::CHUNK) + 1, "cap {cap}: {chunks} chunks left");
-            let stored: usize = store.backend().data.iter().filter(|(k, _)| k.contains('~')).map(|(_, v)| parse_chunk(v).unwrap().len()).sum();
+            let stored: usize = store
+                .backend()
+                .data
+                .iter()
+                .filter(|(k, _)| k.contains('~'))
+                .map(|(_, v)| parse_chunk(v).unwrap().len())
+                .sum();
             assert!(stored < cap + Store::<MemoryKeyValue>::CHUNK, "cap {cap}: {stored} stored");
         }
     }

@@ -15,9 +15,18 @@ use wasm_bindgen_test::*;
 
 wasm_bindgen_test_configure!(run_in_browser);
 
-const SERVER_A: &str = match option_env!("RD_SERVER_A") { Some(v) => v, None => "ws://127.0.0.1:1/" };
-const SERVER_B: &str = match option_env!("RD_SERVER_B") { Some(v) => v, None => "ws://127.0.0.1:2/" };
-const CONTROL: &str = match option_env!("RD_CONTROL") { Some(v) => v, None => "http://127.0.0.1:3" };
+const SERVER_A: &str = match option_env!("RD_SERVER_A") {
+    Some(v) => v,
+    None => "ws://127.0.0.1:1/",
+};
+const SERVER_B: &str = match option_env!("RD_SERVER_B") {
+    Some(v) => v,
+    None => "ws://127.0.0.1:2/",
+};
+const CONTROL: &str = match option_env!("RD_CONTROL") {
+    Some(v) => v,
+    None => "http://127.0.0.1:3",
+};
 
 #[wasm_bindgen]
 extern "C" {
@@ -43,10 +52,11 @@ async fn control(method: &str, path: &str) -> JsValue {
     let init = web_sys::RequestInit::new();
     init.set_method(method);
     let window = web_sys::window().unwrap();
-    let response: web_sys::Response = JsFuture::from(window.fetch_with_str_and_init(&format!("{CONTROL}{path}"), &init))
-        .await
-        .unwrap()
-        .unchecked_into();
+    let response: web_sys::Response =
+        JsFuture::from(window.fetch_with_str_and_init(&format!("{CONTROL}{path}"), &init))
+            .await
+            .unwrap()
+            .unchecked_into();
     assert!(response.ok(), "control {method} {path} failed: {}", response.status());
     JsFuture::from(response.json().unwrap()).await.unwrap()
 }
@@ -98,7 +108,12 @@ impl Events {
     }
 
     fn error_codes(&self) -> Vec<String> {
-        self.log.borrow().iter().filter(|(e, _, _)| e == "error").map(|(_, err, _)| get(err, "code").as_string().unwrap_or_default()).collect()
+        self.log
+            .borrow()
+            .iter()
+            .filter(|(e, _, _)| e == "error")
+            .map(|(_, err, _)| get(err, "code").as_string().unwrap_or_default())
+            .collect()
     }
 }
 
@@ -140,11 +155,14 @@ async fn round_trip_in_the_seed_message_shape() {
     let client = WasmClient::new(options(&[SERVER_A], &[("localStorage", false.into())]), events.function()).unwrap();
     let channel = unique("rt");
     assert_eq!(call(client.subscribe(channel.clone(), None)).await.unwrap(), JsValue::TRUE);
-    let offset = call(client.publish(channel.clone(), args(&["TEST_MESSAGE".into(), object(r#"{"foo":"bar"}"#), "plain".into(), "text".into()])))
-        .await
-        .unwrap()
-        .as_string()
-        .unwrap();
+    let offset = call(client.publish(
+        channel.clone(),
+        args(&["TEST_MESSAGE".into(), object(r#"{"foo":"bar"}"#), "plain".into(), "text".into()]),
+    ))
+    .await
+    .unwrap()
+    .as_string()
+    .unwrap();
     wait_for("the message", || events.messages(&channel).len() == 1).await;
     let message = &events.messages(&channel)[0];
     assert_eq!(get(message, "offset").as_string().unwrap(), offset);
@@ -186,12 +204,18 @@ async fn publish_argument_errors_reject_clearly() {
 async fn custom_encode_and_decode() {
     let events = Events::new();
     let encode = Function::new_with_args("v", "return 'E:' + JSON.stringify(v)");
-    let decode = Function::new_with_args("s", "return s.startsWith('E:') ? { decoded: JSON.parse(s.slice(2)) } : s.toUpperCase()");
-    let opts = options(&[SERVER_A], &[("localStorage", false.into()), ("encode", encode.into()), ("decode", decode.into())]);
+    let decode = Function::new_with_args(
+        "s",
+        "return s.startsWith('E:') ? { decoded: JSON.parse(s.slice(2)) } : s.toUpperCase()",
+    );
+    let opts =
+        options(&[SERVER_A], &[("localStorage", false.into()), ("encode", encode.into()), ("decode", decode.into())]);
     let client = WasmClient::new(opts, events.function()).unwrap();
     let channel = unique("codec");
     call(client.subscribe(channel.clone(), None)).await.unwrap();
-    call(client.publish(channel.clone(), args(&["obj".into(), object(r#"{"a":1}"#), "str".into(), "as is".into()]))).await.unwrap();
+    call(client.publish(channel.clone(), args(&["obj".into(), object(r#"{"a":1}"#), "str".into(), "as is".into()])))
+        .await
+        .unwrap();
     wait_for("the message", || events.messages(&channel).len() == 1).await;
     let message = &events.messages(&channel)[0];
     assert_eq!(js_sys::JSON::stringify(&get(message, "obj")).unwrap(), r#"{"decoded":{"a":1}}"#);
@@ -221,7 +245,8 @@ async fn persistence_survives_a_new_client_and_resumes_without_gap_or_repeat() {
     let events = Events::new();
     let second = WasmClient::new(opts(), events.function()).unwrap();
     let loaded = second.load(channel.clone());
-    let stored: Vec<String> = Array::from(&get(&loaded, "messages")).iter().map(|m| get(&m, "offset").as_string().unwrap()).collect();
+    let stored: Vec<String> =
+        Array::from(&get(&loaded, "messages")).iter().map(|m| get(&m, "offset").as_string().unwrap()).collect();
     assert_eq!(stored, first_events.offsets(&channel), "load returns what the first client received");
     assert_eq!(get(&loaded, "lastOffset").as_string(), stored.last().cloned());
     // No explicit offset: resumes after the stored last offset.
@@ -273,7 +298,8 @@ async fn resumes_after_a_server_restart_while_another_process_publishes() {
 #[wasm_bindgen_test]
 async fn fails_over_to_the_second_target() {
     let events = Events::new();
-    let client = WasmClient::new(options(&[SERVER_B, SERVER_A], &[("localStorage", false.into())]), events.function()).unwrap();
+    let client =
+        WasmClient::new(options(&[SERVER_B, SERVER_A], &[("localStorage", false.into())]), events.function()).unwrap();
     connected(&client).await;
     assert_eq!(client.target(), SERVER_B);
     let channel = unique("failover");

@@ -51,11 +51,13 @@ mod tests {
     #[test]
     fn doubles_up_to_the_cap_with_full_jitter() {
         let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
-        let ceilings: Vec<u128> = (0..7).map(|_| {
-            let c = b.ceiling().as_millis();
-            b.next_delay(0.5);
-            c
-        }).collect();
+        let ceilings: Vec<u128> = (0..7)
+            .map(|_| {
+                let c = b.ceiling().as_millis();
+                b.next_delay(0.5);
+                c
+            })
+            .collect();
         assert_eq!(ceilings, [100, 200, 400, 800, 1600, 2000, 2000]);
         b.reset();
         assert_eq!(b.next_delay(0.0), Duration::ZERO);

@@ -156,7 +156,8 @@ mod tests {
     fn replies_match_the_documented_shapes() {
         let ok = Reply::ok(Some(1), OkBody { offset: Some(StreamId::new(1518951480106, 0)), ..OkBody::default() });
         assert_eq!(ok.to_json(), r#"{"id":1,"ok":{"offset":"1518951480106-0"}}"#);
-        let truncated = Reply::ok(Some(1), OkBody { offset: Some(StreamId::new(5, 0)), truncated: true, ..OkBody::default() });
+        let truncated =
+            Reply::ok(Some(1), OkBody { offset: Some(StreamId::new(5, 0)), truncated: true, ..OkBody::default() });
         assert_eq!(truncated.to_json(), r#"{"id":1,"ok":{"offset":"5-0","truncated":true}}"#);
         assert_eq!(Reply::ok(Some(3), OkBody::default()).to_json(), r#"{"id":3,"ok":{}}"#);
         let err = Reply::error(None, ProtocolError::bad_request("nope"));

@@ -180,7 +180,11 @@ fn parse_op(object: &Map<String, Value>, limits: &Limits) -> Result<Op, Protocol
             let start = match object.get("offset") {
                 None | Some(Value::Null) => Start::Latest,
                 Some(Value::String(s)) => s.parse().map_err(|e| ProtocolError::bad_request(format!("{e}")))?,
-                Some(_) => return Err(ProtocolError::bad_request("\"offset\" must be a string such as \"$\", \"0\" or \"1518951480106-0\"")),
+                Some(_) => {
+                    return Err(ProtocolError::bad_request(
+                        "\"offset\" must be a string such as \"$\", \"0\" or \"1518951480106-0\"",
+                    ));
+                }
             };
             match (optional_name(object, "group", limits)?, optional_name(object, "consumer", limits)?) {
                 (None, None) => Ok(Op::Subscribe { channel, start }),
@@ -197,12 +201,16 @@ fn parse_op(object: &Map<String, Value>, limits: &Limits) -> Result<Op, Protocol
         }
         "ack" => {
             let channel = channel(object, limits)?;
-            let group = optional_name(object, "group", limits)?.ok_or_else(|| ProtocolError::bad_request("missing \"group\""))?;
+            let group = optional_name(object, "group", limits)?
+                .ok_or_else(|| ProtocolError::bad_request("missing \"group\""))?;
             let Some(Value::Array(items)) = object.get("offsets") else {
                 return Err(ProtocolError::bad_request("\"offsets\" must be an array of offsets"));
             };
             if items.is_empty() || items.len() > limits.max_offsets {
-                return Err(ProtocolError::bad_request(format!("\"offsets\" must hold 1 to {} offsets", limits.max_offsets)));
+                return Err(ProtocolError::bad_request(format!(
+                    "\"offsets\" must hold 1 to {} offsets",
+                    limits.max_offsets
+                )));
             }
             let offsets = items
                 .iter()
@@ -274,7 +282,10 @@ pub fn validate_name(what: &str, name: &str, max_len: usize) -> Result<(), Proto
         return Err(ProtocolError::bad_request(format!("{what} name must not be empty")));
     }
     if name.len() > max_len {
-        return Err(ProtocolError::bad_request(format!("{what} name is {} bytes long, the limit is {max_len}", name.len())));
+        return Err(ProtocolError::bad_request(format!(
+            "{what} name is {} bytes long, the limit is {max_len}",
+            name.len()
+        )));
     }
     if let Some(bad) = name.chars().find(|c| !c.is_ascii_alphanumeric() && !CHANNEL_PUNCTUATION.contains(*c)) {
         return Err(ProtocolError::bad_request(format!(
@@ -331,8 +342,14 @@ mod tests {
         let sub = parse(r#"{"id":1,"op":"subscribe","channel":"chat","offset":"5-1"}"#).unwrap();
         assert_eq!(sub.op, Op::Subscribe { channel: "chat".into(), start: Start::After(StreamId::new(5, 1)) });
         let pubr = parse(r#"{"id":2,"op":"publish","channel":"chat","fields":["a","b"],"maxlen":5000}"#).unwrap();
-        assert_eq!(pubr.op, Op::Publish { channel: "chat".into(), fields: vec!["a".into(), "b".into()], maxlen: Some(5000) });
-        assert_eq!(parse(r#"{"id":3,"op":"unsubscribe","channel":"chat"}"#).unwrap().op, Op::Unsubscribe { channel: "chat".into() });
+        assert_eq!(
+            pubr.op,
+            Op::Publish { channel: "chat".into(), fields: vec!["a".into(), "b".into()], maxlen: Some(5000) }
+        );
+        assert_eq!(
+            parse(r#"{"id":3,"op":"unsubscribe","channel":"chat"}"#).unwrap().op,
+            Op::Unsubscribe { channel: "chat".into() }
+        );
         assert_eq!(parse(r#"{"id":4,"op":"ping"}"#).unwrap().op, Op::Ping);
     }
 
@@ -375,8 +392,14 @@ mod tests {
         assert_eq!(error(r#"{"id":6,"op":"publish","channel":"c","fields":[]}"#).1, ErrorCode::BadRequest);
         assert_eq!(error(r#"{"id":6,"op":"publish","channel":"c","fields":"a"}"#).1, ErrorCode::BadRequest);
         assert!(error(r#"{"id":6,"op":"publish","channel":"c","fields":["a",{"x":1}]}"#).2.contains("fields[1]"));
-        assert_eq!(error(r#"{"id":6,"op":"publish","channel":"c","fields":["a","b"],"maxlen":0}"#).1, ErrorCode::BadRequest);
-        assert_eq!(error(r#"{"id":6,"op":"publish","channel":"c","fields":["a","b"],"maxlen":1.5}"#).1, ErrorCode::BadRequest);
+        assert_eq!(
+            error(r#"{"id":6,"op":"publish","channel":"c","fields":["a","b"],"maxlen":0}"#).1,
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            error(r#"{"id":6,"op":"publish","channel":"c","fields":["a","b"],"maxlen":1.5}"#).1,
+            ErrorCode::BadRequest
+        );
         assert!(error(r#"{"id":7,"op":"subscribe","channel":"c","offset":"x-1"}"#).2.contains("offset must be"));
         assert_eq!(error(r#"{"id":7,"op":"subscribe","channel":"c","offset":5}"#).1, ErrorCode::BadRequest);
         assert_eq!(error(r#"{"id":7,"op":"subscribe"}"#).2, "missing \"channel\"");
@@ -385,15 +408,36 @@ mod tests {
     #[test]
     fn group_requests() {
         let sub = parse(r#"{"id":1,"op":"subscribe","channel":"c","group":"g","consumer":"w1","offset":"0"}"#).unwrap();
-        assert_eq!(sub.op, Op::GroupSubscribe { channel: "c".into(), group: "g".into(), consumer: "w1".into(), start: Start::After(StreamId::ZERO) });
-        assert_eq!(sub.to_json(), r#"{"id":1,"op":"subscribe","channel":"c","group":"g","consumer":"w1","offset":"0-0"}"#);
+        assert_eq!(
+            sub.op,
+            Op::GroupSubscribe {
+                channel: "c".into(),
+                group: "g".into(),
+                consumer: "w1".into(),
+                start: Start::After(StreamId::ZERO)
+            }
+        );
+        assert_eq!(
+            sub.to_json(),
+            r#"{"id":1,"op":"subscribe","channel":"c","group":"g","consumer":"w1","offset":"0-0"}"#
+        );
         let ack = parse(r#"{"id":2,"op":"ack","channel":"c","group":"g","offsets":["1-1","2"]}"#).unwrap();
-        assert_eq!(ack.op, Op::Ack { channel: "c".into(), group: "g".into(), offsets: vec![StreamId::new(1, 1), StreamId::new(2, 0)] });
+        assert_eq!(
+            ack.op,
+            Op::Ack { channel: "c".into(), group: "g".into(), offsets: vec![StreamId::new(1, 1), StreamId::new(2, 0)] }
+        );
         assert_eq!(ack.to_json(), r#"{"id":2,"op":"ack","channel":"c","group":"g","offsets":["1-1","2-0"]}"#);
         let unsub = parse(r#"{"id":3,"op":"unsubscribe","channel":"c","group":"g"}"#).unwrap();
         assert_eq!(unsub.to_json(), r#"{"id":3,"op":"unsubscribe","channel":"c","group":"g"}"#);
         assert!(error(r#"{"id":4,"op":"subscribe","channel":"c","group":"g"}"#).2.contains("both"));
-        assert!(error(&format!(r#"{{"id":4,"op":"subscribe","channel":"c","group":"g","consumer":"{}"}}"#, "w".repeat(300))).2.contains("consumer name is 300 bytes"));
+        assert!(
+            error(&format!(
+                r#"{{"id":4,"op":"subscribe","channel":"c","group":"g","consumer":"{}"}}"#,
+                "w".repeat(300)
+            ))
+            .2
+            .contains("consumer name is 300 bytes")
+        );
         assert!(error(r#"{"id":5,"op":"ack","channel":"c","group":"g","offsets":[]}"#).2.contains("1 to"));
         assert!(error(r#"{"id":5,"op":"ack","channel":"c","group":"g","offsets":["x"]}"#).2.contains("offset must be"));
         assert!(error(r#"{"id":5,"op":"ack","channel":"c","offsets":["1-1"]}"#).2.contains("missing \"group\""));

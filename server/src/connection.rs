@@ -36,7 +36,13 @@ where
     }
     let (outbox, queue) = Outbox::new(shared.config.send_queue);
     let writer = write_loop(sink, queue, outbox.kick_signal(), shared.shutdown.clone());
-    let mut handler = Handler { shared: shared.clone(), conn: conn.clone(), outbox, subscriptions: HashMap::new(), groups: HashMap::new() };
+    let mut handler = Handler {
+        shared: shared.clone(),
+        conn: conn.clone(),
+        outbox,
+        subscriptions: HashMap::new(),
+        groups: HashMap::new(),
+    };
     let reader = async move {
         handler.read_loop(stream).await;
         handler.cleanup().await;
@@ -146,7 +152,8 @@ impl Handler {
     async fn on_text(&mut self, text: &str) {
         let max = self.shared.config.max_frame_bytes;
         if text.len() > max {
-            let error = ProtocolError::new(ErrorCode::TooLarge, format!("frame is {} bytes, the limit is {max}", text.len()));
+            let error =
+                ProtocolError::new(ErrorCode::TooLarge, format!("frame is {} bytes, the limit is {max}", text.len()));
             return self.reply(Reply::error(None, error)).await;
         }
         let request = match Request::parse(text, &self.shared.config.limits) {
@@ -209,7 +216,13 @@ impl Handler {
                 self.reply(reply).await;
             }
             Op::Ping => self.reply(Reply::ok(id, OkBody::default())).await,
-            _ => self.reply(Reply::error(id, ProtocolError::new(ErrorCode::UnknownOp, "op not supported by this server"))).await,
+            _ => {
+                self.reply(Reply::error(
+                    id,
+                    ProtocolError::new(ErrorCode::UnknownOp, "op not supported by this server"),
+                ))
+                .await
+            }
         }
     }
 
@@ -245,7 +258,10 @@ impl Handler {
     async fn admit(&self, channel: &str, start: Start) -> Result<(), ProtocolError> {
         let max = self.shared.config.max_subscriptions;
         if self.subscriptions.len() + self.groups.len() >= max {
-            return Err(ProtocolError::new(ErrorCode::LimitExceeded, format!("a connection may hold at most {max} subscriptions")));
+            return Err(ProtocolError::new(
+                ErrorCode::LimitExceeded,
+                format!("a connection may hold at most {max} subscriptions"),
+            ));
         }
         match self.shared.hooks.on_subscribe(&self.conn, channel, start).await {
             Decision::Allow => Ok(()),
@@ -253,9 +269,17 @@ impl Handler {
         }
     }
 
-    async fn join_group(&mut self, channel: &str, group: &str, consumer: &str, start: Start) -> Result<groups::Consumer, ProtocolError> {
+    async fn join_group(
+        &mut self,
+        channel: &str,
+        group: &str,
+        consumer: &str,
+        start: Start,
+    ) -> Result<groups::Consumer, ProtocolError> {
         if self.groups.contains_key(&(channel.to_owned(), group.to_owned())) {
-            return Err(ProtocolError::bad_request(format!("already in group {group:?} of {channel:?} on this connection")));
+            return Err(ProtocolError::bad_request(format!(
+                "already in group {group:?} of {channel:?} on this connection"
+            )));
         }
         self.admit(channel, start).await?;
         let config = &self.shared.config;
@@ -267,7 +291,9 @@ impl Handler {
             batch: config.read_count.min(config.limits.max_offsets),
             block: config.block,
         };
-        groups::Consumer::join(&self.shared.engine, channel, group, consumer, options).await.map_err(|e| client_error(&e))
+        groups::Consumer::join(&self.shared.engine, channel, group, consumer, options)
+            .await
+            .map_err(|e| client_error(&e))
     }
 
     async fn unsubscribe(&mut self, channel: &str) {

@@ -38,9 +38,17 @@ impl Membership {
                     retry.reset();
                     let messages = batch
                         .into_iter()
-                        .map(|d| GroupEntry { offset: d.entry.offset, fields: d.entry.fields, deliveries: d.deliveries })
+                        .map(|d| GroupEntry {
+                            offset: d.entry.offset,
+                            fields: d.entry.fields,
+                            deliveries: d.deliveries,
+                        })
                         .collect();
-                    let push = GroupPush { channel: Cow::Borrowed(&self.channel), group: Cow::Borrowed(&self.group), messages };
+                    let push = GroupPush {
+                        channel: Cow::Borrowed(&self.channel),
+                        group: Cow::Borrowed(&self.group),
+                        messages,
+                    };
                     let text = serde_json::to_string(&push).expect("pushes serialise");
                     if self.outbox.send(text.into()).await.is_err() {
                         return;

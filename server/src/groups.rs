@@ -108,7 +108,13 @@ impl Consumer {
     /// # Errors
     /// [`EngineError::Unavailable`] when Redis cannot be reached; [`EngineError::WrongType`] when
     /// the channel's key is not a stream.
-    pub async fn join(engine: &Engine, channel: &str, group: &str, name: &str, options: GroupOptions) -> Result<Consumer, EngineError> {
+    pub async fn join(
+        engine: &Engine,
+        channel: &str,
+        group: &str,
+        name: &str,
+        options: GroupOptions,
+    ) -> Result<Consumer, EngineError> {
         let backend = match engine {
             Engine::Redis(redis) => {
                 let mut conn = redis.targets()[redis.target_of(channel)].reader_connection().await?;
@@ -178,17 +184,27 @@ impl Consumer {
                 return self.limit(claimed).await;
             }
         }
-        let wait = self.options.block.min(self.next_claim.saturating_duration_since(Instant::now())).max(Duration::from_millis(1));
+        let wait = self
+            .options
+            .block
+            .min(self.next_claim.saturating_duration_since(Instant::now()))
+            .max(Duration::from_millis(1));
         let fresh = self.read(None, Some(wait)).await?;
         self.limit(fresh).await
     }
 
     /// `XREADGROUP`: own pending after `after`, or new entries (`>`) when `after` is `None`;
     /// entries come with their delivery counts.
-    async fn read(&mut self, after: Option<StreamId>, block: Option<Duration>) -> Result<Vec<(Entry, u64)>, EngineError> {
+    async fn read(
+        &mut self,
+        after: Option<StreamId>,
+        block: Option<Duration>,
+    ) -> Result<Vec<(Entry, u64)>, EngineError> {
         let count = self.options.batch;
         let conn = match &mut self.backend {
-            Backend::Memory(memory) => return memory.group_read(&self.channel, &self.group, &self.name, after, count, block).await,
+            Backend::Memory(memory) => {
+                return memory.group_read(&self.channel, &self.group, &self.name, after, count, block).await;
+            }
             Backend::Redis(conn) => conn,
         };
         let mut cmd = redis::cmd("XREADGROUP");
@@ -228,7 +244,9 @@ impl Consumer {
                     .query_async(conn)
                     .await
                     .map_err(failed)?;
-                let Value::Array(parts) = &value else { return Err(EngineError::Protocol(format!("XAUTOCLAIM: {value:?}"))) };
+                let Value::Array(parts) = &value else {
+                    return Err(EngineError::Protocol(format!("XAUTOCLAIM: {value:?}")));
+                };
                 let cursor = parts.first().map(reply::stream_id).transpose()?.unwrap_or(StreamId::ZERO);
                 let entries = parts.get(1).map(reply::entries).transpose()?.unwrap_or_default();
                 (cursor, self.counted(entries).await?)
@@ -244,7 +262,8 @@ impl Consumer {
 
     /// Redis only: delivery counts of this consumer's `entries`, from `XPENDING`.
     async fn counted(&mut self, entries: Vec<Entry>) -> Result<Vec<(Entry, u64)>, EngineError> {
-        let (Backend::Redis(conn), Some(first), Some(last)) = (&mut self.backend, entries.first(), entries.last()) else {
+        let (Backend::Redis(conn), Some(first), Some(last)) = (&mut self.backend, entries.first(), entries.last())
+        else {
             return Ok(entries.into_iter().map(|e| (e, 1)).collect());
         };
         let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
@@ -258,10 +277,13 @@ impl Consumer {
             .await
             .map_err(failed)?;
         let counts: HashMap<String, u64> = pending.into_iter().map(|(id, _, _, count)| (id, count)).collect();
-        Ok(entries.into_iter().map(|e| {
-            let count = counts.get(&e.offset.to_string()).copied().unwrap_or(1);
-            (e, count)
-        }).collect())
+        Ok(entries
+            .into_iter()
+            .map(|e| {
+                let count = counts.get(&e.offset.to_string()).copied().unwrap_or(1);
+                (e, count)
+            })
+            .collect())
     }
 
     /// Dead-letters entries delivered more often than allowed; returns the rest.
@@ -334,7 +356,8 @@ pub async fn ack(engine: &Engine, channel: &str, group: &str, offsets: &[StreamI
                 let id = offset.to_string();
                 pipe.cmd("XPENDING").arg(channel).arg(group).arg(&id).arg(&id).arg(1);
             }
-            let found: Vec<Vec<(String, String, u64, u64)>> = pipe.query_async(&mut redis.commands(channel)).await.map_err(failed)?;
+            let found: Vec<Vec<(String, String, u64, u64)>> =
+                pipe.query_async(&mut redis.commands(channel)).await.map_err(failed)?;
             found.iter().map(|f| !f.is_empty()).collect()
         }
     };
@@ -346,7 +369,13 @@ pub async fn ack(engine: &Engine, channel: &str, group: &str, offsets: &[StreamI
         Engine::Memory(memory) => memory.group_ack(channel, group, offsets),
         Engine::Redis(redis) => {
             let ids: Vec<String> = offsets.iter().map(ToString::to_string).collect();
-            redis::cmd("XACK").arg(channel).arg(group).arg(&ids).query_async(&mut redis.commands(channel)).await.map_err(failed)
+            redis::cmd("XACK")
+                .arg(channel)
+                .arg(group)
+                .arg(&ids)
+                .query_async(&mut redis.commands(channel))
+                .await
+                .map_err(failed)
         }
     }
 }
@@ -359,8 +388,16 @@ pub async fn pending_count(engine: &Engine, channel: &str, group: &str) -> Resul
     match engine {
         Engine::Memory(memory) => memory.group_pending_count(channel, group),
         Engine::Redis(redis) => {
-            let summary: Vec<Value> = redis::cmd("XPENDING").arg(channel).arg(group).query_async(&mut redis.commands(channel)).await.map_err(failed)?;
-            summary.first().and_then(|v| redis::from_redis_value(v.clone()).ok()).ok_or_else(|| EngineError::Protocol("XPENDING summary".into()))
+            let summary: Vec<Value> = redis::cmd("XPENDING")
+                .arg(channel)
+                .arg(group)
+                .query_async(&mut redis.commands(channel))
+                .await
+                .map_err(failed)?;
+            summary
+                .first()
+                .and_then(|v| redis::from_redis_value(v.clone()).ok())
+                .ok_or_else(|| EngineError::Protocol("XPENDING summary".into()))
         }
     }
 }

@@ -83,7 +83,13 @@ pub trait Hooks: Send + Sync + 'static {
     }
 
     /// A socket asks to acknowledge `offsets` delivered by consumer group `group` of `channel`.
-    fn on_ack(&self, conn: &ConnInfo, channel: &str, group: &str, offsets: &[StreamId]) -> impl Future<Output = Decision> + Send {
+    fn on_ack(
+        &self,
+        conn: &ConnInfo,
+        channel: &str,
+        group: &str,
+        offsets: &[StreamId],
+    ) -> impl Future<Output = Decision> + Send {
         let _ = (conn, channel, group, offsets);
         async { Decision::Allow }
     }
@@ -116,7 +122,13 @@ pub(crate) trait DynHooks: Send + Sync + 'static {
     fn on_connect<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Decision>;
     fn on_subscribe<'a>(&'a self, conn: &'a ConnInfo, channel: &'a str, start: Start) -> BoxFuture<'a, Decision>;
     fn on_publish<'a>(&'a self, conn: &'a ConnInfo, channel: &'a str, fields: &'a [String]) -> BoxFuture<'a, Decision>;
-    fn on_ack<'a>(&'a self, conn: &'a ConnInfo, channel: &'a str, group: &'a str, offsets: &'a [StreamId]) -> BoxFuture<'a, Decision>;
+    fn on_ack<'a>(
+        &'a self,
+        conn: &'a ConnInfo,
+        channel: &'a str,
+        group: &'a str,
+        offsets: &'a [StreamId],
+    ) -> BoxFuture<'a, Decision>;
     fn on_stream_event(&self, conn: &ConnInfo, channel: &str, entry: &Entry) -> StreamEvent;
     fn on_disconnect<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, ()>;
 }
@@ -131,7 +143,13 @@ impl<H: Hooks> DynHooks for H {
     fn on_publish<'a>(&'a self, conn: &'a ConnInfo, channel: &'a str, fields: &'a [String]) -> BoxFuture<'a, Decision> {
         Box::pin(Hooks::on_publish(self, conn, channel, fields))
     }
-    fn on_ack<'a>(&'a self, conn: &'a ConnInfo, channel: &'a str, group: &'a str, offsets: &'a [StreamId]) -> BoxFuture<'a, Decision> {
+    fn on_ack<'a>(
+        &'a self,
+        conn: &'a ConnInfo,
+        channel: &'a str,
+        group: &'a str,
+        offsets: &'a [StreamId],
+    ) -> BoxFuture<'a, Decision> {
         Box::pin(Hooks::on_ack(self, conn, channel, group, offsets))
     }
     fn on_stream_event(&self, conn: &ConnInfo, channel: &str, entry: &Entry) -> StreamEvent {

@@ -63,19 +63,18 @@ where
     let upgrade = head.has_token("connection", "upgrade") && head.has_token("upgrade", "websocket");
     match (head.method.as_str(), head.path(), upgrade) {
         ("GET", "/", true) => upgrade_to_websocket(shared, io, peer, head, &buf).await,
-        ("GET", "/healthz", false) => {
-            match tokio::time::timeout(HEALTH_TIMEOUT, shared.engine.ping()).await {
-                Ok(Ok(())) => respond(&mut io, "200 OK", "ok\n", &[]).await,
-                Ok(Err(e)) => respond(&mut io, "503 Service Unavailable", &format!("{e}\n"), &[]).await,
-                Err(_) => respond(&mut io, "503 Service Unavailable", "storage did not answer in time\n", &[]).await,
-            }
-        }
+        ("GET", "/healthz", false) => match tokio::time::timeout(HEALTH_TIMEOUT, shared.engine.ping()).await {
+            Ok(Ok(())) => respond(&mut io, "200 OK", "ok\n", &[]).await,
+            Ok(Err(e)) => respond(&mut io, "503 Service Unavailable", &format!("{e}\n"), &[]).await,
+            Err(_) => respond(&mut io, "503 Service Unavailable", "storage did not answer in time\n", &[]).await,
+        },
         ("GET" | "HEAD", path, false) if shared.config.static_dir.is_some() => {
             let dir = shared.config.static_dir.as_deref().expect("checked by the guard");
             serve_file(&mut io, dir, path, head.method == "HEAD").await
         }
         ("GET", "/", false) => {
-            let body = "Redistribute WebSocket endpoint: connect with a WebSocket client (subprotocol redistribute.v1)\n";
+            let body =
+                "Redistribute WebSocket endpoint: connect with a WebSocket client (subprotocol redistribute.v1)\n";
             respond(&mut io, "426 Upgrade Required", body, &[("Upgrade", "websocket")]).await
         }
         _ => respond(&mut io, "404 Not Found", "not found\n", &[]).await,
@@ -158,7 +157,10 @@ async fn respond_with<IO: AsyncWrite + Unpin>(
     extra: &[(&str, &str)],
     head_only: bool,
 ) {
-    let mut head = format!("HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+    let mut head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
     for (name, value) in extra {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -175,12 +177,19 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send,
 {
     if head.header("sec-websocket-version") != Some("13") {
-        return respond(&mut io, "426 Upgrade Required", "WebSocket version 13 required\n", &[("Sec-WebSocket-Version", "13")]).await;
+        return respond(
+            &mut io,
+            "426 Upgrade Required",
+            "WebSocket version 13 required\n",
+            &[("Sec-WebSocket-Version", "13")],
+        )
+        .await;
     }
     let Some(key) = head.header("sec-websocket-key") else {
         return respond(&mut io, "400 Bad Request", "missing Sec-WebSocket-Key\n", &[]).await;
     };
-    let offered: Vec<&str> = head.header("sec-websocket-protocol").map(|v| v.split(',').map(str::trim).collect()).unwrap_or_default();
+    let offered: Vec<&str> =
+        head.header("sec-websocket-protocol").map(|v| v.split(',').map(str::trim).collect()).unwrap_or_default();
     if !offered.is_empty() && !offered.contains(&SUBPROTOCOL) {
         let body = format!("unsupported subprotocol; this server speaks {SUBPROTOCOL}\n");
         return respond(&mut io, "400 Bad Request", &body, &[]).await;

@@ -238,12 +238,22 @@ impl Partition {
                     *buffered += batch.entries.len();
                     buffer.push(batch.clone());
                     if *buffered > self.join_buffer_limit {
-                        subscriber.outbox.kick(close::LAGGING, "too far behind while replaying: resume from your last offset");
+                        subscriber
+                            .outbox
+                            .kick(close::LAGGING, "too far behind while replaying: resume from your last offset");
                         subscriber.state = SubState::Dead;
                     }
                 }
                 SubState::Live { last_sent } => {
-                    let frame = render(&*self.hooks, &subscriber.conn, channel, &batch.entries, *last_sent, false, Some(&batch.frame));
+                    let frame = render(
+                        &*self.hooks,
+                        &subscriber.conn,
+                        channel,
+                        &batch.entries,
+                        *last_sent,
+                        false,
+                        Some(&batch.frame),
+                    );
                     *last_sent = (*last_sent).max(batch.last());
                     if let Some(frame) = frame
                         && !subscriber.outbox.push(frame)

@@ -202,7 +202,12 @@ impl Server {
     ///
     /// # Errors
     /// As for [`Server::publish`].
-    pub async fn publish_with_maxlen<I, K, V>(&self, channel: &str, maxlen: Option<u64>, fields: I) -> Result<StreamId, Error>
+    pub async fn publish_with_maxlen<I, K, V>(
+        &self,
+        channel: &str,
+        maxlen: Option<u64>,
+        fields: I,
+    ) -> Result<StreamId, Error>
     where
         I: IntoIterator<Item = (K, V)>,
         K: Into<String>,
@@ -225,7 +230,12 @@ impl Server {
     /// Sends a transient message to this instance's live subscribers of `channel`, without
     /// storing it (so it has no offset and is not replayed). Returns how many sockets got it.
     pub fn broadcast(&self, channel: &str, message: serde_json::Value) -> usize {
-        let push = Push { channel: Cow::Borrowed(channel), messages: Cow::Borrowed(&[]), truncated: false, broadcast: Some(message) };
+        let push = Push {
+            channel: Cow::Borrowed(channel),
+            messages: Cow::Borrowed(&[]),
+            truncated: false,
+            broadcast: Some(message),
+        };
         self.shared.partition_of(channel).broadcast(channel, &push.to_json().into())
     }
 

@@ -101,11 +101,13 @@ impl Listener {
                 let _permit = permit;
                 match tls {
                     None => http::serve(shared, socket, peer).await,
-                    Some(acceptor) => match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(socket)).await {
-                        Ok(Ok(stream)) => http::serve(shared, stream, peer).await,
-                        Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => debug!(%peer, "TLS handshake timed out"),
-                    },
+                    Some(acceptor) => {
+                        match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(socket)).await {
+                            Ok(Ok(stream)) => http::serve(shared, stream, peer).await,
+                            Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                            Err(_) => debug!(%peer, "TLS handshake timed out"),
+                        }
+                    }
                 }
             });
         }

@@ -51,12 +51,20 @@ pub(crate) async fn run_reader(shared: Arc<Shared>, index: usize) {
     }
 }
 
-async fn connect_and_follow(shared: &Shared, partition: &Partition, backoff: &mut Backoff, failing: &mut bool) -> Result<(), EngineError> {
+async fn connect_and_follow(
+    shared: &Shared,
+    partition: &Partition,
+    backoff: &mut Backoff,
+    failing: &mut bool,
+) -> Result<(), EngineError> {
     let mut follower = shared.engine.follower(partition.target).await?;
     partition.reader_client_id.store(follower.wake_id(), Ordering::Release);
     backoff.reset();
     if std::mem::take(failing) {
-        info!(target = shared.engine.describe(partition.target), "stream reader reconnected; resuming from its cursors");
+        info!(
+            target = shared.engine.describe(partition.target),
+            "stream reader reconnected; resuming from its cursors"
+        );
     }
     // Changes made while disconnected went unannounced: re-read the channel set now.
     partition.wake.notify_one();
@@ -89,7 +97,11 @@ async fn connect_and_follow(shared: &Shared, partition: &Partition, backoff: &mu
 }
 
 /// Finds the followed keys that no longer hold streams and evicts their channels.
-async fn evict_non_streams(partition: &Partition, follower: &mut Follower, streams: &[(String, StreamId)]) -> Result<(), EngineError> {
+async fn evict_non_streams(
+    partition: &Partition,
+    follower: &mut Follower,
+    streams: &[(String, StreamId)],
+) -> Result<(), EngineError> {
     let keys: Vec<&str> = streams.iter().map(|(k, _)| k.as_str()).collect();
     for (key, kind) in follower.non_streams(&keys).await? {
         warn!(channel = key, kind, "channel key no longer holds a stream; closing its subscribers");

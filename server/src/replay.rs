@@ -6,12 +6,12 @@
 //! it, then hands over the parked batches, skipping what history already covered. Sends wait
 //! for room in the client's queue, so a replay goes at the client's pace.
 
+use crate::Shared;
+use crate::engine::EngineError;
 use crate::error::client_error;
 use crate::hooks::ConnInfo;
 use crate::hub::render;
 use crate::outbox::Outbox;
-use crate::Shared;
-use crate::engine::EngineError;
 use redistribute_protocol::{Backoff, StreamId, close};
 use std::sync::Arc;
 use std::time::Duration;
@@ -82,7 +82,8 @@ impl Replay {
         let partition = shared.partition_of(channel);
         while let Some(batches) = partition.take_buffer(channel, conn.id, sent) {
             for batch in batches {
-                if let Some(frame) = render(&*shared.hooks, conn, channel, &batch.entries, sent, false, Some(&batch.frame))
+                if let Some(frame) =
+                    render(&*shared.hooks, conn, channel, &batch.entries, sent, false, Some(&batch.frame))
                     && outbox.send(frame).await.is_err()
                 {
                     return;

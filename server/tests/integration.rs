@@ -4,8 +4,8 @@ mod conformance;
 mod groups;
 mod support;
 
-use redistribute::{Config, ConnInfo, Decision, Hooks, ListenOptions, Server, StreamEvent};
 use redistribute::protocol::{Entry, Start};
+use redistribute::{Config, ConnInfo, Decision, Hooks, ListenOptions, Server, StreamEvent};
 use serde_json::{Value, json};
 use std::time::Duration;
 use support::{PATIENCE, Redis, TestServer, config, connect};
@@ -125,7 +125,8 @@ async fn handover_from_replay_to_live_has_no_gap_and_no_duplicate_under_load() {
                 assert!(std::time::Instant::now() < deadline, "the publisher stalled");
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            let existing: Vec<(String, Vec<String>)> = redis::cmd("XRANGE").arg("load").arg("-").arg("+").query(&mut conn).unwrap();
+            let existing: Vec<(String, Vec<String>)> =
+                redis::cmd("XRANGE").arg("load").arg("-").arg("+").query(&mut conn).unwrap();
             let offset = match j % 4 {
                 0 => "$".to_owned(),
                 1 => "0".to_owned(),
@@ -146,7 +147,13 @@ async fn handover_from_replay_to_live_has_no_gap_and_no_duplicate_under_load() {
     for joiner in joiners {
         let (start, got) = joiner.await.unwrap();
         let expected = redis.xrange_after("load", &start);
-        assert_eq!(got.len(), expected.len(), "subscriber from {start} got {} entries, XRANGE has {}", got.len(), expected.len());
+        assert_eq!(
+            got.len(),
+            expected.len(),
+            "subscriber from {start} got {} entries, XRANGE has {}",
+            got.len(),
+            expected.len()
+        );
         for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
             assert_eq!(g, e, "subscriber from {start}: entry {i} differs");
         }
@@ -168,7 +175,11 @@ async fn trimmed_history_is_reported_as_truncated() {
     assert_eq!(client.entries("t", 10).await, redis.xrange_after("t", "0"), "what is left is still delivered");
 
     let mut intact = connect(&server.url()).await;
-    assert_eq!(intact.subscribe("t", &ids[90]).await, json!({"offset": ids[90]}), "the offset is still there: nothing lost");
+    assert_eq!(
+        intact.subscribe("t", &ids[90]).await,
+        json!({"offset": ids[90]}),
+        "the offset is still there: nothing lost"
+    );
     assert_eq!(intact.entries("t", 9).await, redis.xrange_after("t", &ids[90]));
     // An offset that was itself trimmed away cannot be told apart from one with losses after
     // it, so it is reported: erring towards telling, never towards silence.
@@ -214,7 +225,10 @@ async fn a_trim_racing_a_replay_is_reported_in_the_next_push() {
     }
     assert_eq!(flagged, 1, "the hole is reported once");
     assert!(received.len() < ids.len(), "the trim did remove unsent entries");
-    assert!(received.windows(2).all(|w| ids.iter().position(|i| *i == w[0]) < ids.iter().position(|i| *i == w[1])), "in order, no repeats");
+    assert!(
+        received.windows(2).all(|w| ids.iter().position(|i| *i == w[0]) < ids.iter().position(|i| *i == w[1])),
+        "in order, no repeats"
+    );
     assert_eq!(received[received.len() - 10..], ids[390..], "everything still retained arrives");
     server.stop().await;
 }
@@ -235,7 +249,8 @@ async fn publishes_are_trimmed_with_maxlen() {
         client.publish("configured", &["n", &n]).await;
         client.publish("runtime", &["n", &n]).await;
         client.publish("defaulted", &["n", &n]).await;
-        let reply = client.request(json!({"op": "publish", "channel": "per-request", "fields": ["n", n], "maxlen": 5})).await;
+        let reply =
+            client.request(json!({"op": "publish", "channel": "per-request", "fields": ["n", n], "maxlen": 5})).await;
         assert!(reply.get("ok").is_some());
     }
     // `MAXLEN ~` trims whole radix-tree nodes (100 entries by default), so lengths sit between
@@ -268,7 +283,12 @@ async fn bad_input_gets_a_clear_error_and_the_connection_keeps_working() {
         (r#"{"id":2}"#, Some(2), "bad_request", "missing \"op\""),
         (r#"{"id":3,"op":"publish","channel":"c"}"#, Some(3), "bad_request", "\"fields\" must be an array"),
         (r#"{"id":4,"op":"publish","channel":"c","fields":["a"]}"#, Some(4), "bad_request", "even number"),
-        (r#"{"id":5,"op":"publish","channel":"c","fields":["a",1]}"#, Some(5), "bad_request", "fields[1] must be a string"),
+        (
+            r#"{"id":5,"op":"publish","channel":"c","fields":["a",1]}"#,
+            Some(5),
+            "bad_request",
+            "fields[1] must be a string",
+        ),
         (r#"{"id":6,"op":"publish","channel":"c","fields":["a","b"],"maxlen":-1}"#, Some(6), "bad_request", "maxlen"),
         (r#"{"id":7,"op":"subscribe","channel":""}"#, Some(7), "bad_request", "must not be empty"),
         (r#"{"id":8,"op":"subscribe","channel":"has space"}"#, Some(8), "bad_request", "allowed are"),
@@ -293,7 +313,10 @@ async fn bad_input_gets_a_clear_error_and_the_connection_keeps_working() {
 
     // Too many fields, too many subscriptions, subscribing twice.
     let many: Vec<String> = (0..258).map(|i| i.to_string()).collect();
-    assert_eq!(client.expect_error(json!({"op": "publish", "channel": "c", "fields": many})).await["code"], "too_large");
+    assert_eq!(
+        client.expect_error(json!({"op": "publish", "channel": "c", "fields": many})).await["code"],
+        "too_large"
+    );
     client.subscribe("one", "$").await;
     assert_eq!(client.expect_error(json!({"op": "subscribe", "channel": "one"})).await["code"], "bad_request");
     client.subscribe("two", "$").await;
@@ -383,7 +406,11 @@ async fn redis_outage_and_restart_lose_nothing() {
     }
     let offset = offset.expect("publishing works again after Redis returns");
     let got = sub.entries_until("steady", |e| e.last().is_some_and(|(o, _)| *o == offset)).await;
-    assert_eq!(got, redis.xrange_after("steady", &start)[1..].to_vec(), "every entry after the restart, once, in order");
+    assert_eq!(
+        got,
+        redis.xrange_after("steady", &start)[1..].to_vec(),
+        "every entry after the restart, once, in order"
+    );
     assert_eq!(health(&server).await, 200);
     server.stop().await;
 }
@@ -402,7 +429,10 @@ async fn plain_http_requests_get_plain_answers() {
         ("GET / HTTP/1.1\r\n\r\n", "426"),
         ("GET /nope HTTP/1.1\r\n\r\n", "404"),
         ("GARBAGE\r\n\r\n", "400"),
-        ("GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: other.v9\r\n\r\n", "400"),
+        (
+            "GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: other.v9\r\n\r\n",
+            "400",
+        ),
     ] {
         let response = server.http(request).await;
         assert_eq!(&response[9..12], status, "{request:?} → {response}");
@@ -511,7 +541,9 @@ async fn channels_are_sharded_over_several_targets() {
         let got = sub.entries(channel, 1).await;
         assert_eq!(got[0].0, offset);
     }
-    let exists = |redis: &Redis, key: &str| -> bool { redis::cmd("EXISTS").arg(key).query::<i64>(&mut redis.conn()).unwrap() == 1 };
+    let exists = |redis: &Redis, key: &str| -> bool {
+        redis::cmd("EXISTS").arg(key).query::<i64>(&mut redis.conn()).unwrap() == 1
+    };
     let on_one = channels.iter().filter(|c| exists(&one, c)).count();
     let on_two = channels.iter().filter(|c| exists(&two, c)).count();
     assert_eq!(on_one + on_two, channels.len(), "each channel lives on exactly one target");
@@ -580,7 +612,11 @@ impl Hooks for Rules {
     }
 
     async fn on_subscribe(&self, _: &ConnInfo, channel: &str, _: Start) -> Decision {
-        if channel.starts_with("private:") { Decision::Deny(format!("no access to {channel}")) } else { Decision::Allow }
+        if channel.starts_with("private:") {
+            Decision::Deny(format!("no access to {channel}"))
+        } else {
+            Decision::Allow
+        }
     }
 
     async fn on_publish(&self, _: &ConnInfo, channel: &str, fields: &[String]) -> Decision {
@@ -619,7 +655,8 @@ async fn hooks_deny_and_filter() {
     assert_eq!(error, json!({"code": "forbidden", "message": "no access to private:ops"}));
     let error = client.expect_error(json!({"op": "publish", "channel": "readonly:feed", "fields": ["a", "b"]})).await;
     assert_eq!(error["code"], "forbidden");
-    let error = client.expect_error(json!({"op": "ack", "channel": "feed", "group": "auditors", "offsets": ["1-1"]})).await;
+    let error =
+        client.expect_error(json!({"op": "ack", "channel": "feed", "group": "auditors", "offsets": ["1-1"]})).await;
     assert_eq!(error, json!({"code": "forbidden", "message": "auditors only read"}));
 
     // Filtering applies to replayed history and to live entries alike.
@@ -697,7 +734,8 @@ async fn the_memory_engine_serves_gap_free_replay_with_no_redis() {
     let late_got = late.entries_until("mem", everything).await;
     publishing.await.unwrap();
     let stored = server.server.engine().history_page("mem", Default::default(), 10_000).await.unwrap().entries;
-    let expected: Vec<(String, Vec<String>)> = stored.iter().map(|e| (e.offset.to_string(), e.fields.clone())).collect();
+    let expected: Vec<(String, Vec<String>)> =
+        stored.iter().map(|e| (e.offset.to_string(), e.fields.clone())).collect();
     assert_eq!(early_got, expected);
     assert_eq!(late_got, expected[100..]);
     assert_eq!(health(&server).await, 200);

@@ -81,7 +81,13 @@ struct Tally {
     latencies_us: Vec<u64>,
 }
 
-async fn subscriber(url: String, channel: String, ready: Arc<Barrier>, mut expected: watch::Receiver<Option<u64>>, sample: bool) -> anyhow::Result<Tally> {
+async fn subscriber(
+    url: String,
+    channel: String,
+    ready: Arc<Barrier>,
+    mut expected: watch::Receiver<Option<u64>>,
+    sample: bool,
+) -> anyhow::Result<Tally> {
     let mut ws = connect(&url).await?;
     let request = format!(r#"{{"id":1,"op":"subscribe","channel":"{channel}","offset":"$"}}"#);
     ws.send(Message::Text(request.into())).await?;
@@ -136,10 +142,14 @@ async fn publisher(url: String, channel: String, args: Arc<Args>, stop: Arc<Atom
     let (mut sent, mut acked, mut id) = (0u64, 0u64, 0u64);
     loop {
         let stopping = stop.load(Ordering::Acquire);
-        let paced = per_publisher_rate == 0 || sent < (started.elapsed().as_secs_f64() * per_publisher_rate as f64) as u64;
+        let paced =
+            per_publisher_rate == 0 || sent < (started.elapsed().as_secs_f64() * per_publisher_rate as f64) as u64;
         if !stopping && in_flight.len() < args.window && paced {
             id += 1;
-            let frame = format!(r#"{{"id":{id},"op":"publish","channel":"{channel}","fields":["t","{}","p","{payload}"]}}"#, now_micros());
+            let frame = format!(
+                r#"{{"id":{id},"op":"publish","channel":"{channel}","fields":["t","{}","p","{payload}"]}}"#,
+                now_micros()
+            );
             ws.feed(Message::Text(frame.into())).await?;
             in_flight.push_back(id);
             sent += 1;
@@ -198,7 +208,9 @@ async fn main() -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let publishing = Instant::now();
     let publishers: Vec<_> = (0..args.publishers)
-        .map(|i| tokio::spawn(publisher(args.urls[i % args.urls.len()].clone(), channel.clone(), args.clone(), stop.clone())))
+        .map(|i| {
+            tokio::spawn(publisher(args.urls[i % args.urls.len()].clone(), channel.clone(), args.clone(), stop.clone()))
+        })
         .collect();
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
     stop.store(true, Ordering::Release);
@@ -224,15 +236,27 @@ async fn main() -> anyhow::Result<()> {
     latencies.sort_unstable();
     println!("channel            {channel}");
     println!("subscribers        {}", args.subscribers);
-    println!("published          {published} in {:.2?} ({:.0}/s)", publish_time, published as f64 / publish_time.as_secs_f64());
-    println!("deliveries         {total} in {:.2?} ({:.0}/s)", delivery_time, total as f64 / delivery_time.as_secs_f64());
+    println!(
+        "published          {published} in {:.2?} ({:.0}/s)",
+        publish_time,
+        published as f64 / publish_time.as_secs_f64()
+    );
+    println!(
+        "deliveries         {total} in {:.2?} ({:.0}/s)",
+        delivery_time,
+        total as f64 / delivery_time.as_secs_f64()
+    );
     println!(
         "latency ms         p50 {:.2}  p99 {:.2}  max {:.2}  (sampled on 10 subscribers)",
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99),
         percentile(&latencies, 1.0)
     );
-    println!("complete           {} of {} subscribers got all {published}; {out_of_order} out of order", args.subscribers - short, args.subscribers);
+    println!(
+        "complete           {} of {} subscribers got all {published}; {out_of_order} out of order",
+        args.subscribers - short,
+        args.subscribers
+    );
     if short > 0 || out_of_order > 0 {
         bail!("some subscribers missed or reordered entries");
     }

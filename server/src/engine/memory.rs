@@ -21,8 +21,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::time::Instant;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 /// Bounds of the memory engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,11 +121,7 @@ impl Default for MemoryEngine {
 /// The next ID after `last` at wall-clock time `now_ms`: strictly greater than `last` whatever
 /// the clock does.
 pub(crate) fn next_id(last: StreamId, now_ms: u64) -> StreamId {
-    if now_ms > last.ms {
-        StreamId::new(now_ms, 0)
-    } else {
-        last.successor().unwrap_or(last)
-    }
+    if now_ms > last.ms { StreamId::new(now_ms, 0) } else { last.successor().unwrap_or(last) }
 }
 
 fn now_ms() -> u64 {
@@ -135,7 +131,14 @@ fn now_ms() -> u64 {
 impl MemoryEngine {
     /// An empty engine with these bounds.
     pub fn new(limits: MemoryLimits) -> Self {
-        MemoryEngine { inner: Arc::new(Inner { streams: Mutex::default(), appended: Notify::new(), waiting: AtomicUsize::new(0), limits }) }
+        MemoryEngine {
+            inner: Arc::new(Inner {
+                streams: Mutex::default(),
+                appended: Notify::new(),
+                waiting: AtomicUsize::new(0),
+                limits,
+            }),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Streams> {
@@ -146,7 +149,12 @@ impl MemoryEngine {
     ///
     /// # Errors
     /// Never: the signature matches the Redis engine's.
-    pub async fn publish(&self, channel: &str, fields: &[String], maxlen: Option<u64>) -> Result<StreamId, EngineError> {
+    pub async fn publish(
+        &self,
+        channel: &str,
+        fields: &[String],
+        maxlen: Option<u64>,
+    ) -> Result<StreamId, EngineError> {
         let id = self.append(channel, fields.to_vec(), maxlen, now_ms());
         self.inner.appended.notify_waiters();
         Ok(id)
@@ -174,7 +182,12 @@ impl MemoryEngine {
         }
         // Over the global budget: trim the oldest entries of all channels first.
         while streams.bytes > limits.max_bytes {
-            let oldest = streams.map.iter().filter_map(|(k, s)| Some((s.entries.front()?.offset, k))).min().map(|(_, k)| k.clone());
+            let oldest = streams
+                .map
+                .iter()
+                .filter_map(|(k, s)| Some((s.entries.front()?.offset, k)))
+                .min()
+                .map(|(_, k)| k.clone());
             let Some(oldest) = oldest else { break };
             let stream = streams.map.get_mut(&oldest).expect("just found");
             streams.bytes -= stream.pop_oldest();
@@ -208,7 +221,12 @@ impl MemoryEngine {
 
     /// Waits up to `block` for entries after any of the cursors; returns up to `count` per
     /// channel (nothing on timeout or [`MemoryEngine::wake`]).
-    pub async fn read(&self, streams: &[(String, StreamId)], count: usize, block: Duration) -> Vec<(String, Vec<Entry>)> {
+    pub async fn read(
+        &self,
+        streams: &[(String, StreamId)],
+        count: usize,
+        block: Duration,
+    ) -> Vec<(String, Vec<Entry>)> {
         let appended = self.inner.appended.notified();
         tokio::pin!(appended);
         appended.as_mut().enable();
@@ -260,7 +278,12 @@ impl MemoryEngine {
         stream.groups.entry(group.to_owned()).or_insert_with(|| Group { last_delivered, pending: BTreeMap::new() });
     }
 
-    fn with_group<T>(&self, channel: &str, group: &str, f: impl FnOnce(&mut Stream, &str) -> T) -> Result<T, EngineError> {
+    fn with_group<T>(
+        &self,
+        channel: &str,
+        group: &str,
+        f: impl FnOnce(&mut Stream, &str) -> T,
+    ) -> Result<T, EngineError> {
         let mut streams = self.lock();
         let stream = streams.map.get_mut(channel).filter(|s| s.groups.contains_key(group));
         match stream {
@@ -290,7 +313,9 @@ impl MemoryEngine {
                 let Stream { entries, groups, .. } = stream;
                 let state = groups.get_mut(group).expect("checked by with_group");
                 let mut out = Vec::new();
-                for (id, pending) in state.pending.range_mut((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)) {
+                for (id, pending) in
+                    state.pending.range_mut((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
+                {
                     if out.len() == count {
                         break;
                     }
@@ -320,7 +345,13 @@ impl MemoryEngine {
         self.take_new(channel, group, consumer, count)
     }
 
-    fn take_new(&self, channel: &str, group: &str, consumer: &str, count: usize) -> Result<Vec<(Entry, u64)>, EngineError> {
+    fn take_new(
+        &self,
+        channel: &str,
+        group: &str,
+        consumer: &str,
+        count: usize,
+    ) -> Result<Vec<(Entry, u64)>, EngineError> {
         self.with_group(channel, group, |stream, group| {
             let fresh = stream.after(stream.groups[group].last_delivered, count);
             let state = stream.groups.get_mut(group).expect("checked by with_group");
@@ -394,7 +425,9 @@ impl MemoryEngine {
     /// # Errors
     /// [`EngineError::NoGroup`] when the group does not exist.
     pub fn group_pending(&self, channel: &str, group: &str, offsets: &[StreamId]) -> Result<Vec<bool>, EngineError> {
-        self.with_group(channel, group, |stream, group| offsets.iter().map(|id| stream.groups[group].pending.contains_key(id)).collect())
+        self.with_group(channel, group, |stream, group| {
+            offsets.iter().map(|id| stream.groups[group].pending.contains_key(id)).collect()
+        })
     }
 
     /// `XACK`: removes `offsets` from the pending list; returns how many were there.
@@ -429,7 +462,10 @@ mod tests {
         let b = next_id(a, 1000);
         let c = next_id(b, 990); // the clock stepped back
         let d = next_id(c, 1001);
-        assert_eq!([a, b, c, d], [StreamId::new(1000, 0), StreamId::new(1000, 1), StreamId::new(1000, 2), StreamId::new(1001, 0)]);
+        assert_eq!(
+            [a, b, c, d],
+            [StreamId::new(1000, 0), StreamId::new(1000, 1), StreamId::new(1000, 2), StreamId::new(1001, 0)]
+        );
         assert_eq!(next_id(StreamId::new(5, u64::MAX), 1), StreamId::new(6, 0));
     }
 

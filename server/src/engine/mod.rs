@@ -12,8 +12,8 @@ mod redis;
 pub(crate) mod reply;
 
 pub use self::memory::{MemoryEngine, MemoryLimits};
-pub use self::redis::{RedisEngine, Target};
 pub(crate) use self::redis::channel_hash;
+pub use self::redis::{RedisEngine, Target};
 
 use ::redis::Value;
 use ::redis::aio::MultiplexedConnection;
@@ -60,7 +60,12 @@ impl Engine {
     /// # Errors
     /// [`EngineError::Unavailable`] when the storage is unreachable; [`EngineError::WrongType`]
     /// when the key holds something else.
-    pub async fn publish(&self, channel: &str, fields: &[String], maxlen: Option<u64>) -> Result<StreamId, EngineError> {
+    pub async fn publish(
+        &self,
+        channel: &str,
+        fields: &[String],
+        maxlen: Option<u64>,
+    ) -> Result<StreamId, EngineError> {
         match self {
             Engine::Redis(redis) => redis.publish(channel, fields, maxlen).await,
             Engine::Memory(memory) => memory.publish(channel, fields, maxlen).await,
@@ -163,7 +168,13 @@ impl Follower {
     /// # Errors
     /// [`EngineError::Unavailable`] when the connection fails; [`EngineError::WrongType`] when
     /// some key is not a stream.
-    pub async fn read(&mut self, streams: &[(String, StreamId)], count: usize, block: Duration, timeout: Duration) -> Result<Vec<(String, Vec<Entry>)>, EngineError> {
+    pub async fn read(
+        &mut self,
+        streams: &[(String, StreamId)],
+        count: usize,
+        block: Duration,
+        timeout: Duration,
+    ) -> Result<Vec<(String, Vec<Entry>)>, EngineError> {
         match self {
             Follower::Redis { conn, .. } => {
                 let mut cmd = ::redis::cmd("XREAD");
@@ -179,7 +190,9 @@ impl Follower {
                     Ok(Ok(value)) => value,
                     Ok(Err(e)) if e.code() == Some("WRONGTYPE") => return Err(EngineError::WrongType(String::new())),
                     Ok(Err(e)) => return Err(EngineError::Unavailable(e.to_string())),
-                    Err(_) => return Err(EngineError::Unavailable(format!("XREAD did not return within {deadline:?}"))),
+                    Err(_) => {
+                        return Err(EngineError::Unavailable(format!("XREAD did not return within {deadline:?}")));
+                    }
                 };
                 reply::streams(&value)
             }
@@ -198,8 +211,14 @@ impl Follower {
                 for key in keys {
                     pipe.cmd("TYPE").arg(*key);
                 }
-                let types: Vec<String> = pipe.query_async(conn).await.map_err(|e| EngineError::Unavailable(e.to_string()))?;
-                Ok(keys.iter().zip(types).filter(|(_, t)| t != "stream" && t != "none").map(|(k, t)| ((*k).to_owned(), t)).collect())
+                let types: Vec<String> =
+                    pipe.query_async(conn).await.map_err(|e| EngineError::Unavailable(e.to_string()))?;
+                Ok(keys
+                    .iter()
+                    .zip(types)
+                    .filter(|(_, t)| t != "stream" && t != "none")
+                    .map(|(k, t)| ((*k).to_owned(), t))
+                    .collect())
             }
             Follower::Memory(_) => Ok(Vec::new()),
         }

@@ -38,9 +38,7 @@ impl Target {
     /// # Errors
     /// [`EngineError::Unavailable`] when Redis cannot be reached.
     pub async fn reader_connection(&self) -> Result<MultiplexedConnection, EngineError> {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(None);
+        let config = AsyncConnectionConfig::new().set_connection_timeout(Some(self.timeout)).set_response_timeout(None);
         self.client.get_multiplexed_async_connection_with_config(&config).await.map_err(|e| classify(e, ""))
     }
 
@@ -59,7 +57,8 @@ impl Target {
     }
 
     async fn ping(&self) -> Result<(), EngineError> {
-        let _: String = redis::cmd("PING").query_async(&mut self.commands.clone()).await.map_err(|e| classify(e, ""))?;
+        let _: String =
+            redis::cmd("PING").query_async(&mut self.commands.clone()).await.map_err(|e| classify(e, ""))?;
         Ok(())
     }
 }
@@ -119,7 +118,12 @@ impl RedisEngine {
     /// # Errors
     /// [`EngineError::Unavailable`] when Redis is down; [`EngineError::WrongType`] when the key
     /// is not a stream.
-    pub async fn publish(&self, channel: &str, fields: &[String], maxlen: Option<u64>) -> Result<StreamId, EngineError> {
+    pub async fn publish(
+        &self,
+        channel: &str,
+        fields: &[String],
+        maxlen: Option<u64>,
+    ) -> Result<StreamId, EngineError> {
         let mut cmd = redis::cmd("XADD");
         cmd.arg(channel);
         if let Some(n) = maxlen {
@@ -135,11 +139,8 @@ impl RedisEngine {
     /// # Errors
     /// As for [`RedisEngine::publish`].
     pub async fn state(&self, channel: &str) -> Result<StreamState, EngineError> {
-        let info = redis::cmd("XINFO")
-            .arg("STREAM")
-            .arg(channel)
-            .query_async::<Value>(&mut self.commands(channel))
-            .await;
+        let info =
+            redis::cmd("XINFO").arg("STREAM").arg(channel).query_async::<Value>(&mut self.commands(channel)).await;
         match info {
             Ok(value) => reply::stream_state(&value),
             Err(e) if e.detail().is_some_and(is_no_such_key) => Ok(StreamState::default()),
@@ -157,7 +158,8 @@ impl RedisEngine {
         pipe.atomic().ignore_errors();
         pipe.cmd("XINFO").arg("STREAM").arg(channel);
         pipe.cmd("XRANGE").arg(channel).arg(format!("({after}")).arg("+").arg("COUNT").arg(count);
-        let results: Vec<Value> = pipe.query_async(&mut self.commands(channel)).await.map_err(|e| classify(e, channel))?;
+        let results: Vec<Value> =
+            pipe.query_async(&mut self.commands(channel)).await.map_err(|e| classify(e, channel))?;
         let [info, range] = results.as_slice() else {
             return Err(EngineError::Protocol(format!("MULTI returned {} results", results.len())));
         };
@@ -179,10 +181,7 @@ impl RedisEngine {
     /// The first target that does not answer, named.
     pub async fn ping(&self) -> Result<(), EngineError> {
         for target in &self.targets {
-            target
-                .ping()
-                .await
-                .map_err(|e| EngineError::Unavailable(format!("{}: {e}", target.display)))?;
+            target.ping().await.map_err(|e| EngineError::Unavailable(format!("{}: {e}", target.display)))?;
         }
         Ok(())
     }

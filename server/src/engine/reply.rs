@@ -22,9 +22,7 @@ pub(crate) fn text(value: &Value) -> Option<String> {
 }
 
 pub(crate) fn stream_id(value: &Value) -> Result<StreamId, EngineError> {
-    text(value)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| unexpected("expected a stream ID", value))
+    text(value).and_then(|s| s.parse().ok()).ok_or_else(|| unexpected("expected a stream ID", value))
 }
 
 /// Key/value pairs of a RESP3 map or a RESP2 flat array.
@@ -41,7 +39,9 @@ fn entry(value: &Value) -> Result<Entry, EngineError> {
     let Value::Array(parts) = value else { return Err(unexpected("expected an entry", value)) };
     let [id, fields] = parts.as_slice() else { return Err(unexpected("expected an entry", value)) };
     let fields = match fields {
-        Value::Array(items) => items.iter().map(|f| text(f).ok_or_else(|| unexpected("expected a field", f))).collect::<Result<_, _>>()?,
+        Value::Array(items) => {
+            items.iter().map(|f| text(f).ok_or_else(|| unexpected("expected a field", f))).collect::<Result<_, _>>()?
+        }
         Value::Map(map) => map
             .iter()
             .flat_map(|(k, v)| [k, v])
@@ -131,18 +131,27 @@ mod tests {
     fn decodes_resp2_xread() {
         let reply = Value::Array(vec![Value::Array(vec![
             bulk("chat"),
-            Value::Array(vec![Value::Array(vec![bulk("5-1"), Value::Array(vec![bulk("k"), Value::BulkString(vec![b'v', 0xff])])])]),
+            Value::Array(vec![Value::Array(vec![
+                bulk("5-1"),
+                Value::Array(vec![bulk("k"), Value::BulkString(vec![b'v', 0xff])]),
+            ])]),
         ])]);
         let decoded = streams(&reply).unwrap();
         assert_eq!(decoded.len(), 1);
         assert_eq!(decoded[0].0, "chat");
-        assert_eq!(decoded[0].1, vec![Entry { offset: StreamId::new(5, 1), fields: vec!["k".into(), "v\u{fffd}".into()] }]);
+        assert_eq!(
+            decoded[0].1,
+            vec![Entry { offset: StreamId::new(5, 1), fields: vec!["k".into(), "v\u{fffd}".into()] }]
+        );
         assert!(streams(&Value::Nil).unwrap().is_empty());
     }
 
     #[test]
     fn decodes_resp3_xread_and_xinfo() {
-        let reply = Value::Map(vec![(bulk("a"), Value::Array(vec![Value::Array(vec![bulk("1-0"), Value::Array(vec![bulk("x"), bulk("y")])])]))]);
+        let reply = Value::Map(vec![(
+            bulk("a"),
+            Value::Array(vec![Value::Array(vec![bulk("1-0"), Value::Array(vec![bulk("x"), bulk("y")])])]),
+        )]);
         assert_eq!(streams(&reply).unwrap()[0].1[0].offset, StreamId::new(1, 0));
         let info = Value::Map(vec![
             (bulk("length"), Value::Int(3)),
@@ -181,7 +190,10 @@ mod tests {
         assert!(!emptied.lost_after(StreamId::new(100, 0)));
         assert!(!StreamState::default().lost_after(StreamId::ZERO), "a missing stream lost nothing");
         let untouched = StreamState { entries_added: 10, ..trimmed };
-        assert!(!untouched.lost_after(StreamId::ZERO), "nothing removed: starting before the first entry loses nothing");
+        assert!(
+            !untouched.lost_after(StreamId::ZERO),
+            "nothing removed: starting before the first entry loses nothing"
+        );
     }
 
     #[test]

@@ -133,7 +133,8 @@ async fn tail_reads_wake_on_append_and_on_wake(engine: &Engine) {
         (follower, got)
     });
     let added = engine.publish("tail", &fields(1), None).await.unwrap();
-    let (mut follower, got) = tokio::time::timeout(Duration::from_secs(20), reading).await.expect("the append woke the read").unwrap();
+    let (mut follower, got) =
+        tokio::time::timeout(Duration::from_secs(20), reading).await.expect("the append woke the read").unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].0, "tail");
     assert_eq!(got[0].1.iter().map(|e| e.offset).collect::<Vec<_>>(), vec![added]);
@@ -141,7 +142,8 @@ async fn tail_reads_wake_on_append_and_on_wake(engine: &Engine) {
     // A wake ends a read that has nothing to return.
     let wake_id = follower.wake_id();
     let streams = vec![("tail".to_owned(), added)];
-    let reading = tokio::spawn(async move { follower.read(&streams, 100, block, Duration::from_secs(5)).await.unwrap() });
+    let reading =
+        tokio::spawn(async move { follower.read(&streams, 100, block, Duration::from_secs(5)).await.unwrap() });
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !engine.wake(0, wake_id).await.unwrap() {
         assert!(tokio::time::Instant::now() < deadline, "the read never blocked");
@@ -297,7 +299,19 @@ async fn groups_dead_letter_entries_delivered_too_often(engine: &Engine) {
     let dead = all(engine, "work:dead").await;
     assert_eq!(dead.len(), 1);
     let poison = poison.to_string();
-    assert_eq!(dead[0].1, vec!["job", "explodes", "dead-letter-offset", poison.as_str(), "dead-letter-group", "g", "dead-letter-deliveries", "4"]);
+    assert_eq!(
+        dead[0].1,
+        vec![
+            "job",
+            "explodes",
+            "dead-letter-offset",
+            poison.as_str(),
+            "dead-letter-group",
+            "g",
+            "dead-letter-deliveries",
+            "4"
+        ]
+    );
 }
 
 async fn groups_acknowledge_all_or_nothing(engine: &Engine) {

@@ -97,7 +97,9 @@ mod over_the_wire {
         let server = TestServer::start(cfg).await;
         let all: HashSet<String> = fill(&redis, "q2", 200).into_iter().collect();
         let mut doomed = connect(&server.url()).await;
-        doomed.request(json!({"op": "subscribe", "channel": "q2", "group": "g", "consumer": "doomed", "offset": "0"})).await;
+        doomed
+            .request(json!({"op": "subscribe", "channel": "q2", "group": "g", "consumer": "doomed", "offset": "0"}))
+            .await;
         let taken = doomed.push().await["messages"].as_array().unwrap().len();
         assert!(taken > 0);
         drop(doomed); // dies without acknowledging
@@ -108,12 +110,17 @@ mod over_the_wire {
         let mut redelivered = 0;
         while seen.len() < all.len() {
             let push = survivor.push().await;
-            let offsets: Vec<String> = push["messages"].as_array().unwrap().iter().map(|m| {
-                if m["deliveries"].as_u64().unwrap() > 1 {
-                    redelivered += 1;
-                }
-                m["offset"].as_str().unwrap().to_owned()
-            }).collect();
+            let offsets: Vec<String> = push["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| {
+                    if m["deliveries"].as_u64().unwrap() > 1 {
+                        redelivered += 1;
+                    }
+                    m["offset"].as_str().unwrap().to_owned()
+                })
+                .collect();
             survivor.request(json!({"op": "ack", "channel": "q2", "group": "g", "offsets": offsets})).await;
             seen.extend(offsets);
         }
@@ -131,17 +138,27 @@ mod over_the_wire {
         let mut client = connect(&server.url()).await;
         client.request(json!({"op": "subscribe", "channel": "q3", "group": "g", "consumer": "w", "offset": "0"})).await;
         let real = client.push().await["messages"][0]["offset"].as_str().unwrap().to_owned();
-        let error = client.expect_error(json!({"op": "ack", "channel": "q3", "group": "g", "offsets": [real, "1-1"]})).await;
+        let error =
+            client.expect_error(json!({"op": "ack", "channel": "q3", "group": "g", "offsets": [real, "1-1"]})).await;
         assert_eq!(error["code"], "bad_request");
-        assert!(error["message"].as_str().unwrap().contains("not pending in the group, nothing acknowledged: 1-1"), "{error}");
-        let error = client.expect_error(json!({"op": "ack", "channel": "q3", "group": "nope", "offsets": [real]})).await;
+        assert!(
+            error["message"].as_str().unwrap().contains("not pending in the group, nothing acknowledged: 1-1"),
+            "{error}"
+        );
+        let error =
+            client.expect_error(json!({"op": "ack", "channel": "q3", "group": "nope", "offsets": [real]})).await;
         assert!(error["message"].as_str().unwrap().contains("no such consumer group"), "{error}");
         let long = "w".repeat(300);
-        let error = client.expect_error(json!({"op": "subscribe", "channel": "q3", "group": "g", "consumer": long})).await;
+        let error =
+            client.expect_error(json!({"op": "subscribe", "channel": "q3", "group": "g", "consumer": long})).await;
         assert!(error["message"].as_str().unwrap().contains("consumer name is 300 bytes"), "{error}");
-        let error = client.expect_error(json!({"op": "subscribe", "channel": "q3", "group": "g", "consumer": "w"})).await;
+        let error =
+            client.expect_error(json!({"op": "subscribe", "channel": "q3", "group": "g", "consumer": "w"})).await;
         assert!(error["message"].as_str().unwrap().contains("already in group"), "{error}");
-        assert_eq!(client.request(json!({"op": "ack", "channel": "q3", "group": "g", "offsets": [real]})).await["ok"], json!({"acked": 1}));
+        assert_eq!(
+            client.request(json!({"op": "ack", "channel": "q3", "group": "g", "offsets": [real]})).await["ok"],
+            json!({"acked": 1})
+        );
         assert_eq!(client.request(json!({"op": "unsubscribe", "channel": "q3", "group": "g"})).await["ok"], json!({}));
 
         server.stop().await;

@@ -12,9 +12,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::WebSocketStream;
 
 /// How long any single wait in a test may take before it fails with a message. Generous: these
 /// bound hangs, they do not measure speed.
@@ -103,7 +103,8 @@ impl Redis {
     /// `XRANGE key (after +` as `(id, fields)` pairs.
     pub fn xrange_after(&self, key: &str, after: &str) -> Vec<(String, Vec<String>)> {
         let start = if after == "0" || after == "0-0" { "-".to_owned() } else { format!("({after}") };
-        let reply: Vec<(String, Vec<String>)> = redis::cmd("XRANGE").arg(key).arg(start).arg("+").query(&mut self.conn()).unwrap();
+        let reply: Vec<(String, Vec<String>)> =
+            redis::cmd("XRANGE").arg(key).arg(start).arg("+").query(&mut self.conn()).unwrap();
         reply
     }
 }
@@ -124,11 +125,16 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(config: Config) -> TestServer {
-        Self::start_with(Server::builder(config).build().unwrap(), ListenOptions::new("127.0.0.1:0".parse().unwrap())).await
+        Self::start_with(Server::builder(config).build().unwrap(), ListenOptions::new("127.0.0.1:0".parse().unwrap()))
+            .await
     }
 
     pub async fn with_hooks<H: Hooks>(config: Config, hooks: H) -> TestServer {
-        Self::start_with(Server::builder(config).hooks(hooks).build().unwrap(), ListenOptions::new("127.0.0.1:0".parse().unwrap())).await
+        Self::start_with(
+            Server::builder(config).hooks(hooks).build().unwrap(),
+            ListenOptions::new("127.0.0.1:0".parse().unwrap()),
+        )
+        .await
     }
 
     pub async fn start_with(server: Server, options: ListenOptions) -> TestServer {
@@ -176,7 +182,10 @@ pub type PlainClient = Client<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpS
 pub async fn connect(url: &str) -> PlainClient {
     let mut request = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url).unwrap();
     request.headers_mut().insert("Sec-WebSocket-Protocol", "redistribute.v1".parse().unwrap());
-    let (ws, response) = tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(request)).await.expect("connect timed out").unwrap();
+    let (ws, response) = tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(request))
+        .await
+        .expect("connect timed out")
+        .unwrap();
     assert_eq!(response.headers().get("sec-websocket-protocol").unwrap(), "redistribute.v1");
     Client::new(ws)
 }
@@ -197,7 +206,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     /// The next frame of any kind, parsed; panics on close or timeout.
     pub async fn recv_frame(&mut self) -> Value {
         loop {
-            let next = tokio::time::timeout(PATIENCE, self.ws.next()).await.expect("no frame within the test's patience");
+            let next =
+                tokio::time::timeout(PATIENCE, self.ws.next()).await.expect("no frame within the test's patience");
             match next {
                 Some(Ok(Message::Text(text))) => return serde_json::from_str(&text).unwrap(),
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
@@ -209,9 +219,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     /// Waits for the close frame; returns its code and reason.
     pub async fn closed(&mut self) -> (u16, String) {
         loop {
-            let next = tokio::time::timeout(PATIENCE, self.ws.next()).await.expect("no close within the test's patience");
+            let next =
+                tokio::time::timeout(PATIENCE, self.ws.next()).await.expect("no close within the test's patience");
             match next {
-                Some(Ok(Message::Close(Some(CloseFrame { code, reason })))) => return (code.into(), reason.to_string()),
+                Some(Ok(Message::Close(Some(CloseFrame { code, reason })))) => {
+                    return (code.into(), reason.to_string());
+                }
                 Some(Ok(Message::Close(None))) => return (1005, String::new()),
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => panic!("socket error instead of a close frame: {e}"),
@@ -271,7 +284,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     }
 
     /// Collects `(offset, fields)` of `channel` until `done` says the list is complete.
-    pub async fn entries_until(&mut self, channel: &str, mut done: impl FnMut(&[(String, Vec<String>)]) -> bool) -> Vec<(String, Vec<String>)> {
+    pub async fn entries_until(
+        &mut self,
+        channel: &str,
+        mut done: impl FnMut(&[(String, Vec<String>)]) -> bool,
+    ) -> Vec<(String, Vec<String>)> {
         let mut out = Vec::new();
         while !done(&out) {
             let push = self.push().await;
