@@ -38,7 +38,7 @@ pub struct Config {
     pub redis_timeout: Duration,
     /// `MAXLEN ~` applied to publishes with no per-request or per-channel cap.
     pub default_maxlen: Option<u64>,
-    /// Per-channel `MAXLEN ~` (the seed's `server.maxlen(channel, n)`).
+    /// Per-channel `MAXLEN ~`, by channel name.
     pub maxlen: HashMap<String, u64>,
     /// WebSocket read buffer per connection. Small on purpose: tungstenite zero-fills it before
     /// each read, which costs real CPU with many connections at 128 KiB.

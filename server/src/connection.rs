@@ -8,7 +8,7 @@
 use crate::error::client_error;
 use crate::hooks::{ConnInfo, Decision};
 use crate::outbox::{Kick, Outbox};
-use crate::{Shared, group, groups, replay};
+use crate::{Shared, groups, membership, replay};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use redistribute_protocol::frame::OkBody;
 use redistribute_protocol::{ErrorCode, Op, ProtocolError, Reply, Request, Start, close};
@@ -186,7 +186,7 @@ impl Handler {
                 match self.join_group(&channel, &group, &consumer, start).await {
                     Ok(consumer) => {
                         self.reply(Reply::ok(id, OkBody::default())).await;
-                        let task = group::Membership {
+                        let task = membership::Membership {
                             shared: self.shared.clone(),
                             outbox: self.outbox.clone(),
                             channel: channel.clone(),

@@ -1,6 +1,6 @@
 //! The crate's error type, and the one place that decides what a client is told about a failure.
 
-use crate::engine::EngineError;
+use crate::engine::{Chain, EngineError};
 use redistribute_protocol::{ErrorCode, ProtocolError};
 
 /// Errors of the server library.
@@ -27,18 +27,22 @@ pub enum Error {
 /// What a client is told about an engine failure. Unexpected failures are logged here, once.
 pub(crate) fn client_error(e: &EngineError) -> ProtocolError {
     match e {
-        EngineError::Unavailable(_) => {
+        EngineError::Unavailable { .. } => {
             ProtocolError::new(ErrorCode::Unavailable, "storage is unavailable right now; retry later")
         }
-        EngineError::WrongType(channel) => {
+        EngineError::WrongType { channel } => {
             ProtocolError::bad_request(format!("the Redis key of channel {channel:?} is not a stream"))
         }
-        EngineError::NoGroup(detail) => ProtocolError::bad_request(format!("no such consumer group ({detail})")),
+        EngineError::NoGroup { .. } => ProtocolError::bad_request(format!("no such consumer group ({e})")),
         EngineError::NotPending(offsets) => {
-            ProtocolError::bad_request(format!("not pending in the group, nothing acknowledged: {offsets}"))
+            let offsets: Vec<String> = offsets.iter().map(ToString::to_string).collect();
+            ProtocolError::bad_request(format!(
+                "not pending in the group, nothing acknowledged: {}",
+                offsets.join(", ")
+            ))
         }
-        EngineError::Protocol(_) => {
-            tracing::error!(error = %e, "unexpected storage reply");
+        _ => {
+            tracing::error!(error = %Chain(e), "unexpected storage failure");
             ProtocolError::new(ErrorCode::Internal, "internal error; see the server log")
         }
     }

@@ -1,4 +1,4 @@
-//! Consumer groups: a fleet of workers shares a channel's entries (the seed's third promise).
+//! Consumer groups: a fleet of workers shares a channel's entries (the shardable promise).
 //!
 //! A [`Consumer`] joins group `G` of channel `C` as consumer `N` (creating the group, and the
 //! stream, if needed) and pulls [`Delivery`]s: first the entries it was given before and never
@@ -13,14 +13,12 @@
 //! deliveries in stream order within one batch, but across consumers and redeliveries there is no
 //! global order; an entry is delivered at most `max_deliveries` times, then dead-lettered.
 //!
-//! On Redis each consumer holds one dedicated connection (its blocking reads would stall a shared
-//! one). The embedded memory engine keeps groups the same way in process.
+//! This module holds only the policy; the storage primitives are [`crate::engine::Member`]'s (on
+//! Redis each member holds one dedicated connection, since its blocking reads would stall a
+//! shared one; the embedded memory engine keeps groups the same way in process).
 
-use crate::engine::{Engine, EngineError, MemoryEngine, reply};
-use redis::Value;
-use redis::aio::MultiplexedConnection;
+use crate::engine::{Engine, EngineError, Member};
 use redistribute_protocol::{Entry, Start, StreamId};
-use std::collections::HashMap;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -71,18 +69,10 @@ enum Phase {
     Live,
 }
 
-/// Where a consumer's group lives.
-#[derive(Debug)]
-enum Backend {
-    /// A dedicated Redis connection.
-    Redis(MultiplexedConnection),
-    Memory(MemoryEngine),
-}
-
 /// A member of a consumer group.
 #[derive(Debug)]
 pub struct Consumer {
-    backend: Backend,
+    member: Member,
     channel: String,
     group: String,
     name: String,
@@ -90,15 +80,6 @@ pub struct Consumer {
     phase: Phase,
     next_claim: Instant,
     claim_cursor: StreamId,
-}
-
-fn failed(e: redis::RedisError) -> EngineError {
-    // Inside a pipeline the code is only in the text.
-    if e.code() == Some("NOGROUP") || e.to_string().contains("NOGROUP") {
-        EngineError::NoGroup("no such consumer group for this channel".to_owned())
-    } else {
-        EngineError::Unavailable(e.to_string())
-    }
 }
 
 impl Consumer {
@@ -115,32 +96,9 @@ impl Consumer {
         name: &str,
         options: GroupOptions,
     ) -> Result<Consumer, EngineError> {
-        let backend = match engine {
-            Engine::Redis(redis) => {
-                let mut conn = redis.targets()[redis.target_of(channel)].reader_connection().await?;
-                let created: Result<(), _> = redis::cmd("XGROUP")
-                    .arg("CREATE")
-                    .arg(channel)
-                    .arg(group)
-                    .arg(options.start.to_string())
-                    .arg("MKSTREAM")
-                    .query_async(&mut conn)
-                    .await;
-                match created {
-                    Ok(()) => {}
-                    Err(e) if e.code() == Some("BUSYGROUP") => {}
-                    Err(e) if e.code() == Some("WRONGTYPE") => return Err(EngineError::WrongType(channel.to_owned())),
-                    Err(e) => return Err(failed(e)),
-                }
-                Backend::Redis(conn)
-            }
-            Engine::Memory(memory) => {
-                memory.group_create(channel, group, options.start);
-                Backend::Memory(memory.clone())
-            }
-        };
+        let member = engine.join_group(channel, group, name, options.start).await?;
         Ok(Consumer {
-            backend,
+            member,
             channel: channel.to_owned(),
             group: group.to_owned(),
             name: name.to_owned(),
@@ -168,12 +126,13 @@ impl Consumer {
     /// [`EngineError::Unavailable`] when the connection fails; [`EngineError::NoGroup`] when the
     /// group was destroyed meanwhile.
     pub async fn next(&mut self) -> Result<Vec<Delivery>, EngineError> {
+        let batch = self.options.batch;
         if let Phase::OwnPending(after) = self.phase {
-            let own = self.read(Some(after), None).await?;
-            match own.last() {
-                Some((last, _)) => self.phase = Phase::OwnPending(last.offset),
-                None => self.phase = Phase::Live,
-            }
+            let own = self.member.read_own_pending(after, batch).await?;
+            self.phase = match own.last() {
+                Some((last, _)) => Phase::OwnPending(last.offset),
+                None => Phase::Live,
+            };
             if !own.is_empty() {
                 return self.limit(own).await;
             }
@@ -189,101 +148,20 @@ impl Consumer {
             .block
             .min(self.next_claim.saturating_duration_since(Instant::now()))
             .max(Duration::from_millis(1));
-        let fresh = self.read(None, Some(wait)).await?;
+        let fresh = self.member.read_new(batch, wait).await?;
         self.limit(fresh).await
     }
 
-    /// `XREADGROUP`: own pending after `after`, or new entries (`>`) when `after` is `None`;
-    /// entries come with their delivery counts.
-    async fn read(
-        &mut self,
-        after: Option<StreamId>,
-        block: Option<Duration>,
-    ) -> Result<Vec<(Entry, u64)>, EngineError> {
-        let count = self.options.batch;
-        let conn = match &mut self.backend {
-            Backend::Memory(memory) => {
-                return memory.group_read(&self.channel, &self.group, &self.name, after, count, block).await;
-            }
-            Backend::Redis(conn) => conn,
-        };
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP").arg(&self.group).arg(&self.name).arg("COUNT").arg(count);
-        if let Some(block) = block {
-            cmd.arg("BLOCK").arg(block.as_millis() as u64);
-        }
-        cmd.arg("STREAMS").arg(&self.channel).arg(after.map_or_else(|| ">".to_owned(), |id| id.to_string()));
-        let value: Value = cmd.query_async(conn).await.map_err(failed)?;
-        let entries: Vec<Entry> = reply::streams(&value)?.into_iter().flat_map(|(_, entries)| entries).collect();
-        match after {
-            None => Ok(entries.into_iter().map(|e| (e, 1)).collect()),
-            Some(_) => self.counted(entries).await,
-        }
-    }
-
-    /// One `XAUTOCLAIM` step over the group's pending list.
+    /// One step of the scan over the group's pending list for entries idle too long.
     async fn claim(&mut self) -> Result<Vec<(Entry, u64)>, EngineError> {
-        let (cursor, claimed) = match &mut self.backend {
-            Backend::Memory(memory) => memory.group_autoclaim(
-                &self.channel,
-                &self.group,
-                &self.name,
-                self.options.claim_idle,
-                self.claim_cursor,
-                self.options.batch,
-            )?,
-            Backend::Redis(conn) => {
-                let value: Value = redis::cmd("XAUTOCLAIM")
-                    .arg(&self.channel)
-                    .arg(&self.group)
-                    .arg(&self.name)
-                    .arg(self.options.claim_idle.as_millis() as u64)
-                    .arg(self.claim_cursor.to_string())
-                    .arg("COUNT")
-                    .arg(self.options.batch)
-                    .query_async(conn)
-                    .await
-                    .map_err(failed)?;
-                let Value::Array(parts) = &value else {
-                    return Err(EngineError::Protocol(format!("XAUTOCLAIM: {value:?}")));
-                };
-                let cursor = parts.first().map(reply::stream_id).transpose()?.unwrap_or(StreamId::ZERO);
-                let entries = parts.get(1).map(reply::entries).transpose()?.unwrap_or_default();
-                (cursor, self.counted(entries).await?)
-            }
-        };
+        let (cursor, claimed) =
+            self.member.claim_idle(self.options.claim_idle, self.claim_cursor, self.options.batch).await?;
         self.claim_cursor = cursor;
         if cursor == StreamId::ZERO {
             // Scanned the whole pending list: look again after a while.
             self.next_claim = Instant::now() + self.options.claim_idle / 2;
         }
         Ok(claimed)
-    }
-
-    /// Redis only: delivery counts of this consumer's `entries`, from `XPENDING`.
-    async fn counted(&mut self, entries: Vec<Entry>) -> Result<Vec<(Entry, u64)>, EngineError> {
-        let (Backend::Redis(conn), Some(first), Some(last)) = (&mut self.backend, entries.first(), entries.last())
-        else {
-            return Ok(entries.into_iter().map(|e| (e, 1)).collect());
-        };
-        let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
-            .arg(&self.channel)
-            .arg(&self.group)
-            .arg(first.offset.to_string())
-            .arg(last.offset.to_string())
-            .arg(entries.len())
-            .arg(&self.name)
-            .query_async(conn)
-            .await
-            .map_err(failed)?;
-        let counts: HashMap<String, u64> = pending.into_iter().map(|(id, _, _, count)| (id, count)).collect();
-        Ok(entries
-            .into_iter()
-            .map(|e| {
-                let count = counts.get(&e.offset.to_string()).copied().unwrap_or(1);
-                (e, count)
-            })
-            .collect())
     }
 
     /// Dead-letters entries delivered more often than allowed; returns the rest.
@@ -299,6 +177,7 @@ impl Consumer {
         Ok(out)
     }
 
+    /// Moves `entry` to the dead-letter stream with where it came from, and acknowledges it.
     async fn dead_letter(&mut self, entry: &Entry, deliveries: u64) -> Result<(), EngineError> {
         let stream = self.options.dead_letter.clone().unwrap_or_else(|| format!("{}:dead", self.channel));
         let mut fields = entry.fields.clone();
@@ -310,20 +189,7 @@ impl Consumer {
             "dead-letter-deliveries".to_owned(),
             deliveries.to_string(),
         ]);
-        match &mut self.backend {
-            Backend::Memory(memory) => {
-                memory.publish(&stream, &fields, None).await?;
-                memory.group_ack(&self.channel, &self.group, &[entry.offset])?;
-                Ok(())
-            }
-            Backend::Redis(conn) => {
-                let mut pipe = redis::pipe();
-                pipe.atomic();
-                pipe.cmd("XADD").arg(&stream).arg("*").arg(&fields).ignore();
-                pipe.cmd("XACK").arg(&self.channel).arg(&self.group).arg(entry.offset.to_string()).ignore();
-                pipe.query_async::<()>(conn).await.map_err(failed)
-            }
-        }
+        self.member.dead_letter(&stream, &fields, entry.offset).await
     }
 
     /// Acknowledges entries of this consumer's group. Returns how many were pending.
@@ -331,13 +197,7 @@ impl Consumer {
     /// # Errors
     /// As for [`Consumer::next`].
     pub async fn ack(&mut self, offsets: &[StreamId]) -> Result<u64, EngineError> {
-        match &mut self.backend {
-            Backend::Memory(memory) => memory.group_ack(&self.channel, &self.group, offsets),
-            Backend::Redis(conn) => {
-                let ids: Vec<String> = offsets.iter().map(ToString::to_string).collect();
-                redis::cmd("XACK").arg(&self.channel).arg(&self.group).arg(&ids).query_async(conn).await.map_err(failed)
-            }
-        }
+        self.member.ack(offsets).await
     }
 }
 
@@ -348,36 +208,12 @@ impl Consumer {
 /// [`EngineError::NoGroup`] for a missing group; [`EngineError::NotPending`] listing offsets that
 /// are not pending.
 pub async fn ack(engine: &Engine, channel: &str, group: &str, offsets: &[StreamId]) -> Result<u64, EngineError> {
-    let pending: Vec<bool> = match engine {
-        Engine::Memory(memory) => memory.group_pending(channel, group, offsets)?,
-        Engine::Redis(redis) => {
-            let mut pipe = redis::pipe();
-            for offset in offsets {
-                let id = offset.to_string();
-                pipe.cmd("XPENDING").arg(channel).arg(group).arg(&id).arg(&id).arg(1);
-            }
-            let found: Vec<Vec<(String, String, u64, u64)>> =
-                pipe.query_async(&mut redis.commands(channel)).await.map_err(failed)?;
-            found.iter().map(|f| !f.is_empty()).collect()
-        }
-    };
-    let missing: Vec<String> = offsets.iter().zip(&pending).filter(|(_, p)| !**p).map(|(o, _)| o.to_string()).collect();
+    let pending = engine.group_pending(channel, group, offsets).await?;
+    let missing: Vec<StreamId> = offsets.iter().zip(&pending).filter(|(_, p)| !**p).map(|(o, _)| *o).collect();
     if !missing.is_empty() {
-        return Err(EngineError::NotPending(missing.join(", ")));
+        return Err(EngineError::NotPending(missing));
     }
-    match engine {
-        Engine::Memory(memory) => memory.group_ack(channel, group, offsets),
-        Engine::Redis(redis) => {
-            let ids: Vec<String> = offsets.iter().map(ToString::to_string).collect();
-            redis::cmd("XACK")
-                .arg(channel)
-                .arg(group)
-                .arg(&ids)
-                .query_async(&mut redis.commands(channel))
-                .await
-                .map_err(failed)
-        }
-    }
+    engine.group_ack(channel, group, offsets).await
 }
 
 /// How many entries of `group` are delivered but not yet acknowledged.
@@ -385,19 +221,5 @@ pub async fn ack(engine: &Engine, channel: &str, group: &str, offsets: &[StreamI
 /// # Errors
 /// [`EngineError::NoGroup`] for a missing group; [`EngineError::Unavailable`] when Redis fails.
 pub async fn pending_count(engine: &Engine, channel: &str, group: &str) -> Result<u64, EngineError> {
-    match engine {
-        Engine::Memory(memory) => memory.group_pending_count(channel, group),
-        Engine::Redis(redis) => {
-            let summary: Vec<Value> = redis::cmd("XPENDING")
-                .arg(channel)
-                .arg(group)
-                .query_async(&mut redis.commands(channel))
-                .await
-                .map_err(failed)?;
-            summary
-                .first()
-                .and_then(|v| redis::from_redis_value(v.clone()).ok())
-                .ok_or_else(|| EngineError::Protocol("XPENDING summary".into()))
-        }
-    }
+    engine.group_pending_count(channel, group).await
 }

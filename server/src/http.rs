@@ -5,6 +5,7 @@
 //! The upgrade is done by hand (head parsed with `httparse`, accept key from tungstenite) so that
 //! one port serves both the health check and WebSockets without an HTTP framework.
 
+use crate::engine::Chain;
 use crate::hooks::ConnInfo;
 use crate::{Shared, connection};
 use redistribute_protocol::SUBPROTOCOL;
@@ -65,7 +66,7 @@ where
         ("GET", "/", true) => upgrade_to_websocket(shared, io, peer, head, &buf).await,
         ("GET", "/healthz", false) => match tokio::time::timeout(HEALTH_TIMEOUT, shared.engine.ping()).await {
             Ok(Ok(())) => respond(&mut io, "200 OK", "ok\n", &[]).await,
-            Ok(Err(e)) => respond(&mut io, "503 Service Unavailable", &format!("{e}\n"), &[]).await,
+            Ok(Err(e)) => respond(&mut io, "503 Service Unavailable", &format!("{}\n", Chain(&e)), &[]).await,
             Err(_) => respond(&mut io, "503 Service Unavailable", "storage did not answer in time\n", &[]).await,
         },
         ("GET" | "HEAD", path, false) if shared.config.static_dir.is_some() => {

@@ -110,23 +110,32 @@ struct Channel {
     subscribers: HashMap<u64, Subscriber>,
 }
 
-/// The channels one stream reader follows, and the bookkeeping that lets others wake it.
+/// How a partition and its reader and waker tasks signal each other, so that a channel added
+/// while the reader blocks is followed at once.
+///
+/// Joins bump `generation`; the reader records in `seen` the generation of the channel set it
+/// reads with. The waker ends the reader's blocked read (by its wake id) until `seen` catches up,
+/// since a wake can race the reader between two reads.
+#[derive(Debug, Default)]
+struct ReaderSignal {
+    generation: AtomicU64,
+    seen: AtomicU64,
+    /// The reader's wake id (its Redis `CLIENT ID`); 0 while it has no connection.
+    reader_id: AtomicI64,
+    /// Wakes the reader when it idles with no channels.
+    idle: Notify,
+    /// Wakes the waker task.
+    wake: Notify,
+}
+
+/// The channels one stream reader follows, and the signals that let joins wake it.
 pub(crate) struct Partition {
     /// Index of the Redis target these channels live on.
     pub(crate) target: usize,
     channels: Mutex<HashMap<String, Channel>>,
     hooks: Arc<dyn DynHooks>,
     join_buffer_limit: usize,
-    /// Bumped whenever a channel is added; the reader records the value it last acted on in
-    /// `seen`, so a waker knows whether the reader already knows about the change.
-    generation: AtomicU64,
-    pub(crate) seen: AtomicU64,
-    /// The reader connection's `CLIENT ID` (0 while it has none), for `CLIENT UNBLOCK`.
-    pub(crate) reader_client_id: AtomicI64,
-    /// Wakes the reader when it idles with no channels.
-    pub(crate) idle: Notify,
-    /// Wakes the partition's waker task to unblock the reader.
-    pub(crate) wake: Notify,
+    signal: ReaderSignal,
 }
 
 impl std::fmt::Debug for Partition {
@@ -137,17 +146,7 @@ impl std::fmt::Debug for Partition {
 
 impl Partition {
     pub(crate) fn new(target: usize, hooks: Arc<dyn DynHooks>, join_buffer_limit: usize) -> Self {
-        Partition {
-            target,
-            channels: Mutex::default(),
-            hooks,
-            join_buffer_limit,
-            generation: AtomicU64::new(0),
-            seen: AtomicU64::new(0),
-            reader_client_id: AtomicI64::new(0),
-            idle: Notify::new(),
-            wake: Notify::new(),
-        }
+        Partition { target, channels: Mutex::default(), hooks, join_buffer_limit, signal: ReaderSignal::default() }
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Channel>> {
@@ -155,8 +154,49 @@ impl Partition {
         self.channels.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub(crate) fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
+    /// Bumped on every channel added.
+    fn generation(&self) -> u64 {
+        self.signal.generation.load(Ordering::Acquire)
+    }
+
+    /// The reader is connected; `wake_id` ends its blocked reads ([`crate::engine::Engine::wake`]).
+    /// Changes made while it was disconnected went unannounced, so the waker runs once.
+    pub(crate) fn reader_connected(&self, wake_id: i64) {
+        self.signal.reader_id.store(wake_id, Ordering::Release);
+        self.signal.wake.notify_one();
+    }
+
+    /// The reader lost its connection: there is nothing to wake until it reconnects.
+    pub(crate) fn reader_disconnected(&self) {
+        self.signal.reader_id.store(0, Ordering::Release);
+    }
+
+    /// Waits until a channel is added after the snapshot of generation `seen`.
+    pub(crate) async fn channels_added_since(&self, seen: u64) {
+        loop {
+            let idle = self.signal.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if self.generation() > seen {
+                return;
+            }
+            idle.await;
+        }
+    }
+
+    /// Waits until the waker has work: a channel was added (or the reader reconnected).
+    pub(crate) async fn wake_requested(&self) {
+        self.signal.wake.notified().await;
+    }
+
+    /// The wake id of a reader that has not yet read with the newest channel set, if one is
+    /// connected: the waker ends its blocked read.
+    pub(crate) fn reader_to_wake(&self) -> Option<i64> {
+        if self.signal.seen.load(Ordering::Acquire) >= self.generation() {
+            return None;
+        }
+        let id = self.signal.reader_id.load(Ordering::Acquire);
+        (id != 0).then_some(id)
     }
 
     /// Adds a joining subscriber. A channel new to this partition starts its cursor at
@@ -175,9 +215,9 @@ impl Partition {
         entry.subscribers.insert(conn.id, Subscriber { outbox: outbox.clone(), conn: conn.clone(), state });
         drop(channels);
         if added {
-            self.generation.fetch_add(1, Ordering::AcqRel);
-            self.idle.notify_one();
-            self.wake.notify_one();
+            self.signal.generation.fetch_add(1, Ordering::AcqRel);
+            self.signal.idle.notify_one();
+            self.signal.wake.notify_one();
         }
         true
     }
@@ -212,56 +252,63 @@ impl Partition {
         }
     }
 
-    /// The channels to follow and where to continue each; records the generation acted on.
-    pub(crate) fn snapshot(&self) -> Vec<(String, StreamId)> {
+    /// The channels to follow and where to continue each, and the generation of that set
+    /// (recorded as acted on).
+    pub(crate) fn snapshot(&self) -> (Vec<(String, StreamId)>, u64) {
         let channels = self.lock();
-        self.seen.store(self.generation(), Ordering::Release);
-        channels.iter().map(|(name, c)| (name.clone(), c.cursor)).collect()
+        let generation = self.generation();
+        self.signal.seen.store(generation, Ordering::Release);
+        (channels.iter().map(|(name, c)| (name.clone(), c.cursor)).collect(), generation)
     }
 
     /// Fans out entries the reader read for `channel` after `from`. Ignored if the channel's
     /// cursor moved meanwhile (it was dropped and re-added), since then they are stale.
+    ///
+    /// Who gets what is decided under the lock; the hooks run and the frames are queued after
+    /// it is released, so a slow [`crate::Hooks::on_stream_event`] never stalls joins, leaves or
+    /// the reader's bookkeeping. Only the partition's reader calls this, so batches of one
+    /// channel still reach each subscriber in order.
     pub(crate) fn deliver(&self, channel: &str, from: StreamId, entries: Vec<Entry>) {
         if entries.is_empty() {
             return;
         }
         let batch = Arc::new(Batch::new(channel, entries));
-        let mut channels = self.lock();
-        let Some(entry) = channels.get_mut(channel) else { return };
-        if entry.cursor != from {
-            return;
+        let mut live = Vec::new();
+        {
+            let mut channels = self.lock();
+            let Some(entry) = channels.get_mut(channel) else { return };
+            if entry.cursor != from {
+                return;
+            }
+            entry.cursor = batch.last();
+            for subscriber in entry.subscribers.values_mut() {
+                if subscriber.outbox.is_kicked() {
+                    subscriber.state = SubState::Dead;
+                }
+                match &mut subscriber.state {
+                    SubState::Joining { buffer, buffered } => {
+                        *buffered += batch.entries.len();
+                        buffer.push(batch.clone());
+                        if *buffered > self.join_buffer_limit {
+                            subscriber
+                                .outbox
+                                .kick(close::LAGGING, "too far behind while replaying: resume from your last offset");
+                            subscriber.state = SubState::Dead;
+                        }
+                    }
+                    SubState::Live { last_sent } => {
+                        live.push((subscriber.outbox.clone(), subscriber.conn.clone(), *last_sent));
+                        *last_sent = (*last_sent).max(batch.last());
+                    }
+                    SubState::Dead => {}
+                }
+            }
         }
-        entry.cursor = batch.last();
-        for subscriber in entry.subscribers.values_mut() {
-            match &mut subscriber.state {
-                SubState::Joining { buffer, buffered } => {
-                    *buffered += batch.entries.len();
-                    buffer.push(batch.clone());
-                    if *buffered > self.join_buffer_limit {
-                        subscriber
-                            .outbox
-                            .kick(close::LAGGING, "too far behind while replaying: resume from your last offset");
-                        subscriber.state = SubState::Dead;
-                    }
-                }
-                SubState::Live { last_sent } => {
-                    let frame = render(
-                        &*self.hooks,
-                        &subscriber.conn,
-                        channel,
-                        &batch.entries,
-                        *last_sent,
-                        false,
-                        Some(&batch.frame),
-                    );
-                    *last_sent = (*last_sent).max(batch.last());
-                    if let Some(frame) = frame
-                        && !subscriber.outbox.push(frame)
-                    {
-                        subscriber.state = SubState::Dead;
-                    }
-                }
-                SubState::Dead => {}
+        for (outbox, conn, after) in live {
+            // A full queue kicks the subscriber; it is marked dead on the next delivery.
+            if let Some(frame) = render(&*self.hooks, &conn, channel, &batch.entries, after, false, Some(&batch.frame))
+            {
+                outbox.push(frame);
             }
         }
     }
@@ -384,6 +431,11 @@ mod tests {
         let g = part.generation();
         part.join("c", &conn(1), &a, StreamId::ZERO);
         assert_eq!(part.generation(), g + 1);
+        part.reader_connected(7);
+        assert_eq!(part.reader_to_wake(), Some(7), "the reader has not read with the new channel yet");
+        let (_, seen) = part.snapshot();
+        assert_eq!(part.reader_to_wake(), None);
+        assert_eq!(seen, g + 1);
         assert_eq!(part.channel_count(), 1);
         part.leave("c", 1);
         assert_eq!(part.channel_count(), 0);

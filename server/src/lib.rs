@@ -28,8 +28,8 @@
 //! - `hub` holds local subscribers and fans entries out; `reader` follows streams with a fixed
 //!   number of blocking reads; [`engine`] talks to Redis, or holds streams in memory when no Redis
 //!   target is configured (single instance, zero setup).
-//! - [`groups`]: consumer groups (a fleet of workers sharing a channel); `group` runs one
-//!   connection's membership.
+//! - [`groups`]: consumer groups (a fleet of workers sharing a channel): the delivery policy;
+//!   `membership` runs one connection's membership, beside `replay` for subscriptions.
 //! - `outbox` is a connection's bounded send queue.
 
 pub mod config;
@@ -39,10 +39,10 @@ pub mod hooks;
 
 mod connection;
 mod error;
-mod group;
 mod http;
 mod hub;
 mod listener;
+mod membership;
 mod outbox;
 mod reader;
 mod replay;
@@ -221,8 +221,8 @@ impl Server {
         Ok(self.shared.engine.publish(channel, &flat, maxlen).await?)
     }
 
-    /// Sets the default `MAXLEN ~` of `channel` for later publishes (the seed's
-    /// `server.maxlen(channel, n)`). It applies to this instance only.
+    /// Sets the default `MAXLEN ~` of `channel` for later publishes. It applies to this
+    /// instance only.
     pub fn maxlen(&self, channel: &str, n: u64) {
         self.shared.maxlen.write().unwrap_or_else(|p| p.into_inner()).insert(channel.to_owned(), n);
     }

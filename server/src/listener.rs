@@ -11,7 +11,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
-/// Where and how to listen (the seed's `listen({ key, cert, port })`).
+/// Where and how to listen.
 #[derive(Debug, Clone)]
 pub struct ListenOptions {
     /// Address to bind; port 0 picks a free port (see [`Listener::local_addr`]).

@@ -16,12 +16,11 @@
 //! [`Engine::wake`]: crate::engine::Engine::wake
 
 use crate::Shared;
-use crate::engine::{EngineError, Follower};
+use crate::engine::{Chain, EngineError, Follower};
 use crate::hub::Partition;
 use redistribute_protocol::{Backoff, StreamId};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tracing::{debug, info, warn};
 
@@ -36,10 +35,10 @@ pub(crate) async fn run_reader(shared: Arc<Shared>, index: usize) {
             result = connect_and_follow(&shared, partition, &mut backoff, &mut failing) => result,
             () = shared.shutdown.cancelled() => return,
         };
-        partition.reader_client_id.store(0, Ordering::Release);
+        partition.reader_disconnected();
         if let Err(e) = result {
             if !failing {
-                warn!(target, reader = index, error = %e, "stream reader lost its storage; reconnecting");
+                warn!(target, reader = index, error = %Chain(&e), "stream reader lost its storage; reconnecting");
                 failing = true;
             }
             let delay = backoff.next_delay(rand::random());
@@ -58,7 +57,7 @@ async fn connect_and_follow(
     failing: &mut bool,
 ) -> Result<(), EngineError> {
     let mut follower = shared.engine.follower(partition.target).await?;
-    partition.reader_client_id.store(follower.wake_id(), Ordering::Release);
+    partition.reader_connected(follower.wake_id());
     backoff.reset();
     if std::mem::take(failing) {
         info!(
@@ -66,20 +65,15 @@ async fn connect_and_follow(
             "stream reader reconnected; resuming from its cursors"
         );
     }
-    // Changes made while disconnected went unannounced: re-read the channel set now.
-    partition.wake.notify_one();
     let config = &shared.config;
     loop {
-        let idle = partition.idle.notified();
-        tokio::pin!(idle);
-        idle.as_mut().enable();
-        let streams = partition.snapshot();
+        let (streams, generation) = partition.snapshot();
         if streams.is_empty() {
-            idle.await;
+            partition.channels_added_since(generation).await;
             continue;
         }
         let batches = match follower.read(&streams, config.read_count, config.block, config.redis_timeout).await {
-            Err(EngineError::WrongType(_)) => {
+            Err(EngineError::WrongType { .. }) => {
                 // Some key was replaced by a non-stream value: drop those channels (their
                 // subscribers are told) instead of stalling every channel of this reader.
                 evict_non_streams(partition, &mut follower, &streams).await?;
@@ -116,22 +110,20 @@ pub(crate) async fn run_waker(shared: Arc<Shared>, index: usize) {
     let partition = &shared.partitions[index];
     loop {
         tokio::select! {
-            () = partition.wake.notified() => {}
+            () = partition.wake_requested() => {}
             () = shared.shutdown.cancelled() => return,
         }
-        let wanted = partition.generation();
-        while partition.seen.load(Ordering::Acquire) < wanted && !shared.shutdown.is_cancelled() {
-            let wake_id = partition.reader_client_id.load(Ordering::Acquire);
-            if wake_id == 0 {
-                // No reader connection: it snapshots the channels when it connects.
-                break;
+        // No reader connection (None): it snapshots the channels when it connects.
+        while let Some(wake_id) = partition.reader_to_wake() {
+            if shared.shutdown.is_cancelled() {
+                return;
             }
             match shared.engine.wake(partition.target, wake_id).await {
                 Ok(true) => break,
                 // Not blocked yet: the read is in flight; try again in a moment.
                 Ok(false) => tokio::time::sleep(Duration::from_millis(1)).await,
                 Err(e) => {
-                    debug!(error = %e, "waking the reader failed; it will reconnect");
+                    debug!(error = %Chain(&e), "waking the reader failed; it will reconnect");
                     break;
                 }
             }

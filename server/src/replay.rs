@@ -7,7 +7,7 @@
 //! for room in the client's queue, so a replay goes at the client's pace.
 
 use crate::Shared;
-use crate::engine::EngineError;
+use crate::engine::Chain;
 use crate::error::client_error;
 use crate::hooks::ConnInfo;
 use crate::hub::render;
@@ -47,9 +47,9 @@ impl Replay {
         loop {
             let page = match shared.engine.history_page(channel, sent, page_size).await {
                 Ok(page) => page,
-                Err(EngineError::Unavailable(e)) => {
+                Err(e) if e.is_unavailable() => {
                     // Live batches keep being parked meanwhile (up to the join buffer limit).
-                    warn!(channel, error = %e, "replay paused: storage unavailable");
+                    warn!(channel, error = %Chain(&e), "replay paused: storage unavailable");
                     tokio::time::sleep(retry.next_delay(rand::random())).await;
                     continue;
                 }

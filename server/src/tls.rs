@@ -8,7 +8,7 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::{ServerConfig, crypto::ring};
 
-/// Builds a TLS acceptor from PEM files (the seed's `listen({ key, cert })`).
+/// Builds a TLS acceptor from PEM files.
 ///
 /// # Errors
 /// [`Error::Tls`] when a file is missing or holds no usable key or certificate.

@@ -1,23 +1,27 @@
 //! Storage engines: where streams live.
 //!
-//! The rest of the server talks to streams through [`Engine`]: append, inspect, read a page of
-//! history, and follow many streams at once with blocking reads ([`Follower`]). Two engines
-//! implement it with the same semantics, checked by one conformance suite
-//! (`server/tests/conformance.rs`): [`RedisEngine`] for production and for more than one instance,
-//! and [`MemoryEngine`], the embedded default for a single instance with no setup. Entries come
+//! The rest of the server talks to streams only through [`Engine`]: append, inspect, read a page
+//! of history, follow many streams at once with blocking reads ([`Follower`]), and the
+//! consumer-group primitives a group member needs ([`Member`]: read its own pending entries,
+//! read new ones, claim idle ones, dead-letter, acknowledge; each with delivery counts). Two
+//! engines implement them with the same semantics, checked by one conformance suite
+//! (`server/tests/conformance`): [`RedisEngine`] (every Redis command lives under
+//! `engine/redis/`) for production and for more than one instance, and [`MemoryEngine`]
+//! (`engine/memory/`), the embedded default for a single instance with no setup. Entries come
 //! back as protocol [`Entry`] values, ready to encode.
 
+mod error;
 mod memory;
 mod redis;
-pub(crate) mod reply;
 
-pub use self::memory::{MemoryEngine, MemoryLimits};
+pub use self::error::{Chain, EngineError};
+pub use self::memory::{MemoryEngine, MemoryLimits, MemoryMember};
 pub(crate) use self::redis::channel_hash;
+pub use self::redis::follow::RedisFollower;
+pub use self::redis::groups::RedisMember;
 pub use self::redis::{RedisEngine, Target};
 
-use ::redis::Value;
-use ::redis::aio::MultiplexedConnection;
-use redistribute_protocol::{Entry, StreamId};
+use redistribute_protocol::{Entry, Start, StreamId};
 use std::time::Duration;
 
 /// The engine a server runs on.
@@ -111,15 +115,7 @@ impl Engine {
     /// [`EngineError::Unavailable`] when the target cannot be reached.
     pub async fn follower(&self, index: usize) -> Result<Follower, EngineError> {
         match self {
-            Engine::Redis(redis) => {
-                let mut conn = redis.targets()[index].reader_connection().await?;
-                let client_id: i64 = ::redis::cmd("CLIENT")
-                    .arg("ID")
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(|e| EngineError::Unavailable(e.to_string()))?;
-                Ok(Follower::Redis { conn, client_id })
-            }
+            Engine::Redis(redis) => Ok(Follower::Redis(RedisFollower::connect(&redis.targets()[index]).await?)),
             Engine::Memory(memory) => Ok(Follower::Memory(memory.clone())),
         }
     }
@@ -135,6 +131,65 @@ impl Engine {
             Engine::Memory(memory) => Ok(memory.wake()),
         }
     }
+
+    /// Joins consumer group `group` of `channel` as `consumer`, creating the group (and the
+    /// stream) at `start` if needed; an existing group keeps its position.
+    ///
+    /// # Errors
+    /// [`EngineError::Unavailable`] when the storage cannot be reached; [`EngineError::WrongType`]
+    /// when the channel's key is not a stream.
+    pub async fn join_group(
+        &self,
+        channel: &str,
+        group: &str,
+        consumer: &str,
+        start: Start,
+    ) -> Result<Member, EngineError> {
+        match self {
+            Engine::Redis(redis) => {
+                Ok(Member::Redis(RedisMember::join(redis.target(channel), channel, group, consumer, start).await?))
+            }
+            Engine::Memory(memory) => Ok(Member::Memory(MemoryMember::join(memory, channel, group, consumer, start))),
+        }
+    }
+
+    /// Which of `offsets` are pending in `group` of `channel`, whichever consumer holds them.
+    ///
+    /// # Errors
+    /// [`EngineError::NoGroup`] for a missing group; [`EngineError::Unavailable`].
+    pub async fn group_pending(
+        &self,
+        channel: &str,
+        group: &str,
+        offsets: &[StreamId],
+    ) -> Result<Vec<bool>, EngineError> {
+        match self {
+            Engine::Redis(redis) => redis.group_pending(channel, group, offsets).await,
+            Engine::Memory(memory) => memory.group_pending(channel, group, offsets),
+        }
+    }
+
+    /// Acknowledges `offsets` in `group` of `channel`; returns how many were pending.
+    ///
+    /// # Errors
+    /// As for [`Engine::group_pending`].
+    pub async fn group_ack(&self, channel: &str, group: &str, offsets: &[StreamId]) -> Result<u64, EngineError> {
+        match self {
+            Engine::Redis(redis) => redis.group_ack(channel, group, offsets).await,
+            Engine::Memory(memory) => memory.group_ack(channel, group, offsets),
+        }
+    }
+
+    /// How many entries of `group` are delivered but not yet acknowledged.
+    ///
+    /// # Errors
+    /// As for [`Engine::group_pending`].
+    pub async fn group_pending_count(&self, channel: &str, group: &str) -> Result<u64, EngineError> {
+        match self {
+            Engine::Redis(redis) => redis.group_pending_count(channel, group).await,
+            Engine::Memory(memory) => memory.group_pending_count(channel, group),
+        }
+    }
 }
 
 /// Follows many streams at once: each [`Follower::read`] blocks until entries arrive after the
@@ -143,12 +198,7 @@ impl Engine {
 #[non_exhaustive]
 pub enum Follower {
     /// A dedicated Redis connection blocking in `XREAD`.
-    Redis {
-        /// The connection.
-        conn: MultiplexedConnection,
-        /// Its `CLIENT ID`, for `CLIENT UNBLOCK`.
-        client_id: i64,
-    },
+    Redis(RedisFollower),
     /// The memory engine's append notifications.
     Memory(MemoryEngine),
 }
@@ -157,13 +207,13 @@ impl Follower {
     /// The identity [`Engine::wake`] needs (never 0).
     pub fn wake_id(&self) -> i64 {
         match self {
-            Follower::Redis { client_id, .. } => *client_id,
+            Follower::Redis(redis) => redis.client_id(),
             Follower::Memory(_) => 1,
         }
     }
 
     /// Entries after each `(channel, cursor)`, up to `count` per channel; empty after `block`
-    /// or a wake.
+    /// or a wake. `timeout` bounds how much longer than `block` the storage may take.
     ///
     /// # Errors
     /// [`EngineError::Unavailable`] when the connection fails; [`EngineError::WrongType`] when
@@ -176,26 +226,7 @@ impl Follower {
         timeout: Duration,
     ) -> Result<Vec<(String, Vec<Entry>)>, EngineError> {
         match self {
-            Follower::Redis { conn, .. } => {
-                let mut cmd = ::redis::cmd("XREAD");
-                cmd.arg("COUNT").arg(count).arg("BLOCK").arg(block.as_millis() as u64).arg("STREAMS");
-                for (key, _) in streams {
-                    cmd.arg(key);
-                }
-                for (_, id) in streams {
-                    cmd.arg(id.to_string());
-                }
-                let deadline = block + timeout;
-                let value = match tokio::time::timeout(deadline, cmd.query_async::<Value>(conn)).await {
-                    Ok(Ok(value)) => value,
-                    Ok(Err(e)) if e.code() == Some("WRONGTYPE") => return Err(EngineError::WrongType(String::new())),
-                    Ok(Err(e)) => return Err(EngineError::Unavailable(e.to_string())),
-                    Err(_) => {
-                        return Err(EngineError::Unavailable(format!("XREAD did not return within {deadline:?}")));
-                    }
-                };
-                reply::streams(&value)
-            }
+            Follower::Redis(redis) => redis.read(streams, count, block, timeout).await,
             Follower::Memory(memory) => Ok(memory.read(streams, count, block).await),
         }
     }
@@ -206,21 +237,84 @@ impl Follower {
     /// [`EngineError::Unavailable`] when the connection fails.
     pub async fn non_streams(&mut self, keys: &[&str]) -> Result<Vec<(String, String)>, EngineError> {
         match self {
-            Follower::Redis { conn, .. } => {
-                let mut pipe = ::redis::pipe();
-                for key in keys {
-                    pipe.cmd("TYPE").arg(*key);
-                }
-                let types: Vec<String> =
-                    pipe.query_async(conn).await.map_err(|e| EngineError::Unavailable(e.to_string()))?;
-                Ok(keys
-                    .iter()
-                    .zip(types)
-                    .filter(|(_, t)| t != "stream" && t != "none")
-                    .map(|(k, t)| ((*k).to_owned(), t))
-                    .collect())
-            }
+            Follower::Redis(redis) => redis.non_streams(keys).await,
             Follower::Memory(_) => Ok(Vec::new()),
+        }
+    }
+}
+
+/// One member of a consumer group: the storage side of [`crate::groups::Consumer`]. On Redis it
+/// holds a dedicated connection.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Member {
+    /// On Redis.
+    Redis(RedisMember),
+    /// In the memory engine.
+    Memory(MemoryMember),
+}
+
+impl Member {
+    /// This consumer's own pending entries after `after` (delivered again, so counted again),
+    /// up to `count`, with their delivery counts.
+    ///
+    /// # Errors
+    /// [`EngineError::Unavailable`]; [`EngineError::NoGroup`] when the group was destroyed.
+    pub async fn read_own_pending(&mut self, after: StreamId, count: usize) -> Result<Vec<(Entry, u64)>, EngineError> {
+        match self {
+            Member::Redis(redis) => redis.read(Some(after), count, None).await,
+            Member::Memory(memory) => memory.read(Some(after), count, None).await,
+        }
+    }
+
+    /// Entries never delivered to the group, up to `count`, waiting up to `block` for some.
+    ///
+    /// # Errors
+    /// As for [`Member::read_own_pending`].
+    pub async fn read_new(&mut self, count: usize, block: Duration) -> Result<Vec<(Entry, u64)>, EngineError> {
+        match self {
+            Member::Redis(redis) => redis.read(None, count, Some(block)).await,
+            Member::Memory(memory) => memory.read(None, count, Some(block)).await,
+        }
+    }
+
+    /// Takes over entries other consumers left pending longer than `min_idle`, scanning the
+    /// pending list from `cursor`; returns where to go on (`0-0` after the end) and the entries
+    /// with their delivery counts. Pending entries whose data was trimmed are dropped.
+    ///
+    /// # Errors
+    /// As for [`Member::read_own_pending`].
+    pub async fn claim_idle(
+        &mut self,
+        min_idle: Duration,
+        cursor: StreamId,
+        count: usize,
+    ) -> Result<(StreamId, Vec<(Entry, u64)>), EngineError> {
+        match self {
+            Member::Redis(redis) => redis.claim_idle(min_idle, cursor, count).await,
+            Member::Memory(memory) => memory.claim_idle(min_idle, cursor, count),
+        }
+    }
+
+    /// Appends `fields` to the dead-letter `stream` and acknowledges `offset` in the group.
+    ///
+    /// # Errors
+    /// As for [`Member::read_own_pending`].
+    pub async fn dead_letter(&mut self, stream: &str, fields: &[String], offset: StreamId) -> Result<(), EngineError> {
+        match self {
+            Member::Redis(redis) => redis.dead_letter(stream, fields, offset).await,
+            Member::Memory(memory) => memory.dead_letter(stream, fields, offset).await,
+        }
+    }
+
+    /// Acknowledges `offsets`; returns how many were pending.
+    ///
+    /// # Errors
+    /// As for [`Member::read_own_pending`].
+    pub async fn ack(&mut self, offsets: &[StreamId]) -> Result<u64, EngineError> {
+        match self {
+            Member::Redis(redis) => redis.ack(offsets).await,
+            Member::Memory(memory) => memory.ack(offsets),
         }
     }
 }
@@ -273,25 +367,4 @@ pub struct HistoryPage {
     pub state: StreamState,
     /// Entries after the requested offset, in order, at most the page size.
     pub entries: Vec<Entry>,
-}
-
-/// Why an engine operation failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum EngineError {
-    /// The engine cannot be reached (connection refused, dropped or timed out).
-    #[error("storage unavailable: {0}")]
-    Unavailable(String),
-    /// The key exists but does not hold a stream.
-    #[error("the key for channel {0:?} holds a value that is not a stream")]
-    WrongType(String),
-    /// The engine answered something unexpected.
-    #[error("unexpected storage reply: {0}")]
-    Protocol(String),
-    /// The consumer group does not exist.
-    #[error("{0}")]
-    NoGroup(String),
-    /// Offsets that are not pending in the group (listed).
-    #[error("not pending in the group: {0}")]
-    NotPending(String),
 }

@@ -3,12 +3,12 @@
 //! Both RESP2 (flat arrays) and RESP3 (maps) shapes are accepted. Field names and values are
 //! binary-safe in Redis but text on the wire, so invalid UTF-8 is replaced with U+FFFD.
 
-use super::{EngineError, StreamState};
+use crate::engine::{EngineError, StreamState};
 use redis::Value;
 use redistribute_protocol::{Entry, StreamId};
 
 fn unexpected(what: &str, value: &Value) -> EngineError {
-    EngineError::Protocol(format!("{what}: {value:?}"))
+    EngineError::Reply(format!("{what}: {value:?}"))
 }
 
 /// Text of a bulk or simple string.

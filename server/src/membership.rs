@@ -5,6 +5,7 @@
 //! Redis when the connection ends, to be claimed by the other members after the idle time.
 
 use crate::Shared;
+use crate::engine::Chain;
 use crate::engine::EngineError;
 use crate::error::client_error;
 use crate::groups::Consumer;
@@ -58,13 +59,13 @@ impl Membership {
                 Err(e) => e,
             };
             match error {
-                EngineError::Unavailable(_) | EngineError::NoGroup(_) => {
-                    warn!(channel = self.channel, group = self.group, error = %error, "group member rejoining");
+                EngineError::Unavailable { .. } | EngineError::NoGroup { .. } => {
+                    warn!(channel = self.channel, group = self.group, error = %Chain(&error), "group member rejoining");
                     loop {
                         tokio::time::sleep(retry.next_delay(rand::random())).await;
                         match consumer.rejoin(&self.shared.engine).await {
                             Ok(()) => break,
-                            Err(EngineError::Unavailable(_)) => continue,
+                            Err(e) if e.is_unavailable() => continue,
                             Err(e) => return self.outbox.kick(close::INTERNAL_ERROR, &client_error(&e).message),
                         }
                     }

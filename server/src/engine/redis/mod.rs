@@ -1,12 +1,22 @@
 //! The Redis engine: streams in one or more Redis servers, channels sharded by a stable hash.
 //!
-//! Each target has one multiplexed command connection (publish, inspect, history, `CLIENT
-//! UNBLOCK`) that reconnects by itself. Blocking reads never run on it: the stream readers open
-//! their own dedicated connections through [`Target::reader_connection`].
+//! Every Redis command the server sends lives under this module: appends, inspection and
+//! history here, blocking tail reads in [`follow`], consumer groups in [`groups`], the decoding
+//! of replies in `reply` and the classification of errors in `error`.
+//!
+//! Each target has one multiplexed command connection (publish, inspect, history, acks,
+//! `CLIENT UNBLOCK`) that reconnects by itself. Blocking reads never run on it: stream readers
+//! and consumer group members open dedicated connections.
 
-use super::{EngineError, HistoryPage, StreamState, reply};
+pub(crate) mod error;
+pub(super) mod follow;
+pub(super) mod groups;
+pub(crate) mod reply;
+
+use self::error::{Context, classify};
+use super::{EngineError, HistoryPage, StreamState};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, Client, RedisError, Value};
+use redis::{AsyncConnectionConfig, Client, Value};
 use redistribute_protocol::{Entry, StreamId};
 use std::time::Duration;
 
@@ -32,33 +42,40 @@ impl Target {
         &self.display
     }
 
+    /// The error context of a command on this target for `channel` (and `group`).
+    pub(crate) fn at<'a>(&'a self, channel: &'a str, group: Option<&'a str>) -> Context<'a> {
+        Context { target: &self.display, channel, group }
+    }
+
+    /// The shared command connection (multiplexed: never block on it).
+    pub(crate) fn commands(&self) -> ConnectionManager {
+        self.commands.clone()
+    }
+
     /// Opens a dedicated connection for blocking reads. It has no response timeout of its own:
-    /// the reader bounds each `XREAD BLOCK` itself.
-    ///
-    /// # Errors
-    /// [`EngineError::Unavailable`] when Redis cannot be reached.
-    pub async fn reader_connection(&self) -> Result<MultiplexedConnection, EngineError> {
+    /// its users bound each blocking read themselves.
+    pub(crate) async fn dedicated_connection(&self) -> Result<MultiplexedConnection, EngineError> {
         let config = AsyncConnectionConfig::new().set_connection_timeout(Some(self.timeout)).set_response_timeout(None);
-        self.client.get_multiplexed_async_connection_with_config(&config).await.map_err(|e| classify(e, ""))
+        self.client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|e| classify(e, &self.at("", None)))
     }
 
     /// Wakes the connection with this `CLIENT ID` if it is blocked. Returns whether it was.
-    ///
-    /// # Errors
-    /// When the command connection fails.
-    pub async fn unblock(&self, client_id: i64) -> Result<bool, EngineError> {
+    pub(crate) async fn unblock(&self, client_id: i64) -> Result<bool, EngineError> {
         let woken: i64 = redis::cmd("CLIENT")
             .arg("UNBLOCK")
             .arg(client_id)
-            .query_async(&mut self.commands.clone())
+            .query_async(&mut self.commands())
             .await
-            .map_err(|e| classify(e, ""))?;
+            .map_err(|e| classify(e, &self.at("", None)))?;
         Ok(woken == 1)
     }
 
     async fn ping(&self) -> Result<(), EngineError> {
         let _: String =
-            redis::cmd("PING").query_async(&mut self.commands.clone()).await.map_err(|e| classify(e, ""))?;
+            redis::cmd("PING").query_async(&mut self.commands()).await.map_err(|e| classify(e, &self.at("", None)))?;
         Ok(())
     }
 }
@@ -108,9 +125,9 @@ impl RedisEngine {
         (channel_hash(channel) % self.targets.len() as u64) as usize
     }
 
-    /// The command connection of the target holding `channel` (multiplexed: never block on it).
-    pub(crate) fn commands(&self, channel: &str) -> ConnectionManager {
-        self.targets[self.target_of(channel)].commands.clone()
+    /// The target holding `channel`.
+    pub(crate) fn target(&self, channel: &str) -> &Target {
+        &self.targets[self.target_of(channel)]
     }
 
     /// Appends an entry; returns its ID. `maxlen` trims approximately (`MAXLEN ~`).
@@ -124,13 +141,15 @@ impl RedisEngine {
         fields: &[String],
         maxlen: Option<u64>,
     ) -> Result<StreamId, EngineError> {
+        let target = self.target(channel);
         let mut cmd = redis::cmd("XADD");
         cmd.arg(channel);
         if let Some(n) = maxlen {
             cmd.arg("MAXLEN").arg("~").arg(n);
         }
         cmd.arg("*").arg(fields);
-        let id: Value = cmd.query_async(&mut self.commands(channel)).await.map_err(|e| classify(e, channel))?;
+        let id: Value =
+            cmd.query_async(&mut target.commands()).await.map_err(|e| classify(e, &target.at(channel, None)))?;
         reply::stream_id(&id)
     }
 
@@ -139,12 +158,12 @@ impl RedisEngine {
     /// # Errors
     /// As for [`RedisEngine::publish`].
     pub async fn state(&self, channel: &str) -> Result<StreamState, EngineError> {
-        let info =
-            redis::cmd("XINFO").arg("STREAM").arg(channel).query_async::<Value>(&mut self.commands(channel)).await;
+        let target = self.target(channel);
+        let info = redis::cmd("XINFO").arg("STREAM").arg(channel).query_async::<Value>(&mut target.commands()).await;
         match info {
             Ok(value) => reply::stream_state(&value),
             Err(e) if e.detail().is_some_and(is_no_such_key) => Ok(StreamState::default()),
-            Err(e) => Err(classify(e, channel)),
+            Err(e) => Err(classify(e, &target.at(channel, None))),
         }
     }
 
@@ -154,22 +173,24 @@ impl RedisEngine {
     /// # Errors
     /// As for [`RedisEngine::publish`].
     pub async fn history_page(&self, channel: &str, after: StreamId, count: usize) -> Result<HistoryPage, EngineError> {
+        let target = self.target(channel);
         let mut pipe = redis::pipe();
         pipe.atomic().ignore_errors();
         pipe.cmd("XINFO").arg("STREAM").arg(channel);
         pipe.cmd("XRANGE").arg(channel).arg(format!("({after}")).arg("+").arg("COUNT").arg(count);
         let results: Vec<Value> =
-            pipe.query_async(&mut self.commands(channel)).await.map_err(|e| classify(e, channel))?;
+            pipe.query_async(&mut target.commands()).await.map_err(|e| classify(e, &target.at(channel, None)))?;
         let [info, range] = results.as_slice() else {
-            return Err(EngineError::Protocol(format!("MULTI returned {} results", results.len())));
+            return Err(EngineError::Reply(format!("MULTI returned {} results", results.len())));
         };
+        let wrong_type = || EngineError::WrongType { channel: channel.to_owned() };
         let state = match info {
             Value::ServerError(e) if e.details().is_some_and(is_no_such_key) => StreamState::default(),
-            Value::ServerError(e) if e.code() == "WRONGTYPE" => return Err(EngineError::WrongType(channel.into())),
+            Value::ServerError(e) if e.code() == "WRONGTYPE" => return Err(wrong_type()),
             other => reply::stream_state(other)?,
         };
         let entries: Vec<Entry> = match range {
-            Value::ServerError(e) if e.code() == "WRONGTYPE" => return Err(EngineError::WrongType(channel.into())),
+            Value::ServerError(e) if e.code() == "WRONGTYPE" => return Err(wrong_type()),
             other => reply::entries(other)?,
         };
         Ok(HistoryPage { state, entries })
@@ -178,39 +199,22 @@ impl RedisEngine {
     /// Pings every target; `Ok` only if all answer.
     ///
     /// # Errors
-    /// The first target that does not answer, named.
+    /// [`EngineError::Unavailable`] for the first target that does not answer.
     pub async fn ping(&self) -> Result<(), EngineError> {
         for target in &self.targets {
-            target.ping().await.map_err(|e| EngineError::Unavailable(format!("{}: {e}", target.display)))?;
+            target.ping().await?;
         }
         Ok(())
     }
-}
-
-/// FNV-1a, 64 bits: tiny, stable, and good enough to spread channel names.
-pub(crate) fn channel_hash(channel: &str) -> u64 {
-    channel.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 fn is_no_such_key(detail: &str) -> bool {
     detail.contains("no such key")
 }
 
-/// Maps a Redis error to what the client should be told.
-fn classify(e: RedisError, channel: &str) -> EngineError {
-    const TRANSIENT: [&str; 5] = ["LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN"];
-    if e.code() == Some("WRONGTYPE") {
-        EngineError::WrongType(channel.to_owned())
-    } else if e.is_io_error()
-        || e.is_connection_refusal()
-        || e.is_timeout()
-        || e.is_connection_dropped()
-        || e.code().is_some_and(|c| TRANSIENT.contains(&c))
-    {
-        EngineError::Unavailable(e.to_string())
-    } else {
-        EngineError::Protocol(e.to_string())
-    }
+/// FNV-1a, 64 bits: tiny, stable, and good enough to spread channel names.
+pub(crate) fn channel_hash(channel: &str) -> u64 {
+    channel.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 /// Removes the password from `redis://user:password@host` for logging.

@@ -1,0 +1,72 @@
+//! The one place that turns a Redis error into an [`EngineError`].
+
+use crate::engine::EngineError;
+use redis::RedisError;
+
+/// Server error codes that mean "not now": Redis is loading, busy, or has no master.
+const TRANSIENT: [&str; 5] = ["LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN"];
+
+/// What the command context knows: the target it ran on and the channel (and group) it was for.
+pub(crate) struct Context<'a> {
+    pub(crate) target: &'a str,
+    pub(crate) channel: &'a str,
+    pub(crate) group: Option<&'a str>,
+}
+
+impl<'a> Context<'a> {
+    /// A command on `target` for no channel in particular.
+    pub(crate) fn on(target: &'a str) -> Self {
+        Context { target, channel: "", group: None }
+    }
+}
+
+/// The error code Redis answered with, also for a failed command inside a pipeline or
+/// transaction (where the crate keeps it only in the list of server errors).
+fn server_code(e: &RedisError) -> Option<String> {
+    if let Some(code) = e.code() {
+        return Some(code.to_owned());
+    }
+    let errors = e.clone().into_server_errors()?;
+    errors.first().map(|(_, error)| error.code().to_owned())
+}
+
+/// Classifies `e`, keeping it as the source.
+pub(crate) fn classify(e: RedisError, at: &Context<'_>) -> EngineError {
+    let code = server_code(&e);
+    match code.as_deref() {
+        Some("WRONGTYPE") => EngineError::WrongType { channel: at.channel.to_owned() },
+        Some("NOGROUP") => {
+            EngineError::NoGroup { channel: at.channel.to_owned(), group: at.group.unwrap_or_default().to_owned() }
+        }
+        Some(code) if TRANSIENT.contains(&code) => EngineError::Unavailable { target: at.target.to_owned(), source: e },
+        _ if e.is_io_error() || e.is_connection_refusal() || e.is_timeout() || e.is_connection_dropped() => {
+            EngineError::Unavailable { target: at.target.to_owned(), source: e }
+        }
+        _ => EngineError::Refused(e),
+    }
+}
+
+/// A deadline the server put on a command passed.
+pub(crate) fn timed_out(target: &str, what: String) -> EngineError {
+    let io = std::io::Error::new(std::io::ErrorKind::TimedOut, what);
+    EngineError::Unavailable { target: target.to_owned(), source: io.into() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis::ErrorKind;
+
+    fn at() -> Context<'static> {
+        Context { target: "redis://h", channel: "c", group: Some("g") }
+    }
+
+    #[test]
+    fn classifies_by_kind_and_code() {
+        let refused = RedisError::from(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "no"));
+        assert!(classify(refused, &at()).is_unavailable());
+        assert!(timed_out("redis://h", "XREAD".into()).is_unavailable());
+        let parse = RedisError::from((ErrorKind::Parse, "bad"));
+        assert!(matches!(classify(parse, &at()), EngineError::Refused(_)));
+    }
+}

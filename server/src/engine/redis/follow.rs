@@ -1,0 +1,80 @@
+//! Following many streams at once on Redis: one dedicated connection blocking in `XREAD`, woken
+//! early by `CLIENT UNBLOCK` when its channel set changes.
+
+use super::Target;
+use super::error::{Context, classify, timed_out};
+use super::reply;
+use crate::engine::EngineError;
+use redis::Value;
+use redis::aio::MultiplexedConnection;
+use redistribute_protocol::{Entry, StreamId};
+use std::time::Duration;
+
+/// A dedicated connection blocking in `XREAD` over many stream keys.
+#[derive(Debug)]
+pub struct RedisFollower {
+    conn: MultiplexedConnection,
+    /// Its `CLIENT ID`, for `CLIENT UNBLOCK`.
+    client_id: i64,
+    target: String,
+}
+
+impl RedisFollower {
+    /// Opens the connection and learns its `CLIENT ID`.
+    pub(crate) async fn connect(target: &Target) -> Result<RedisFollower, EngineError> {
+        let mut conn = target.dedicated_connection().await?;
+        let client_id: i64 = redis::cmd("CLIENT")
+            .arg("ID")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| classify(e, &target.at("", None)))?;
+        Ok(RedisFollower { conn, client_id, target: target.display().to_owned() })
+    }
+
+    /// The connection's `CLIENT ID` (never 0).
+    pub fn client_id(&self) -> i64 {
+        self.client_id
+    }
+
+    /// `XREAD COUNT count BLOCK block STREAMS k1…kN id1…idN`, bounded by `block + timeout`.
+    pub(crate) async fn read(
+        &mut self,
+        streams: &[(String, StreamId)],
+        count: usize,
+        block: Duration,
+        timeout: Duration,
+    ) -> Result<Vec<(String, Vec<Entry>)>, EngineError> {
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT").arg(count).arg("BLOCK").arg(block.as_millis() as u64).arg("STREAMS");
+        for (key, _) in streams {
+            cmd.arg(key);
+        }
+        for (_, id) in streams {
+            cmd.arg(id.to_string());
+        }
+        let deadline = block + timeout;
+        let value = match tokio::time::timeout(deadline, cmd.query_async::<Value>(&mut self.conn)).await {
+            Ok(Ok(value)) => value,
+            // Which key is not a stream is found out with `non_streams`.
+            Ok(Err(e)) => return Err(classify(e, &Context::on(&self.target))),
+            Err(_) => return Err(timed_out(&self.target, format!("XREAD did not return within {deadline:?}"))),
+        };
+        reply::streams(&value)
+    }
+
+    /// The keys among `keys` that hold something other than a stream, with what they hold.
+    pub(crate) async fn non_streams(&mut self, keys: &[&str]) -> Result<Vec<(String, String)>, EngineError> {
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.cmd("TYPE").arg(*key);
+        }
+        let types: Vec<String> =
+            pipe.query_async(&mut self.conn).await.map_err(|e| classify(e, &Context::on(&self.target)))?;
+        Ok(keys
+            .iter()
+            .zip(types)
+            .filter(|(_, t)| t != "stream" && t != "none")
+            .map(|(k, t)| ((*k).to_owned(), t))
+            .collect())
+    }
+}

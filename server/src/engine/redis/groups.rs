@@ -1,0 +1,209 @@
+//! Consumer groups on Redis: `XGROUP CREATE`, `XREADGROUP`, `XAUTOCLAIM`, `XPENDING`, `XACK` and
+//! the dead-letter `XADD`. The policy (which of these a member asks for, and when) lives in
+//! [`crate::groups`]; this module only speaks Redis.
+
+use super::error::{Context, classify};
+use super::{RedisEngine, Target, reply};
+use crate::engine::EngineError;
+use redis::Value;
+use redis::aio::MultiplexedConnection;
+use redistribute_protocol::{Entry, Start, StreamId};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// One group member's dedicated connection (its blocking reads would stall a shared one).
+#[derive(Debug)]
+pub struct RedisMember {
+    conn: MultiplexedConnection,
+    target: String,
+    channel: String,
+    group: String,
+    consumer: String,
+}
+
+/// An `XPENDING` extended reply row: ID, consumer, idle milliseconds, deliveries.
+type PendingRow = (String, String, u64, u64);
+
+impl RedisMember {
+    /// Creates the group at `start` if needed (and the stream: `MKSTREAM`) and opens the member's
+    /// connection.
+    pub(crate) async fn join(
+        target: &Target,
+        channel: &str,
+        group: &str,
+        consumer: &str,
+        start: Start,
+    ) -> Result<RedisMember, EngineError> {
+        let mut conn = target.dedicated_connection().await?;
+        let created: Result<(), _> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(channel)
+            .arg(group)
+            .arg(start.to_string())
+            .arg("MKSTREAM")
+            .query_async(&mut conn)
+            .await;
+        match created {
+            Ok(()) => {}
+            Err(e) if e.code() == Some("BUSYGROUP") => {}
+            Err(e) => return Err(classify(e, &target.at(channel, Some(group)))),
+        }
+        Ok(RedisMember {
+            conn,
+            target: target.display().to_owned(),
+            channel: channel.to_owned(),
+            group: group.to_owned(),
+            consumer: consumer.to_owned(),
+        })
+    }
+
+    fn at(&self) -> Context<'_> {
+        Context { target: &self.target, channel: &self.channel, group: Some(&self.group) }
+    }
+
+    /// `XREADGROUP`: this consumer's own pending entries after `after`, or new entries (`>`,
+    /// waiting up to `block`) when `after` is `None`. Entries come with their delivery counts.
+    pub(crate) async fn read(
+        &mut self,
+        after: Option<StreamId>,
+        count: usize,
+        block: Option<Duration>,
+    ) -> Result<Vec<(Entry, u64)>, EngineError> {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP").arg(&self.group).arg(&self.consumer).arg("COUNT").arg(count);
+        if let Some(block) = block {
+            cmd.arg("BLOCK").arg(block.as_millis() as u64);
+        }
+        cmd.arg("STREAMS").arg(&self.channel).arg(after.map_or_else(|| ">".to_owned(), |id| id.to_string()));
+        let value: Value = cmd.query_async(&mut self.conn).await.map_err(|e| classify(e, &self.at()))?;
+        let entries: Vec<Entry> = reply::streams(&value)?.into_iter().flat_map(|(_, entries)| entries).collect();
+        match after {
+            None => Ok(entries.into_iter().map(|e| (e, 1)).collect()),
+            Some(_) => self.counted(entries).await,
+        }
+    }
+
+    /// `XAUTOCLAIM`: entries pending longer than `min_idle`, from `cursor`; returns where to go
+    /// on (`0-0` after the end) and the claimed entries with their delivery counts.
+    pub(crate) async fn claim_idle(
+        &mut self,
+        min_idle: Duration,
+        cursor: StreamId,
+        count: usize,
+    ) -> Result<(StreamId, Vec<(Entry, u64)>), EngineError> {
+        let value: Value = redis::cmd("XAUTOCLAIM")
+            .arg(&self.channel)
+            .arg(&self.group)
+            .arg(&self.consumer)
+            .arg(min_idle.as_millis() as u64)
+            .arg(cursor.to_string())
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut self.conn)
+            .await
+            .map_err(|e| classify(e, &self.at()))?;
+        let Value::Array(parts) = &value else { return Err(EngineError::Reply(format!("XAUTOCLAIM: {value:?}"))) };
+        let next = parts.first().map(reply::stream_id).transpose()?.unwrap_or(StreamId::ZERO);
+        let entries = parts.get(1).map(reply::entries).transpose()?.unwrap_or_default();
+        Ok((next, self.counted(entries).await?))
+    }
+
+    /// Delivery counts of this consumer's `entries`, from `XPENDING`.
+    async fn counted(&mut self, entries: Vec<Entry>) -> Result<Vec<(Entry, u64)>, EngineError> {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else { return Ok(Vec::new()) };
+        let pending: Vec<PendingRow> = redis::cmd("XPENDING")
+            .arg(&self.channel)
+            .arg(&self.group)
+            .arg(first.offset.to_string())
+            .arg(last.offset.to_string())
+            .arg(entries.len())
+            .arg(&self.consumer)
+            .query_async(&mut self.conn)
+            .await
+            .map_err(|e| classify(e, &self.at()))?;
+        let counts: HashMap<String, u64> = pending.into_iter().map(|(id, _, _, count)| (id, count)).collect();
+        Ok(entries
+            .into_iter()
+            .map(|e| {
+                let count = counts.get(&e.offset.to_string()).copied().unwrap_or(1);
+                (e, count)
+            })
+            .collect())
+    }
+
+    /// Appends `fields` to the dead-letter `stream` and acknowledges `offset`, atomically.
+    pub(crate) async fn dead_letter(
+        &mut self,
+        stream: &str,
+        fields: &[String],
+        offset: StreamId,
+    ) -> Result<(), EngineError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.cmd("XADD").arg(stream).arg("*").arg(fields).ignore();
+        pipe.cmd("XACK").arg(&self.channel).arg(&self.group).arg(offset.to_string()).ignore();
+        pipe.query_async::<()>(&mut self.conn).await.map_err(|e| classify(e, &self.at()))
+    }
+
+    /// `XACK`: returns how many of `offsets` were pending.
+    pub(crate) async fn ack(&mut self, offsets: &[StreamId]) -> Result<u64, EngineError> {
+        let ids: Vec<String> = offsets.iter().map(ToString::to_string).collect();
+        redis::cmd("XACK")
+            .arg(&self.channel)
+            .arg(&self.group)
+            .arg(&ids)
+            .query_async(&mut self.conn)
+            .await
+            .map_err(|e| classify(e, &self.at()))
+    }
+}
+
+impl RedisEngine {
+    /// Which of `offsets` are pending in `group` of `channel` (any consumer).
+    pub(crate) async fn group_pending(
+        &self,
+        channel: &str,
+        group: &str,
+        offsets: &[StreamId],
+    ) -> Result<Vec<bool>, EngineError> {
+        let target = self.target(channel);
+        let mut pipe = redis::pipe();
+        for offset in offsets {
+            let id = offset.to_string();
+            pipe.cmd("XPENDING").arg(channel).arg(group).arg(&id).arg(&id).arg(1);
+        }
+        let found: Vec<Vec<PendingRow>> = pipe
+            .query_async(&mut target.commands())
+            .await
+            .map_err(|e| classify(e, &target.at(channel, Some(group))))?;
+        Ok(found.iter().map(|rows| !rows.is_empty()).collect())
+    }
+
+    /// `XACK` on the shared connection: returns how many of `offsets` were pending.
+    pub(crate) async fn group_ack(&self, channel: &str, group: &str, offsets: &[StreamId]) -> Result<u64, EngineError> {
+        let target = self.target(channel);
+        let ids: Vec<String> = offsets.iter().map(ToString::to_string).collect();
+        redis::cmd("XACK")
+            .arg(channel)
+            .arg(group)
+            .arg(&ids)
+            .query_async(&mut target.commands())
+            .await
+            .map_err(|e| classify(e, &target.at(channel, Some(group))))
+    }
+
+    /// The number of entries pending in the group (`XPENDING` summary).
+    pub(crate) async fn group_pending_count(&self, channel: &str, group: &str) -> Result<u64, EngineError> {
+        let target = self.target(channel);
+        let summary: Vec<Value> = redis::cmd("XPENDING")
+            .arg(channel)
+            .arg(group)
+            .query_async(&mut target.commands())
+            .await
+            .map_err(|e| classify(e, &target.at(channel, Some(group))))?;
+        summary
+            .first()
+            .and_then(|v| redis::from_redis_value(v.clone()).ok())
+            .ok_or_else(|| EngineError::Reply("XPENDING summary without a count".into()))
+    }
+}
