@@ -1,19 +1,32 @@
 #!/usr/bin/env bash
 # Builds the npm package redistribute-client into dist/redistribute-client/ and packs it to
-# dist/redistribute-client-<version>.tgz. Needs wasm-pack, the wasm32 target and the root npm
-# dependencies (binaryen's wasm-opt); `bash .ci/run` installs them.
+# dist/redistribute-client-<version>.tgz: cargo builds the wasm (profile wasm-release),
+# wasm-bindgen writes the JS glue, the npm build of binaryen's wasm-opt shrinks it. Skips all but
+# the cargo check when nothing changed. Needs what `scripts/setup.sh build` installs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
 
-out=target/wasm-pack
+wasm=target/wasm32-unknown-unknown/wasm-release/redistribute_client.wasm
+out=target/wasm-bindgen
 dist=dist/redistribute-client
+version=$(node -p "require('./pkg-template/package.json').version")
+tarball=dist/redistribute-client-$version.tgz
+
+cargo build --quiet --locked -p redistribute-client --lib --target wasm32-unknown-unknown --profile wasm-release
+
+# Up to date: the tarball is newer than the wasm and every file of the package template.
+if [ -f "$tarball" ] && [ -z "$(find "$wasm" pkg-template -newer "$tarball" -print -quit)" ]; then
+  echo "client package up to date: $tarball"
+  exit 0
+fi
+
 rm -rf "$out" "$dist"
-wasm-pack --log-level warn build client-wasm --profile wasm-release --target web --no-pack \
-  --out-dir "../$out" --out-name redistribute_client
+wasm-bindgen --target web --out-dir "$out" --out-name redistribute_client "$wasm"
 
 # Debian's binaryen corrupts wasm-bindgen output; the npm package's wasm-opt is current.
 wasm_opt=node_modules/.bin/wasm-opt
-[ -x "$wasm_opt" ] || { echo "wasm-opt missing: run npm install at the repository root" >&2; exit 1; }
+[ -x "$wasm_opt" ] || { echo "wasm-opt missing: run scripts/setup.sh build" >&2; exit 1; }
 "$wasm_opt" -Oz --strip-debug --strip-producers "$out/redistribute_client_bg.wasm" -o "$out/redistribute_client_bg.opt.wasm"
 mv "$out/redistribute_client_bg.opt.wasm" "$out/redistribute_client_bg.wasm"
 
@@ -22,6 +35,6 @@ cp pkg-template/package.json pkg-template/index.js pkg-template/index.d.ts pkg-t
 cp "$out/redistribute_client.js" "$out/redistribute_client_bg.wasm" "$dist/wasm/"
 (cd dist && npm pack --silent ./redistribute-client >/dev/null)
 
-size() { printf '%-34s %8d B raw %8d B gzip\n' "$(basename "$1")" "$(wc -c <"$1")" "$(gzip -9c "$1" | wc -c)"; }
-echo "built $dist"
+size() { printf '  %-30s %8d B raw %8d B gzip\n' "$(basename "$1")" "$(wc -c <"$1")" "$(gzip -9c "$1" | wc -c)"; }
+echo "built $tarball"
 for f in "$dist/wasm/redistribute_client_bg.wasm" "$dist/wasm/redistribute_client.js" "$dist/index.js"; do size "$f"; done

@@ -1,24 +1,38 @@
 #!/usr/bin/env bash
-# Runs every test suite. Prerequisites (`bash .ci/run` installs them on a fresh machine): a Rust
-# toolchain with the wasm32 target, wasm-pack and wasm-bindgen-cli, redis-server, Chromium and
-# chromedriver, and the root npm dependencies (`npm install`).
+# `npm test`: runs every suite. First the fast hygiene checks (rustfmt, clippy, rustdoc), then
+# scripts/setup.sh installs whatever the suites lack (apt packages, the wasm32 target, wasm-pack,
+# wasm-bindgen-cli, npm packages; it skips what is there), then the suites run.
 #
 # Each Rust integration test starts its own redis-server; the browser, Node and end-to-end suites
 # run under tests/harness.mjs, which starts Redis and two servers on free loopback ports and
 # stops them afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-
-for tool in redis-server wasm-pack chromedriver node; do
-  command -v "$tool" >/dev/null || { echo "$tool not found: run 'bash .ci/run' to install what the tests need" >&2; exit 1; }
-done
-[ -d node_modules ] || { echo "node_modules missing: run 'npm install'" >&2; exit 1; }
+export PATH="$HOME/.cargo/bin:$PATH"
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+started=$(date +%s)
 
 summary=()
-suite() { local name=$1; shift; echo; echo "== $name"; "$@"; summary+=("passed: $name"); }
+suite() {
+  local name=$1
+  shift
+  echo
+  echo "== [test $(($(date +%s) - started))s] $name"
+  "$@"
+  summary+=("passed: $name")
+}
+hygiene() {
+  cargo fmt --all --check
+  cargo clippy --quiet --locked --workspace --all-targets -- -D warnings
+  RUSTDOCFLAGS=-Dwarnings cargo doc --quiet --locked --workspace --no-deps
+}
 
-suite "Rust unit and integration tests (real redis-server per test)" cargo test --workspace --locked
-suite "server binary for the browser suites" cargo build --locked --bin redistribute-server
+suite "hygiene: cargo fmt --check, clippy -D warnings, rustdoc -D warnings" hygiene
+suite "tools the suites need (scripts/setup.sh test)" bash scripts/setup.sh test
+suite "clippy on the wasm32 target" \
+  cargo clippy --quiet --locked -p redistribute-client --target wasm32-unknown-unknown --all-targets -- -D warnings
+suite "Rust unit and integration tests (real redis-server per test)" cargo test --locked --workspace
+suite "server binary for the browser suites" cargo build --quiet --locked --bin redistribute-server
 suite "npm package redistribute-client" bash scripts/build-client.sh
 suite "TypeScript declarations of the package" npx tsc -p tests/types
 suite "client in headless Chromium (wasm-bindgen-test, real servers)" \
@@ -30,3 +44,4 @@ suite "end-to-end: the demo in headless Chromium across two servers" \
 
 echo
 printf '%s\n' "${summary[@]}"
+echo "all suites passed in $(($(date +%s) - started))s"

@@ -3,7 +3,7 @@
 //! This module holds only the `#[wasm_bindgen]` export, [`WasmClient`], which the npm package's
 //! JavaScript facade (`pkg-template/index.js`) wraps into the public `Client` API. The logic lives
 //! in plain Rust modules that test natively: [`core`] (requests, subscriptions, reconnects),
-//! [`store`] (persistence layout), [`options`]; [`glue`] is the thin `web-sys` layer.
+//! [`store`] (persistence layout), [`options`]; `glue` is the thin `web-sys` layer.
 //!
 //! Re-entrancy: user code runs inside event emission (a `messages` listener may call `publish`).
 //! The dispatcher therefore applies a batch of effects to its own state first, releases its
@@ -308,7 +308,7 @@ fn decode_value(decode: Option<&Function>, raw: &str) -> JsValue {
     }
 }
 
-/// Entries in the seed's Message shape: `{ offset, field: decode(value), … }`.
+/// Entries in the package's message shape: `{ offset, field: decode(value), … }`.
 fn decode_entries(inner: &Inner, entries: &[Entry]) -> Array {
     entries
         .iter()

@@ -1,7 +1,10 @@
-//! Browser tests: the client in headless Chromium against real servers and a real Redis, which
-//! `tests/harness.mjs` starts and controls (their addresses arrive at compile time).
+//! Browser tests: the client in headless Chromium. Most run against real servers and a real Redis,
+//! which `tests/harness.mjs` starts and controls (their addresses arrive at compile time); the
+//! tests of argument checks and stored history need no server.
 //!
-//! Run with `node tests/harness.mjs -- wasm-pack test --headless --chrome client-wasm`.
+//! Run them all with `npm run test:browser` (that is, `node tests/harness.mjs -- wasm-pack test
+//! --headless --chrome client-wasm`). Plain `wasm-pack test --headless --chrome client-wasm` runs
+//! the serverless tests and fails the others at once, saying how to run them.
 
 #![cfg(target_arch = "wasm32")]
 
@@ -15,18 +18,29 @@ use wasm_bindgen_test::*;
 
 wasm_bindgen_test_configure!(run_in_browser);
 
-const SERVER_A: &str = match option_env!("RD_SERVER_A") {
-    Some(v) => v,
-    None => "ws://127.0.0.1:1/",
-};
-const SERVER_B: &str = match option_env!("RD_SERVER_B") {
-    Some(v) => v,
-    None => "ws://127.0.0.1:2/",
-};
-const CONTROL: &str = match option_env!("RD_CONTROL") {
-    Some(v) => v,
-    None => "http://127.0.0.1:3",
-};
+/// How to get the servers a test needs.
+const NEEDS_HARNESS: &str = "this test needs the servers that tests/harness.mjs starts: run `npm run test:browser` \
+     (or `node tests/harness.mjs -- wasm-pack test --headless --chrome client-wasm`)";
+
+/// An address the harness passed at compile time, or a failure that says how to get one.
+fn harness(address: Option<&'static str>) -> &'static str {
+    address.expect(NEEDS_HARNESS)
+}
+
+fn server_a() -> &'static str {
+    harness(option_env!("RD_server_a()"))
+}
+
+fn server_b() -> &'static str {
+    harness(option_env!("RD_SERVER_B"))
+}
+
+fn control_url() -> &'static str {
+    harness(option_env!("RD_CONTROL"))
+}
+
+/// A target nothing listens on (the discard port): for tests that must not reach a server.
+const NOWHERE: &str = "ws://127.0.0.1:9/";
 
 #[wasm_bindgen]
 extern "C" {
@@ -53,7 +67,7 @@ async fn control(method: &str, path: &str) -> JsValue {
     init.set_method(method);
     let window = web_sys::window().unwrap();
     let response: web_sys::Response =
-        JsFuture::from(window.fetch_with_str_and_init(&format!("{CONTROL}{path}"), &init))
+        JsFuture::from(window.fetch_with_str_and_init(&format!("{}{path}", control_url()), &init))
             .await
             .unwrap()
             .unchecked_into();
@@ -150,9 +164,9 @@ fn object(json: &str) -> JsValue {
 }
 
 #[wasm_bindgen_test]
-async fn round_trip_in_the_seed_message_shape() {
+async fn round_trip_in_the_message_shape() {
     let events = Events::new();
-    let client = WasmClient::new(options(&[SERVER_A], &[("localStorage", false.into())]), events.function()).unwrap();
+    let client = WasmClient::new(options(&[server_a()], &[("localStorage", false.into())]), events.function()).unwrap();
     let channel = unique("rt");
     assert_eq!(call(client.subscribe(channel.clone(), None)).await.unwrap(), JsValue::TRUE);
     let offset = call(client.publish(
@@ -173,9 +187,9 @@ async fn round_trip_in_the_seed_message_shape() {
 }
 
 #[wasm_bindgen_test]
-async fn publish_argument_errors_reject_clearly() {
+async fn argument_errors_reject_clearly_without_a_server() {
     let events = Events::new();
-    let client = WasmClient::new(options(&[SERVER_A], &[("localStorage", false.into())]), events.function()).unwrap();
+    let client = WasmClient::new(options(&[NOWHERE], &[("localStorage", false.into())]), events.function()).unwrap();
     let channel = unique("args");
     for (bad, expect) in [
         (args(&["foo".into()]), "even number"),
@@ -191,6 +205,14 @@ async fn publish_argument_errors_reject_clearly() {
     assert_eq!(get(&error, "code").as_string().unwrap(), "invalid_argument");
     let error = call(client.subscribe(channel.clone(), Some("yesterday".into()))).await.unwrap_err();
     assert_eq!(get(&error, "code").as_string().unwrap(), "invalid_argument");
+    client.close();
+}
+
+#[wasm_bindgen_test]
+async fn server_argument_errors_reach_the_caller() {
+    let events = Events::new();
+    let client = WasmClient::new(options(&[server_a()], &[("localStorage", false.into())]), events.function()).unwrap();
+    let channel = unique("args");
     // The server's own checks reach the caller too (a channel over 256 bytes).
     let long = "x".repeat(300);
     let error = call(client.publish(long, args(&["k".into(), "v".into()]))).await.unwrap_err();
@@ -209,7 +231,7 @@ async fn custom_encode_and_decode() {
         "return s.startsWith('E:') ? { decoded: JSON.parse(s.slice(2)) } : s.toUpperCase()",
     );
     let opts =
-        options(&[SERVER_A], &[("localStorage", false.into()), ("encode", encode.into()), ("decode", decode.into())]);
+        options(&[server_a()], &[("localStorage", false.into()), ("encode", encode.into()), ("decode", decode.into())]);
     let client = WasmClient::new(opts, events.function()).unwrap();
     let channel = unique("codec");
     call(client.subscribe(channel.clone(), None)).await.unwrap();
@@ -231,7 +253,7 @@ async fn persistence_survives_a_new_client_and_resumes_without_gap_or_repeat() {
     let prefix = unique("rdtest") + ":";
     let channel = unique("persist");
     let first_events = Events::new();
-    let opts = || options(&[SERVER_A], &[("storagePrefix", JsValue::from_str(&prefix)), ("flushInterval", 0.into())]);
+    let opts = || options(&[server_a()], &[("storagePrefix", JsValue::from_str(&prefix)), ("flushInterval", 0.into())]);
     let first = WasmClient::new(opts(), first_events.function()).unwrap();
     call(first.subscribe(channel.clone(), None)).await.unwrap();
     for i in 0..3 {
@@ -270,7 +292,7 @@ fn clear_storage(prefix: &str) {
 #[wasm_bindgen_test]
 async fn resumes_after_a_server_restart_while_another_process_publishes() {
     let events = Events::new();
-    let client = WasmClient::new(options(&[SERVER_A], &[("localStorage", false.into())]), events.function()).unwrap();
+    let client = WasmClient::new(options(&[server_a()], &[("localStorage", false.into())]), events.function()).unwrap();
     let channel = unique("restart");
     call(client.subscribe(channel.clone(), Some("0".into()))).await.unwrap();
     control("POST", &format!("/publisher?channel={channel}&count=300&interval=10")).await;
@@ -299,9 +321,10 @@ async fn resumes_after_a_server_restart_while_another_process_publishes() {
 async fn fails_over_to_the_second_target() {
     let events = Events::new();
     let client =
-        WasmClient::new(options(&[SERVER_B, SERVER_A], &[("localStorage", false.into())]), events.function()).unwrap();
+        WasmClient::new(options(&[server_b(), server_a()], &[("localStorage", false.into())]), events.function())
+            .unwrap();
     connected(&client).await;
-    assert_eq!(client.target(), SERVER_B);
+    assert_eq!(client.target(), server_b());
     let channel = unique("failover");
     call(client.subscribe(channel.clone(), None)).await.unwrap();
     control("POST", &format!("/xadd?channel={channel}&field=n&value=0")).await;
@@ -311,7 +334,7 @@ async fn fails_over_to_the_second_target() {
     control("POST", &format!("/xadd?channel={channel}&field=n&value=1")).await;
     // A publish made while disconnected waits and goes out after reconnecting.
     let queued = client.publish(channel.clone(), args(&["n".into(), "2".into()]));
-    wait_for("a connection to the other target", || client.connected() && client.target() == SERVER_A).await;
+    wait_for("a connection to the other target", || client.connected() && client.target() == server_a()).await;
     call(queued).await.unwrap();
     wait_for("all three messages", || events.messages(&channel).len() == 3).await;
     assert_eq!(events.offsets(&channel), xrange(&channel).await);
@@ -335,7 +358,7 @@ async fn a_full_storage_quota_is_reported_and_messages_still_arrive() {
     }
     let prefix = unique("quota") + ":";
     let events = Events::new();
-    let opts = options(&[SERVER_A], &[("storagePrefix", JsValue::from_str(&prefix)), ("flushInterval", 0.into())]);
+    let opts = options(&[server_a()], &[("storagePrefix", JsValue::from_str(&prefix)), ("flushInterval", 0.into())]);
     let client = WasmClient::new(opts, events.function()).unwrap();
     let channel = unique("quota");
     call(client.subscribe(channel.clone(), None)).await.unwrap();
@@ -361,7 +384,7 @@ async fn a_corrupted_stored_value_is_reported_and_discarded() {
     let storage = web_sys::window().unwrap().local_storage().unwrap().unwrap();
     storage.set_item(&format!("{prefix}{channel}"), "{this is not json").unwrap();
     let events = Events::new();
-    let opts = options(&[SERVER_A], &[("storagePrefix", JsValue::from_str(&prefix)), ("flushInterval", 0.into())]);
+    let opts = options(&[server_a()], &[("storagePrefix", JsValue::from_str(&prefix)), ("flushInterval", 0.into())]);
     let client = WasmClient::new(opts, events.function()).unwrap();
     let loaded = client.load(channel.clone());
     assert_eq!(Array::from(&get(&loaded, "messages")).length(), 0);

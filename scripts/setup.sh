@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Installs what Redistribute's commands need on a Debian 12 machine that has only Rust (rustup)
+# and Node.js, skipping whatever is already there (a second run takes about a second).
+#
+#   bash scripts/setup.sh build   what `npm start` needs: the wasm32 target, wasm-bindgen-cli (the
+#                                 exact version in Cargo.lock) and the root npm packages
+#   bash scripts/setup.sh test    what `npm test` needs on top: redis-server, chromium and
+#                                 chromedriver (apt), and wasm-pack (for `wasm-pack test`)
+#
+# `npm start`, `npm test` and `.ci/run` all call it; each step prints one line.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what=${1:-test}
+case "$what" in build | test) ;; *) echo "usage: scripts/setup.sh build|test" >&2; exit 2 ;; esac
+export PATH="$HOME/.cargo/bin:$PATH"
+
+say() { printf 'setup: %s\n' "$*"; }
+
+# Packages from Debian, only for the test suites (the demo needs neither Redis nor a browser).
+apt_packages() {
+  local missing=()
+  command -v redis-server >/dev/null || missing+=(redis-server)
+  command -v chromium >/dev/null || missing+=(chromium)
+  command -v chromedriver >/dev/null || missing+=(chromium-driver)
+  if [ ${#missing[@]} -eq 0 ]; then
+    say "redis-server, chromium, chromedriver present"
+    return
+  fi
+  say "installing ${missing[*]} (apt)"
+  local sudo=()
+  [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo[@]}" apt-get update -qq
+  # chromium's maintainer script prints a harmless "[: unexpected operator" line.
+  "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1
+}
+
+wasm_target() {
+  if rustup target list --installed | grep -qx wasm32-unknown-unknown; then
+    say "wasm32 target present"
+  else
+    say "adding the wasm32-unknown-unknown target"
+    rustup target add wasm32-unknown-unknown >/dev/null 2>&1
+  fi
+}
+
+# Faster from-source installs: the tools need no link-time optimisation.
+cargo_install() {
+  CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
+    cargo install --quiet "$@"
+}
+
+wasm_bindgen_cli() {
+  # Must equal the wasm-bindgen version in Cargo.lock, or the generated glue does not match.
+  local want have
+  want=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' Cargo.lock)
+  have=$(wasm-bindgen --version 2>/dev/null | awk '{print $2}' || true)
+  if [ "$have" = "$want" ]; then
+    say "wasm-bindgen-cli $want present"
+  else
+    say "installing wasm-bindgen-cli $want (cargo install, about 3 minutes)"
+    # No --locked: the registry mirror lacks one of its pinned dependency versions.
+    cargo_install wasm-bindgen-cli --version "$want" --force
+  fi
+}
+
+wasm_pack() {
+  if command -v wasm-pack >/dev/null; then
+    say "wasm-pack present"
+  else
+    say "installing wasm-pack (cargo install, about 2 minutes)"
+    cargo_install wasm-pack --locked
+  fi
+}
+
+npm_packages() {
+  # package-lock.json is newer than the install marker whenever dependencies changed.
+  if [ -f node_modules/.package-lock.json ] && [ ! package-lock.json -nt node_modules/.package-lock.json ]; then
+    say "npm packages present"
+  else
+    say "installing npm packages (npm ci)"
+    npm ci --no-audit --no-fund --loglevel=error >/dev/null
+  fi
+}
+
+[ "$what" = test ] && apt_packages
+wasm_target
+npm_packages
+wasm_bindgen_cli
+[ "$what" = test ] && wasm_pack
+exit 0
