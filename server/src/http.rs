@@ -7,7 +7,7 @@
 
 use crate::engine::Chain;
 use crate::hooks::ConnInfo;
-use crate::{Shared, connection};
+use crate::{Shared, connection, static_files};
 use redistribute_protocol::SUBPROTOCOL;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -82,34 +82,22 @@ where
     }
 }
 
-/// Serves `path` from `dir` (`/` and directories serve their `index.html`). Paths that leave
-/// the directory are refused.
+/// Streams the file `path` names under `dir` (see [`static_files`] for what is refused).
 async fn serve_file<IO: AsyncWrite + Unpin>(io: &mut IO, dir: &Path, path: &str, head_only: bool) {
-    let relative = path.trim_start_matches('/');
-    let safe = relative.split('/').all(|segment| segment != ".." && !segment.contains('\\'));
-    if !safe {
-        return respond(io, "404 Not Found", "not found\n", &[]).await;
-    }
-    let mut file = dir.join(relative);
-    if relative.is_empty() || file.is_dir() {
-        file = file.join("index.html");
-    }
-    let Ok(body) = tokio::fs::read(&file).await else {
+    let Some(found) = static_files::open(dir, path).await else {
         return respond(io, "404 Not Found", "not found\n", &[]).await;
     };
-    let content_type = match file.extension().and_then(|e| e.to_str()).unwrap_or("") {
-        "html" => "text/html; charset=utf-8",
-        "js" | "mjs" => "text/javascript; charset=utf-8",
-        "css" => "text/css; charset=utf-8",
-        "wasm" => "application/wasm",
-        "json" | "map" => "application/json",
-        "svg" => "image/svg+xml",
-        "png" => "image/png",
-        "ico" => "image/x-icon",
-        "txt" => "text/plain; charset=utf-8",
-        _ => "application/octet-stream",
-    };
-    respond_with(io, "200 OK", content_type, &body, &[("Cache-Control", "no-cache")], head_only).await;
+    let head = response_head("200 OK", found.content_type, found.len, &[("Cache-Control", "no-cache")]);
+    if io.write_all(head.as_bytes()).await.is_err() {
+        return;
+    }
+    if !head_only {
+        let mut file = found.file.take(found.len);
+        if tokio::io::copy(&mut file, io).await.is_err() {
+            return;
+        }
+    }
+    let _ = io.shutdown().await;
 }
 
 /// Reads until the end of the head. `Ok(None)` when the peer left; `Err(status)` when the head
@@ -146,30 +134,31 @@ async fn read_head<IO: AsyncRead + Unpin>(io: &mut IO, buf: &mut Vec<u8>) -> Res
 
 /// A plain-text response.
 async fn respond<IO: AsyncWrite + Unpin>(io: &mut IO, status: &str, body: &str, extra: &[(&str, &str)]) {
-    respond_with(io, status, "text/plain; charset=utf-8", body.as_bytes(), extra, false).await;
+    respond_with(io, status, "text/plain; charset=utf-8", body.as_bytes(), extra).await;
 }
 
-/// Writes a whole response (only its head for HEAD requests) and closes the connection.
+/// The status line and headers of a response that closes the connection after its body.
+fn response_head(status: &str, content_type: &str, len: u64, extra: &[(&str, &str)]) -> String {
+    let mut head =
+        format!("HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len}\r\nConnection: close\r\n");
+    for (name, value) in extra {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    head
+}
+
+/// Writes a whole in-memory response and closes the connection.
 async fn respond_with<IO: AsyncWrite + Unpin>(
     io: &mut IO,
     status: &str,
     content_type: &str,
     body: &[u8],
     extra: &[(&str, &str)],
-    head_only: bool,
 ) {
-    let mut head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n",
-        body.len()
-    );
-    for (name, value) in extra {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str("\r\n");
+    let head = response_head(status, content_type, body.len() as u64, extra);
     let _ = io.write_all(head.as_bytes()).await;
-    if !head_only {
-        let _ = io.write_all(body).await;
-    }
+    let _ = io.write_all(body).await;
     let _ = io.shutdown().await;
 }
 
@@ -216,4 +205,113 @@ where
     let conn = Arc::new(ConnInfo { id: shared.next_conn_id(), peer, target: head.target, headers: head.headers });
     debug!(conn = conn.id, %peer, "websocket connected");
     connection::run(shared, conn, socket).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Config, Server};
+    use futures_util::StreamExt;
+    use tokio::io::{AsyncReadExt, DuplexStream, duplex};
+
+    fn peer() -> SocketAddr {
+        "127.0.0.1:9".parse().unwrap()
+    }
+
+    /// Serves one connection over an in-memory pipe; returns the client's end.
+    fn connect(server: &Server) -> DuplexStream {
+        let (client, served) = duplex(64 << 10);
+        tokio::spawn(serve(server.shared.clone(), served, peer()));
+        client
+    }
+
+    /// Sends `request` and reads the whole response (the server closes after it).
+    async fn exchange(server: &Server, request: &str) -> String {
+        let mut client = connect(server);
+        client.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        client.read_to_string(&mut response).await.unwrap();
+        response
+    }
+
+    fn server(config: Config) -> Server {
+        Server::builder(config).build().unwrap()
+    }
+
+    #[tokio::test]
+    async fn health_plain_answers_and_bad_heads() {
+        let server = server(Config::default());
+        let health = exchange(&server, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(health.starts_with("HTTP/1.1 200 OK\r\n") && health.ends_with("\r\n\r\nok\n"), "{health}");
+        let plain = exchange(&server, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(plain.starts_with("HTTP/1.1 426 Upgrade Required\r\n"), "{plain}");
+        let missing = exchange(&server, "GET /nope HTTP/1.1\r\n\r\n").await;
+        assert!(missing.starts_with("HTTP/1.1 404 Not Found\r\n"), "{missing}");
+        let garbage = exchange(&server, "\x01\x02 nonsense\r\n\r\n").await;
+        assert!(garbage.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{garbage}");
+        let huge = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(MAX_HEAD));
+        assert!(exchange(&server, &huge).await.starts_with("HTTP/1.1 431 "));
+        let old = exchange(
+            &server,
+            "GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 8\r\n\r\n",
+        )
+        .await;
+        assert!(old.starts_with("HTTP/1.1 426 ") && old.contains("Sec-WebSocket-Version: 13"), "{old}");
+    }
+
+    #[tokio::test]
+    async fn static_files_stream_and_refuse_hidden_ones() {
+        let dir = std::env::temp_dir().join(format!("redistribute-http-static-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let page = "<p>".repeat(50_000);
+        std::fs::write(dir.join("index.html"), &page).unwrap();
+        std::fs::write(dir.join(".env"), "SECRET=1").unwrap();
+        let server = server(Config { static_dir: Some(dir.clone()), ..Config::default() });
+        let got = exchange(&server, "GET /?v=1 HTTP/1.1\r\n\r\n").await;
+        assert!(
+            got.starts_with("HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: 150000\r\n")
+        );
+        assert!(got.ends_with(&page));
+        let head = exchange(&server, "HEAD /index.html HTTP/1.1\r\n\r\n").await;
+        assert!(head.contains("Content-Length: 150000\r\n") && head.ends_with("\r\n\r\n"), "no body for HEAD");
+        assert!(exchange(&server, "GET /.env HTTP/1.1\r\n\r\n").await.starts_with("HTTP/1.1 404 "));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn upgrades_to_the_protocol_and_keeps_bytes_sent_with_the_head() {
+        let server = server(Config::default());
+        let mut client = connect(&server);
+        // The first request frame travels in the same write as the head.
+        let head = "GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                    Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                    Sec-WebSocket-Protocol: other, redistribute.v1\r\n\r\n";
+        // A masked client text frame (RFC 6455 §5.2), with an all-zero masking key.
+        let ping = br#"{"id":1,"op":"ping"}"#;
+        let frame = [&[0x81, 0x80 | ping.len() as u8, 0, 0, 0, 0][..], ping].concat();
+        client.write_all(&[head.as_bytes(), &frame].concat()).await.unwrap();
+        let mut response = vec![0; 4096];
+        let mut len = 0;
+        while !response[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+            len += client.read(&mut response[len..]).await.unwrap();
+        }
+        let text = String::from_utf8_lossy(&response[..len]).into_owned();
+        assert!(text.starts_with("HTTP/1.1 101 Switching Protocols\r\n"), "{text}");
+        assert!(text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"), "{text}");
+        assert!(text.contains("Sec-WebSocket-Protocol: redistribute.v1\r\n"), "{text}");
+        let rest = response[text.find("\r\n\r\n").unwrap() + 4..len].to_vec();
+        let io = tokio::io::join(std::io::Cursor::new(rest).chain(client), tokio::io::sink());
+        let mut socket = tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Client, None).await;
+        let reply = socket.next().await.unwrap().unwrap();
+        assert_eq!(reply.to_text().unwrap(), r#"{"id":1,"ok":{}}"#);
+    }
+
+    #[tokio::test]
+    async fn refuses_other_subprotocols() {
+        let server = server(Config::default());
+        let request = "GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+                       Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n";
+        let answer = exchange(&server, request).await;
+        assert!(answer.starts_with("HTTP/1.1 400 ") && answer.contains("redistribute.v1"), "{answer}");
+    }
 }

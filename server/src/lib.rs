@@ -23,7 +23,8 @@
 //!
 //! # Layout
 //! - [`config`]: settings. [`hooks`]: the application's say (permissions, filtering).
-//! - `listener` accepts TCP (and TLS), `http` routes `/healthz` and the WebSocket upgrade,
+//! - `listener` accepts TCP (and TLS), `http` routes `/healthz`, the WebSocket upgrade and
+//!   `static_files` (`--static`),
 //!   `connection` runs one socket, `replay` brings a new subscriber from its offset to live.
 //! - `hub` holds local subscribers and fans entries out; `reader` follows streams with a fixed
 //!   number of blocking reads; [`engine`] talks to Redis, or holds streams in memory when no Redis
@@ -46,6 +47,7 @@ mod membership;
 mod outbox;
 mod reader;
 mod replay;
+mod static_files;
 mod tls;
 
 pub use config::Config;
