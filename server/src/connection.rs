@@ -325,3 +325,120 @@ impl Handler {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Config, Server};
+    use serde_json::{Value, json};
+    use tokio::io::{DuplexStream, duplex};
+    use tokio_tungstenite::WebSocketStream;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    type Client = WebSocketStream<DuplexStream>;
+
+    /// Runs a connection of `server` over an in-memory pipe; returns the client's socket.
+    async fn connect(server: &Server) -> Client {
+        let (client, served) = duplex(256 << 10);
+        let shared = server.shared.clone();
+        let conn = Arc::new(ConnInfo {
+            id: shared.next_conn_id(),
+            peer: "127.0.0.1:9".parse().unwrap(),
+            target: "/".into(),
+            headers: vec![],
+        });
+        let config = shared.config.clone();
+        tokio::spawn(async move {
+            let ws_config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+                .max_message_size(Some(config.hard_frame_limit()))
+                .max_frame_size(Some(config.hard_frame_limit()));
+            let socket = WebSocketStream::from_raw_socket(served, Role::Server, Some(ws_config)).await;
+            run(shared, conn, socket).await;
+        });
+        WebSocketStream::from_raw_socket(client, Role::Client, None).await
+    }
+
+    async fn next(client: &mut Client) -> Message {
+        tokio::time::timeout(std::time::Duration::from_secs(5), client.next())
+            .await
+            .expect("a frame within 5 s")
+            .expect("the socket is open")
+            .expect("a valid frame")
+    }
+
+    async fn next_json(client: &mut Client) -> Value {
+        match next(client).await {
+            Message::Text(text) => serde_json::from_str(&text).unwrap(),
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+
+    async fn ask(client: &mut Client, request: Value) -> Value {
+        client.send(Message::text(request.to_string())).await.unwrap();
+        next_json(client).await
+    }
+
+    fn memory_server() -> Server {
+        Server::builder(Config { max_frame_bytes: 1024, ..Config::default() }).build().unwrap()
+    }
+
+    #[tokio::test]
+    async fn bad_requests_get_structured_errors_and_the_connection_stays_usable() {
+        let server = memory_server();
+        let mut client = connect(&server).await;
+        let reply = ask(&mut client, json!({"id": 1, "op": "teleport"})).await;
+        assert_eq!(reply["id"], 1);
+        assert_eq!(reply["error"]["code"], "unknown_op");
+        client.send(Message::text("{not json")).await.unwrap();
+        let reply = next_json(&mut client).await;
+        assert_eq!((reply["id"].clone(), reply["error"]["code"].clone()), (Value::Null, json!("bad_request")));
+        client.send(Message::binary(vec![1, 2, 3])).await.unwrap();
+        assert_eq!(next_json(&mut client).await["error"]["code"], "bad_request");
+        let big = json!({"id": 2, "op": "publish", "channel": "c", "fields": ["k", "v".repeat(2000)]});
+        assert_eq!(ask(&mut client, big).await["error"]["code"], "too_large");
+        let reply = ask(&mut client, json!({"id": 3, "op": "subscribe", "channel": "c", "offset": "tomorrow"})).await;
+        assert_eq!(reply["error"]["code"], "bad_request");
+        assert_eq!(ask(&mut client, json!({"id": 4, "op": "ping"})).await, json!({"id": 4, "ok": {}}));
+    }
+
+    #[tokio::test]
+    async fn publishes_reach_subscribers_after_the_subscribe_reply() {
+        let server = memory_server();
+        let mut subscriber = connect(&server).await;
+        let mut publisher = connect(&server).await;
+        let first = ask(&mut publisher, json!({"id": 1, "op": "publish", "channel": "c", "fields": ["n", "0"]})).await;
+        let first = first["ok"]["offset"].as_str().unwrap().to_owned();
+        let reply = ask(&mut subscriber, json!({"id": 1, "op": "subscribe", "channel": "c", "offset": "0"})).await;
+        assert_eq!(reply["ok"]["offset"], "0-0");
+        let second = ask(&mut publisher, json!({"id": 2, "op": "publish", "channel": "c", "fields": ["n", "1"]})).await;
+        let second = second["ok"]["offset"].as_str().unwrap().to_owned();
+        let mut offsets = Vec::new();
+        while offsets.len() < 2 {
+            let push = next_json(&mut subscriber).await;
+            assert_eq!(push["channel"], "c");
+            offsets
+                .extend(push["messages"].as_array().unwrap().iter().map(|m| m["offset"].as_str().unwrap().to_owned()));
+        }
+        assert_eq!(offsets, [first, second], "history then live, once each, in order");
+        let again = ask(&mut subscriber, json!({"id": 2, "op": "subscribe", "channel": "c"})).await;
+        assert_eq!(again["error"]["code"], "bad_request", "already subscribed");
+    }
+
+    #[tokio::test]
+    async fn frames_over_the_hard_limit_close_with_1009_and_shutdown_with_1001() {
+        let server = memory_server();
+        let mut client = connect(&server).await;
+        client.send(Message::text("x".repeat(server.config().hard_frame_limit() + 1))).await.unwrap();
+        match next(&mut client).await {
+            Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), close::MESSAGE_TOO_BIG),
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+        let mut client = connect(&server).await;
+        assert_eq!(ask(&mut client, json!({"id": 1, "op": "ping"})).await["ok"], json!({}));
+        server.shutdown();
+        match next(&mut client).await {
+            Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), close::GOING_AWAY),
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}
