@@ -137,7 +137,7 @@ impl Drop for GlobalListener {
     }
 }
 
-/// `localStorage` as a [`KeyValue`], through gloo-storage.
+/// `localStorage` as a [`KeyValue`].
 pub(crate) struct BrowserStorage(web_sys::Storage);
 
 impl BrowserStorage {
@@ -148,7 +148,7 @@ impl BrowserStorage {
         if present.is_undefined() || present.is_null() {
             return None;
         }
-        Some(BrowserStorage(<gloo_storage::LocalStorage as gloo_storage::Storage>::raw()))
+        present.dyn_into::<web_sys::Storage>().ok().map(BrowserStorage)
     }
 }
 
