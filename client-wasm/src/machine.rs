@@ -1,4 +1,5 @@
-//! The client's logic as a pure state machine: no socket, no timers, no JavaScript.
+//! The client's logic as a pure state machine: no socket, no timers, no JavaScript. What goes
+//! over the wire is encoded and decoded in [`crate::wire`].
 //!
 //! The browser glue feeds it events (`open`, a text frame, `close`, a timer firing, an API call)
 //! and carries out the [`Effect`]s it returns (send a frame, settle a promise, emit an event, open
@@ -14,10 +15,9 @@
 //!   have been stored), never left pending;
 //! - reconnects use exponential backoff with full jitter and rotate through the targets.
 
-use crate::json::{self, Json};
-use redistribute_protocol::{Backoff, Entry, Op, Start, StreamId};
+use crate::wire::{self, Frame, ReplyBody, Request, ServerError};
+use redistribute_protocol::{Backoff, Entry, Start, StreamId};
 use std::collections::{HashMap, VecDeque};
-use std::fmt::Write as _;
 use std::time::Duration;
 
 /// An error an API call rejects with, or an `error` event carries.
@@ -43,6 +43,12 @@ impl ClientError {
     }
 }
 
+impl From<ServerError> for ClientError {
+    fn from(e: ServerError) -> Self {
+        ClientError { code: e.code, message: e.message, channel: None }
+    }
+}
+
 /// What a successful API call resolves with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resolution {
@@ -63,7 +69,7 @@ pub enum Effect<R> {
     Connect(String),
     /// Close the socket for good.
     CloseSocket,
-    /// Call [`Core::reconnect`] after this delay.
+    /// Call [`Machine::reconnect`] after this delay.
     ReconnectAfter(Duration),
     /// Send this text frame.
     Send(String),
@@ -154,7 +160,7 @@ enum Link {
 
 /// The client state machine.
 #[derive(Debug)]
-pub struct Core<R> {
+pub struct Machine<R> {
     settings: Settings,
     link: Link,
     target: usize,
@@ -202,12 +208,12 @@ impl<K: PartialEq + Clone, V> Keyed<K, V> {
     }
 }
 
-impl<R> Core<R> {
+impl<R> Machine<R> {
     /// A client that is about to connect: carry out the returned effects.
     pub fn start(settings: Settings) -> (Self, Vec<Effect<R>>) {
         let backoff = Backoff::new(settings.backoff_base, settings.backoff_max);
         let url = settings.targets[0].clone();
-        let core = Core {
+        let core = Machine {
             settings,
             link: Link::Connecting,
             target: 0,
@@ -235,22 +241,22 @@ impl<R> Core<R> {
         self.subscriptions.0.iter().filter(|((_, group), _)| group.is_none()).map(|((channel, _), _)| channel.as_str())
     }
 
-    fn request(&mut self, op: Op, pending: InFlight<R>) -> Effect<R> {
+    fn request(&mut self, request: Request, pending: InFlight<R>) -> Effect<R> {
         self.next_id = (self.next_id + 1) % redistribute_protocol::request::MAX_ID;
         self.in_flight.insert(self.next_id, pending);
-        Effect::Send(request_text(self.next_id, &op))
+        Effect::Send(wire::encode(self.next_id, &request))
     }
 
     fn send_subscribe(&mut self, key: &SubKey) -> Effect<R> {
         let subscription = self.subscriptions.get_mut(key).expect("subscribed before sending");
         let (channel, start) = (key.0.clone(), subscription.offset());
-        let op = match (&subscription.kind, &key.1) {
+        let request = match (&subscription.kind, &key.1) {
             (Kind::Group { consumer }, Some(group)) => {
-                Op::GroupSubscribe { channel, group: group.clone(), consumer: consumer.clone(), start }
+                Request::JoinGroup { channel, group: group.clone(), consumer: consumer.clone(), start }
             }
-            _ => Op::Subscribe { channel, start },
+            _ => Request::Subscribe { channel, start },
         };
-        self.request(op, InFlight::Subscribe(key.clone()))
+        self.request(request, InFlight::Subscribe(key.clone()))
     }
 
     /// Registers a subscription, or waits for (or reports) the existing one with that key.
@@ -307,11 +313,11 @@ impl<R> Core<R> {
             })
             .collect();
         if self.link == Link::Open {
-            let op = match key {
-                (channel, None) => Op::Unsubscribe { channel },
-                (channel, Some(group)) => Op::GroupUnsubscribe { channel, group },
+            let request = match key {
+                (channel, None) => Request::Unsubscribe { channel },
+                (channel, Some(group)) => Request::LeaveGroup { channel, group },
             };
-            effects.push(self.request(op, InFlight::Unsubscribe(done)));
+            effects.push(self.request(request, InFlight::Unsubscribe(done)));
         } else {
             effects.push(Effect::Resolve(done, Resolution::Unsubscribed));
         }
@@ -333,10 +339,7 @@ impl<R> Core<R> {
         match self.link {
             Link::Closed => vec![Effect::Reject(done, closed())],
             Link::Open => {
-                vec![self.request(
-                    Op::Publish { channel: channel.to_owned(), fields, maxlen: None },
-                    InFlight::Publish(done),
-                )]
+                vec![self.request(Request::Publish { channel: channel.to_owned(), fields }, InFlight::Publish(done))]
             }
             Link::Down | Link::Connecting if self.queue.len() >= self.settings.max_queue => {
                 let max = self.settings.max_queue;
@@ -359,8 +362,8 @@ impl<R> Core<R> {
         match self.link {
             Link::Closed => vec![Effect::Reject(done, closed())],
             Link::Open => {
-                let op = Op::Ack { channel: channel.to_owned(), group: group.to_owned(), offsets };
-                vec![self.request(op, InFlight::Ack(done))]
+                let request = Request::Ack { channel: channel.to_owned(), group: group.to_owned(), offsets };
+                vec![self.request(request, InFlight::Ack(done))]
             }
             Link::Down | Link::Connecting => vec![Effect::Reject(
                 done,
@@ -382,24 +385,19 @@ impl<R> Core<R> {
             effects.push(self.send_subscribe(&key));
         }
         while let Some((channel, fields, done)) = self.queue.pop_front() {
-            effects.push(self.request(Op::Publish { channel, fields, maxlen: None }, InFlight::Publish(done)));
+            effects.push(self.request(Request::Publish { channel, fields }, InFlight::Publish(done)));
         }
         effects
     }
 
     /// A text frame arrived.
     pub fn received(&mut self, text: &str) -> Vec<Effect<R>> {
-        let frame = json::parse(text).map_err(|e| e.0).and_then(|value| ServerFrame::read(&value));
-        match frame {
-            Ok(frame) if frame.reply.is_some() => self.on_reply(frame.id, frame.reply.expect("checked")),
-            Ok(frame) => match (frame.channel, frame.group) {
-                (Some(channel), Some(group)) => self.on_group_push(channel, group, frame.messages, frame.deliveries),
-                (Some(channel), None) => self.on_push(channel, frame.messages, frame.truncated, frame.broadcast),
-                (None, _) => vec![Effect::Error(ClientError::new(
-                    "protocol",
-                    format!("unexpected frame from the server: {}", clip(text)),
-                ))],
-            },
+        match wire::decode(text) {
+            Ok(Frame::Reply { id, outcome }) => self.on_reply(id, outcome.map_err(ClientError::from)),
+            Ok(Frame::Push { channel, messages, truncated, broadcast }) => {
+                self.on_push(channel, messages, truncated, broadcast)
+            }
+            Ok(Frame::GroupPush { channel, group, messages }) => self.on_group_push(channel, group, messages),
             Err(e) => vec![Effect::Error(ClientError::new(
                 "protocol",
                 format!("unreadable frame from the server ({e}): {}", clip(text)),
@@ -407,7 +405,7 @@ impl<R> Core<R> {
         }
     }
 
-    fn on_reply(&mut self, id: Option<u64>, outcome: Result<OkBody, ClientError>) -> Vec<Effect<R>> {
+    fn on_reply(&mut self, id: Option<u64>, outcome: Result<ReplyBody, ClientError>) -> Vec<Effect<R>> {
         let pending = id.and_then(|id| self.in_flight.remove(&id));
         let Some(pending) = pending else {
             // `id: null` (the server could not read a frame) or a reply to nothing we sent.
@@ -456,17 +454,11 @@ impl<R> Core<R> {
         }
     }
 
-    fn on_group_push(
-        &mut self,
-        channel: String,
-        group: String,
-        messages: Vec<Entry>,
-        deliveries: Vec<u64>,
-    ) -> Vec<Effect<R>> {
+    fn on_group_push(&mut self, channel: String, group: String, messages: Vec<(Entry, u64)>) -> Vec<Effect<R>> {
         if !self.subscriptions.contains(&(channel.clone(), Some(group.clone()))) || messages.is_empty() {
             return Vec::new();
         }
-        vec![Effect::GroupMessages(channel, group, messages.into_iter().zip(deliveries).collect())]
+        vec![Effect::GroupMessages(channel, group, messages)]
     }
 
     fn on_push(
@@ -567,126 +559,6 @@ fn clip(text: &str) -> &str {
     text.char_indices().nth(200).map_or(text, |(i, _)| &text[..i])
 }
 
-/// A request as protocol v1 text (the shapes of `redistribute_protocol::Request::to_json`).
-fn request_text(id: u64, op: &Op) -> String {
-    let mut out = format!("{{\"id\":{id},\"op\":");
-    let channel = |out: &mut String, name: &str| {
-        out.push_str(",\"channel\":");
-        json::write_str(out, name);
-    };
-    match op {
-        Op::Subscribe { channel: name, start } => {
-            out.push_str("\"subscribe\"");
-            channel(&mut out, name);
-            let _ = write!(out, ",\"offset\":\"{start}\"");
-        }
-        Op::Unsubscribe { channel: name } => {
-            out.push_str("\"unsubscribe\"");
-            channel(&mut out, name);
-        }
-        Op::GroupSubscribe { channel: name, group, consumer, start } => {
-            out.push_str("\"subscribe\"");
-            channel(&mut out, name);
-            out.push_str(",\"group\":");
-            json::write_str(&mut out, group);
-            out.push_str(",\"consumer\":");
-            json::write_str(&mut out, consumer);
-            let _ = write!(out, ",\"offset\":\"{start}\"");
-        }
-        Op::GroupUnsubscribe { channel: name, group } => {
-            out.push_str("\"unsubscribe\"");
-            channel(&mut out, name);
-            out.push_str(",\"group\":");
-            json::write_str(&mut out, group);
-        }
-        Op::Ack { channel: name, group, offsets } => {
-            out.push_str("\"ack\"");
-            channel(&mut out, name);
-            out.push_str(",\"group\":");
-            json::write_str(&mut out, group);
-            out.push_str(",\"offsets\":[");
-            for (i, offset) in offsets.iter().enumerate() {
-                let _ = write!(out, "{}\"{offset}\"", if i > 0 { "," } else { "" });
-            }
-            out.push(']');
-        }
-        Op::Publish { channel: name, fields, maxlen } => {
-            out.push_str("\"publish\"");
-            channel(&mut out, name);
-            out.push_str(",\"fields\":");
-            Json::Array(fields.iter().cloned().map(Json::String).collect()).write(&mut out);
-            if let Some(n) = maxlen {
-                let _ = write!(out, ",\"maxlen\":{n}");
-            }
-        }
-        _ => out.push_str("\"ping\""),
-    }
-    out.push('}');
-    out
-}
-
-/// The payload of a successful reply.
-#[derive(Debug, Default)]
-struct OkBody {
-    offset: Option<StreamId>,
-    truncated: bool,
-    acked: Option<u64>,
-}
-
-/// Any frame the server sends: a reply has `ok` or `error`, a push has `channel`.
-struct ServerFrame {
-    id: Option<u64>,
-    reply: Option<Result<OkBody, ClientError>>,
-    channel: Option<String>,
-    /// Set on consumer group pushes.
-    group: Option<String>,
-    messages: Vec<Entry>,
-    /// Per message of a group push: how many times it was delivered.
-    deliveries: Vec<u64>,
-    truncated: bool,
-    /// The broadcast value as JSON text.
-    broadcast: Option<String>,
-}
-
-impl ServerFrame {
-    fn read(value: &Json) -> Result<ServerFrame, &'static str> {
-        if !matches!(value, Json::Object(_)) {
-            return Err("not an object");
-        }
-        let reply = match (value.get("ok"), value.get("error")) {
-            (_, Some(error)) => Some(Err(ClientError::new(
-                error.get("code").and_then(Json::as_str).ok_or("error without a code")?,
-                error.get("message").and_then(Json::as_str).unwrap_or_default(),
-            ))),
-            (Some(ok), None) => Some(Ok(OkBody {
-                offset: match ok.get("offset").and_then(Json::as_str) {
-                    Some(text) => Some(text.parse().map_err(|_| "bad offset in a reply")?),
-                    None => None,
-                },
-                truncated: ok.get("truncated").and_then(Json::as_bool).unwrap_or(false),
-                acked: ok.get("acked").and_then(Json::as_u64),
-            })),
-            (None, None) => None,
-        };
-        let list = match value.get("messages") {
-            Some(list) => list.as_array().ok_or("messages is not an array")?,
-            None => &[],
-        };
-        let messages = list.iter().map(json::entry).collect::<Option<_>>().ok_or("bad message entry")?;
-        let deliveries = list.iter().map(|m| m.get("deliveries").and_then(Json::as_u64).unwrap_or(1)).collect();
-        Ok(ServerFrame {
-            id: value.get("id").and_then(Json::as_u64),
-            reply,
-            channel: value.get("channel").and_then(Json::as_str).map(str::to_owned),
-            group: value.get("group").and_then(Json::as_str).map(str::to_owned),
-            messages,
-            deliveries,
-            truncated: value.get("truncated").and_then(Json::as_bool).unwrap_or(false),
-            broadcast: value.get("broadcast").map(Json::to_text),
-        })
-    }
-}
-
 fn closed() -> ClientError {
     ClientError::new("closed", "the client was closed")
 }
@@ -720,8 +592,8 @@ mod tests {
             .collect()
     }
 
-    fn open() -> Core<u32> {
-        let (mut core, effects) = Core::start(settings());
+    fn open() -> Machine<u32> {
+        let (mut core, effects) = Machine::start(settings());
         assert_eq!(effects, vec![Effect::Connect("ws://a/".into())]);
         core.opened();
         core
@@ -770,7 +642,7 @@ mod tests {
 
     #[test]
     fn never_confirmed_subscriptions_resume_from_their_start() {
-        let (mut core, _) = Core::start(settings());
+        let (mut core, _) = Machine::start(settings());
         core.subscribe("chat", Some(Start::After(StreamId::new(3, 0))), None, 1);
         core.closed(1006, "", 0.0);
         core.reconnect();
@@ -779,7 +651,7 @@ mod tests {
 
     #[test]
     fn publishes_queue_while_disconnected_and_in_flight_ones_are_rejected() {
-        let (mut core, _) = Core::start(settings());
+        let (mut core, _) = Machine::start(settings());
         assert!(core.publish("c", vec!["a".into(), "1".into()], 1).is_empty());
         assert!(core.publish("c", vec!["a".into(), "2".into()], 2).is_empty());
         let full = core.publish("c", vec!["a".into(), "3".into()], 3);
@@ -844,30 +716,6 @@ mod tests {
     }
 
     #[test]
-    fn requests_match_the_protocol_crate() {
-        use redistribute_protocol::Request;
-        let ops = [
-            Op::Subscribe { channel: "a:b".into(), start: Start::Latest },
-            Op::Subscribe { channel: "c".into(), start: Start::After(StreamId::new(5, 1)) },
-            Op::Unsubscribe { channel: "c".into() },
-            Op::Publish { channel: "c".into(), fields: vec!["k\"\n".into(), "{\"x\":1} é".into()], maxlen: Some(9) },
-            Op::Publish { channel: "c".into(), fields: vec!["k".into(), "v".into()], maxlen: None },
-            Op::GroupSubscribe {
-                channel: "c".into(),
-                group: "g".into(),
-                consumer: "w\"1".into(),
-                start: Start::Latest,
-            },
-            Op::GroupUnsubscribe { channel: "c".into(), group: "g".into() },
-            Op::Ack { channel: "c".into(), group: "g".into(), offsets: vec![StreamId::new(1, 2), StreamId::new(3, 0)] },
-            Op::Ping,
-        ];
-        for op in ops {
-            assert_eq!(request_text(42, &op), Request { id: 42, op: op.clone() }.to_json());
-        }
-    }
-
-    #[test]
     fn group_memberships_deliver_with_counts_and_rejoin_after_reconnects() {
         let mut core = open();
         let effects = core.join_group("jobs", "g", "w1", Start::After(StreamId::ZERO), 1);
@@ -914,7 +762,7 @@ mod tests {
 
     #[test]
     fn backoff_grows_while_failing_to_connect() {
-        let (mut core, _) = Core::<u32>::start(settings());
+        let (mut core, _) = Machine::<u32>::start(settings());
         let mut delays = Vec::new();
         for _ in 0..4 {
             let effects = core.closed(1006, "", 1.0);

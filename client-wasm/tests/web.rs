@@ -28,7 +28,7 @@ fn harness(address: Option<&'static str>) -> &'static str {
 }
 
 fn server_a() -> &'static str {
-    harness(option_env!("RD_server_a()"))
+    harness(option_env!("RD_SERVER_A"))
 }
 
 fn server_b() -> &'static str {

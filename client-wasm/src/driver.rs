@@ -1,0 +1,274 @@
+//! Carries out the state machine's effects in the browser: opens sockets, arms timers, writes
+//! storage, settles promises and emits events.
+//!
+//! Re-entrancy: user code runs inside event emission (a `messages` listener may call `publish`).
+//! [`Client::run`] therefore applies a batch of effects to the client's own state first, releases
+//! its borrow, and only then calls out to JavaScript.
+
+use crate::convert::{js_error, messages};
+use crate::glue::{BrowserStorage, GlobalListener, Socket, SocketEvent, Timer};
+use crate::machine::{ClientError, Effect, Machine, Resolution};
+use crate::store::{Store, StoreProblem};
+use js_sys::{Array, Function, Object, Promise, Reflect};
+use redistribute_protocol::Entry;
+use std::cell::RefCell;
+use std::rc::{Rc, Weak};
+use std::time::Duration;
+use wasm_bindgen::prelude::*;
+
+/// Settles one API call's promise.
+pub(crate) struct Pending {
+    resolve: Function,
+    reject: Function,
+}
+
+/// A call out to JavaScript, made once the state is released.
+enum Outcall {
+    Emit(&'static str, Vec<JsValue>),
+    Resolve(Pending, JsValue),
+    Reject(Pending, JsValue),
+}
+
+/// The client's state: the machine and what carries out its effects.
+pub(crate) struct Inner {
+    pub(crate) machine: Machine<Pending>,
+    pub(crate) store: Option<Store<BrowserStorage>>,
+    socket: Option<Socket>,
+    reconnect_timer: Option<Timer>,
+    flush_timer: Option<Timer>,
+    pagehide: Option<GlobalListener>,
+    ws_ctor: Function,
+    pub(crate) encode: Option<Function>,
+    pub(crate) decode: Option<Function>,
+    flush_interval_ms: u32,
+}
+
+impl Inner {
+    /// A client's state before anything ran.
+    pub(crate) fn new(
+        machine: Machine<Pending>,
+        store: Option<Store<BrowserStorage>>,
+        ws_ctor: Function,
+        encode: Option<Function>,
+        decode: Option<Function>,
+        flush_interval_ms: u32,
+    ) -> Inner {
+        Inner {
+            machine,
+            store,
+            socket: None,
+            reconnect_timer: None,
+            flush_timer: None,
+            pagehide: None,
+            ws_ctor,
+            encode,
+            decode,
+            flush_interval_ms,
+        }
+    }
+}
+
+/// The state shared by the client and its callbacks, plus the emitter.
+pub(crate) struct Client {
+    pub(crate) inner: RefCell<Inner>,
+    emit: Function,
+}
+
+/// What one batch of effects leaves to do once the state is released.
+type Outcalls = Vec<Outcall>;
+
+impl Client {
+    /// A client around `inner`; `emit(event, ...args)` receives every event. Writes buffered
+    /// messages before the page goes away when it stores any. Carry out `effects` (the
+    /// machine's first ones) with [`Client::run`].
+    pub(crate) fn new(inner: Inner, emit: Function) -> Rc<Client> {
+        let client = Rc::new(Client { inner: RefCell::new(inner), emit });
+        if client.inner.borrow().store.is_some() {
+            let weak = Rc::downgrade(&client);
+            let listener = GlobalListener::add("pagehide", move |_| {
+                if let Some(client) = weak.upgrade() {
+                    client.flush();
+                }
+            });
+            client.inner.borrow_mut().pagehide = listener;
+        }
+        client
+    }
+
+    /// Applies effects to the state, then calls out to JavaScript with the borrow released.
+    pub(crate) fn run(self: &Rc<Self>, effects: Vec<Effect<Pending>>) {
+        let mut out = Outcalls::new();
+        {
+            let mut inner = self.inner.borrow_mut();
+            for effect in effects {
+                self.apply(&mut inner, effect, &mut out);
+            }
+        }
+        for outcall in out {
+            match outcall {
+                Outcall::Emit(event, args) => {
+                    let all = Array::of1(&JsValue::from_str(event));
+                    for arg in args {
+                        all.push(&arg);
+                    }
+                    // A throwing listener must not break the client; the facade isolates them.
+                    let _ = self.emit.apply(&JsValue::NULL, &all);
+                }
+                Outcall::Resolve(p, value) => drop(p.resolve.call1(&JsValue::NULL, &value)),
+                Outcall::Reject(p, error) => drop(p.reject.call1(&JsValue::NULL, &error)),
+            }
+        }
+    }
+
+    /// Runs the machine's effects of `step` (an API call or an event) with the state borrowed.
+    pub(crate) fn step(self: &Rc<Self>, step: impl FnOnce(&mut Inner) -> Vec<Effect<Pending>>) {
+        let effects = step(&mut self.inner.borrow_mut());
+        self.run(effects);
+    }
+
+    fn apply(self: &Rc<Self>, inner: &mut Inner, effect: Effect<Pending>, out: &mut Outcalls) {
+        match effect {
+            Effect::Connect(url) => self.connect(inner, &url, out),
+            Effect::CloseSocket => self.shut_down(inner, out),
+            Effect::ReconnectAfter(delay) => self.reconnect_after(inner, delay),
+            Effect::Send(text) => {
+                if let Some(socket) = &inner.socket
+                    && let Err(e) = socket.send(&text)
+                {
+                    out.push(Outcall::Emit("error", vec![e]));
+                }
+            }
+            Effect::Resolve(pending, resolution) => out.push(Outcall::Resolve(pending, resolved(resolution))),
+            Effect::Reject(pending, error) => out.push(Outcall::Reject(pending, js_error(&error))),
+            Effect::Messages(channel, entries) => {
+                self.store(inner, &channel, &entries, out);
+                let messages = messages(inner.decode.as_ref(), &entries);
+                out.push(Outcall::Emit("messages", vec![JsValue::from_str(&channel), messages.into()]));
+            }
+            Effect::GroupMessages(channel, group, deliveries) => {
+                out.push(group_messages(inner, &channel, &group, deliveries));
+            }
+            Effect::Broadcast(channel, json) => {
+                let value = js_sys::JSON::parse(&json).unwrap_or(JsValue::NULL);
+                out.push(Outcall::Emit("broadcast", vec![JsValue::from_str(&channel), value]));
+            }
+            Effect::Connected(url) => out.push(Outcall::Emit("connect", vec![JsValue::from_str(&url)])),
+            Effect::Disconnected(code, reason) => {
+                out.push(Outcall::Emit("disconnect", vec![JsValue::from(code), JsValue::from_str(&reason)]));
+            }
+            Effect::Error(error) => out.push(Outcall::Emit("error", vec![js_error(&error)])),
+        }
+    }
+
+    /// Opens a socket to `url`; a constructor that throws counts as a failed connection.
+    fn connect(self: &Rc<Self>, inner: &mut Inner, url: &str, out: &mut Outcalls) {
+        inner.socket = None;
+        let weak = Rc::downgrade(self);
+        let handler = move |event: SocketEvent| Client::on_socket(&weak, event);
+        match Socket::open(&inner.ws_ctor, url, handler) {
+            Ok(socket) => inner.socket = Some(socket),
+            Err(e) => {
+                out.push(Outcall::Emit("error", vec![e]));
+                let effects = inner.machine.closed(1006, "could not create the WebSocket", js_sys::Math::random());
+                for effect in effects {
+                    self.apply(inner, effect, out);
+                }
+            }
+        }
+    }
+
+    /// `close()`: drops the socket and every timer and listener, and writes what is buffered.
+    fn shut_down(self: &Rc<Self>, inner: &mut Inner, out: &mut Outcalls) {
+        inner.socket = None;
+        inner.reconnect_timer = None;
+        inner.flush_timer = None;
+        inner.pagehide = None;
+        let problems = inner.store.as_mut().map(Store::flush).unwrap_or_default();
+        self.report(inner, &problems, out);
+    }
+
+    fn reconnect_after(self: &Rc<Self>, inner: &mut Inner, delay: Duration) {
+        inner.socket = None;
+        let weak = Rc::downgrade(self);
+        inner.reconnect_timer = Some(Timer::after(delay.as_millis() as u32, move || {
+            if let Some(client) = weak.upgrade() {
+                client.step(|inner| inner.machine.reconnect());
+            }
+        }));
+    }
+
+    /// Buffers received entries for storage and arms the flush timer.
+    fn store(self: &Rc<Self>, inner: &mut Inner, channel: &str, entries: &[Entry], out: &mut Outcalls) {
+        let Some(store) = &mut inner.store else { return };
+        let problems = store.append(channel, entries);
+        self.report(inner, &problems, out);
+        if inner.flush_timer.is_none() {
+            let weak = Rc::downgrade(self);
+            inner.flush_timer = Some(Timer::after(inner.flush_interval_ms, move || {
+                if let Some(client) = weak.upgrade() {
+                    client.flush();
+                }
+            }));
+        }
+    }
+
+    /// Storage problems become `error` events.
+    fn report(self: &Rc<Self>, inner: &mut Inner, problems: &[StoreProblem], out: &mut Outcalls) {
+        for problem in problems {
+            self.apply(inner, problem_effect(problem), out);
+        }
+    }
+
+    fn on_socket(weak: &Weak<Client>, event: SocketEvent) {
+        let Some(client) = weak.upgrade() else { return };
+        client.step(|inner| match event {
+            SocketEvent::Open => inner.machine.opened(),
+            SocketEvent::Text(text) => inner.machine.received(&text),
+            SocketEvent::Close(code, reason) => inner.machine.closed(code, &reason, js_sys::Math::random()),
+        });
+    }
+
+    /// Writes buffered messages to storage now.
+    pub(crate) fn flush(self: &Rc<Self>) {
+        let problems = {
+            let mut inner = self.inner.borrow_mut();
+            inner.flush_timer = None;
+            inner.store.as_mut().map(Store::flush).unwrap_or_default()
+        };
+        self.run(problems.iter().map(problem_effect).collect());
+    }
+
+    /// Returns a promise and the handle that settles it.
+    pub(crate) fn promise() -> (Promise, Pending) {
+        let mut pending = None;
+        let promise = Promise::new(&mut |resolve, reject| pending = Some(Pending { resolve, reject }));
+        (promise, pending.expect("the executor runs synchronously"))
+    }
+}
+
+/// What a settled call resolves with in JavaScript.
+fn resolved(resolution: Resolution) -> JsValue {
+    match resolution {
+        Resolution::Subscribed | Resolution::Unsubscribed => JsValue::TRUE,
+        Resolution::Published(offset) => JsValue::from_str(&offset.to_string()),
+        Resolution::Acked(n) => JsValue::from(n as f64),
+    }
+}
+
+/// A consumer group's deliveries as a `messages` event: each message with its delivery count,
+/// and `{ group }` as the third argument.
+fn group_messages(inner: &Inner, channel: &str, group: &str, deliveries: Vec<(Entry, u64)>) -> Outcall {
+    let (entries, counts): (Vec<Entry>, Vec<u64>) = deliveries.into_iter().unzip();
+    let messages = messages(inner.decode.as_ref(), &entries);
+    for (message, count) in messages.iter().zip(counts) {
+        let _ = Reflect::set(&message, &"deliveries".into(), &JsValue::from(count as f64));
+    }
+    let meta = Object::new();
+    let _ = Reflect::set(&meta, &"group".into(), &JsValue::from_str(group));
+    Outcall::Emit("messages", vec![JsValue::from_str(channel), messages.into(), meta.into()])
+}
+
+/// A storage problem as the `error` event it becomes.
+pub(crate) fn problem_effect(problem: &StoreProblem) -> Effect<Pending> {
+    Effect::Error(ClientError::new(problem.code, problem.message.clone()))
+}
