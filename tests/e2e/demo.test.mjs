@@ -4,6 +4,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { chromium } from 'playwright-core';
 
 const { RD_SERVER_A, RD_SERVER_B, RD_CONTROL, RD_APP } = process.env;
@@ -80,8 +81,11 @@ test('two browsers on different instances talk both ways', async () => {
   await say(onB, 'bob', 'and my page resumes right where it left off');
   await waitForMessages(onA, channel, 4, 'screenshot conversation');
   await onA.setViewportSize({ width: 1100, height: 560 });
-  mkdirSync('docs', { recursive: true });
-  await onA.screenshot({ path: 'docs/screenshot.png' });
+  // Written under target/ so a test run leaves the tree clean; refresh the README's picture with
+  // RD_SCREENSHOT=docs/screenshot.png npm test.
+  const shot = process.env.RD_SCREENSHOT ?? 'target/e2e/screenshot.png';
+  mkdirSync(dirname(shot), { recursive: true });
+  await onA.screenshot({ path: shot });
   await ann.close();
   await bob.close();
 });
