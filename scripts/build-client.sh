@@ -5,7 +5,7 @@
 # the cargo check when nothing changed. Needs what `scripts/setup.sh build` installs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PATH="$HOME/.cargo/bin:$PATH"
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 
 wasm=target/wasm32-unknown-unknown/wasm-release/redistribute_client.wasm
 out=target/wasm-bindgen

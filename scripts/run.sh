@@ -7,7 +7,7 @@
 # (see --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PATH="$HOME/.cargo/bin:$PATH"
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 started=$(date +%s)
 step() { echo "== [start $(($(date +%s) - started))s] $*"; }
 

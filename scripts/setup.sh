@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-test}
 case "$what" in build | test) ;; *) echo "usage: scripts/setup.sh build|test" >&2; exit 2 ;; esac
-export PATH="$HOME/.cargo/bin:$PATH"
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 
 say() { printf 'setup: %s\n' "$*"; }
 
