@@ -8,12 +8,16 @@ import init, { WasmClient } from './wasm/redistribute_client.js';
 
 let loading;
 
+// Node's file API, imported only in Node. The specifier is a variable so that browser bundlers
+// (Vite, webpack) neither try to resolve it nor warn about it.
+const NODE_FS = 'node:fs/promises';
+
 function loadWasm() {
   if (!loading) {
     const url = new URL('./wasm/redistribute_client_bg.wasm', import.meta.url);
     const isNode = typeof process !== 'undefined' && process.versions != null && process.versions.node != null;
     loading = isNode && url.protocol === 'file:'
-      ? import('node:fs/promises').then((fs) => fs.readFile(url)).then((bytes) => init({ module_or_path: bytes }))
+      ? import(/* @vite-ignore */ /* webpackIgnore: true */ NODE_FS).then((fs) => fs.readFile(url)).then((bytes) => init({ module_or_path: bytes }))
       : init({ module_or_path: url });
   }
   return loading;

@@ -79,7 +79,7 @@ npm_packages() {
     say "npm packages present"
   else
     say "installing npm packages (npm ci)"
-    npm ci --no-audit --no-fund --loglevel=error >/dev/null
+    npm ci --no-audit --no-fund --no-update-notifier --loglevel=error >/dev/null
   fi
 }
 
