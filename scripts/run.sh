@@ -11,27 +11,14 @@ export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 started=$(date +%s)
 step() { echo "== [start $(($(date +%s) - started))s] $*"; }
 
-# The server needs nothing but cargo: build it alongside the tools and the client, which keeps
-# both cores busy through the serial stretches of each build.
-mkdir -p target
-server_log=target/npm-start-server-build.log
-step "server (cargo build --release, in the background; log in $server_log)"
-cargo build --quiet --release --locked --bin redistribute-server >"$server_log" 2>&1 &
-server_build=$!
-trap 'kill "$server_build" 2>/dev/null || true' EXIT
-
 step "tools (scripts/setup.sh build)"
 bash scripts/setup.sh build
 step "client package (scripts/build-client.sh)"
 bash scripts/build-client.sh
 step "demo app (scripts/build-demo.sh)"
 bash scripts/build-demo.sh
-step "waiting for the server build"
-if ! wait "$server_build"; then
-  cat "$server_log" >&2
-  exit 1
-fi
-trap - EXIT
+step "server (cargo build --release)"
+cargo build --quiet --release --locked --bin redistribute-server
 step "ready"
 
 echo

@@ -50,17 +50,26 @@ cargo_install() {
     cargo install --quiet "$@"
 }
 
+# wasm-bindgen-cli must equal the wasm-bindgen version in Cargo.lock, or the generated glue does not
+# match. Building needs only `wasm-bindgen`; the browser tests also need `wasm-bindgen-test-runner`.
+# No TLS features: nothing here downloads anything.
 wasm_bindgen_cli() {
-  # Must equal the wasm-bindgen version in Cargo.lock, or the generated glue does not match.
-  local want have
+  local want have bins=(--bin wasm-bindgen) tools="wasm-bindgen"
   want=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' Cargo.lock)
   have=$(wasm-bindgen --version 2>/dev/null | awk '{print $2}' || true)
+  if [ "$what" = test ]; then
+    bins=(--bins)
+    tools="wasm-bindgen and its test runner"
+    local runner
+    runner=$(wasm-bindgen-test-runner --version 2>/dev/null | awk '{print $2}' || true)
+    [ "$runner" = "$want" ] || have=""
+  fi
   if [ "$have" = "$want" ]; then
-    say "wasm-bindgen-cli $want present"
+    say "$tools $want present"
   else
-    say "installing wasm-bindgen-cli $want (cargo install, about 3 minutes)"
+    say "installing $tools $want (cargo install wasm-bindgen-cli, about 3 minutes)"
     # No --locked: the registry mirror lacks one of its pinned dependency versions.
-    cargo_install wasm-bindgen-cli --version "$want" --force
+    cargo_install wasm-bindgen-cli --version "$want" --no-default-features "${bins[@]}" --force
   fi
 }
 
