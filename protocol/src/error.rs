@@ -12,8 +12,12 @@ pub enum ErrorCode {
     BadRequest,
     /// The `op` is not one this server knows.
     UnknownOp,
-    /// A hook refused the request (permissions).
+    /// The connection's permissions (channel rules, token grants or a hook) do not allow it.
     Forbidden,
+    /// A token was refused (malformed, expired, wrongly signed, or not accepted here).
+    Unauthorized,
+    /// The request clashes with another connection's (a consumer name held by a live member).
+    Conflict,
     /// The frame exceeds the configured size limit.
     TooLarge,
     /// A per-connection limit was reached (for example the number of subscriptions).
@@ -31,6 +35,8 @@ impl ErrorCode {
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::UnknownOp => "unknown_op",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Conflict => "conflict",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::LimitExceeded => "limit_exceeded",
             ErrorCode::Unavailable => "unavailable",
@@ -82,4 +88,7 @@ pub mod close {
     /// The client read too slowly and its send queue overflowed. Nothing is lost: reconnect and
     /// resubscribe after the last offset received.
     pub const LAGGING: u16 = 4000;
+    /// The connection's token expired without a fresh one (`auth` again before `exp`): fetch a new
+    /// token, reconnect and authenticate.
+    pub const TOKEN_EXPIRED: u16 = 4001;
 }

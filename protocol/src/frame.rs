@@ -47,6 +47,12 @@ pub struct OkBody {
     /// `ack`: how many entries were acknowledged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acked: Option<u64>,
+    /// `auth`: the user the token names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// `auth`: when the token expires, in Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<u64>,
 }
 
 /// The payload of an error reply.

@@ -99,6 +99,11 @@ pub enum Op {
     },
     /// Liveness check; answered with an empty `ok`.
     Ping,
+    /// Authenticate the connection with a token (again before it expires, to refresh it).
+    Auth {
+        /// The token (a JWT).
+        token: String,
+    },
 }
 
 impl Op {
@@ -111,7 +116,7 @@ impl Op {
             | Op::GroupUnsubscribe { channel, .. }
             | Op::Ack { channel, .. }
             | Op::Publish { channel, .. } => Some(channel),
-            Op::Ping => None,
+            Op::Ping | Op::Auth { .. } => None,
         }
     }
 }
@@ -235,6 +240,10 @@ fn parse_op(object: &Map<String, Value>, limits: &Limits) -> Result<Op, Protocol
             Ok(Op::Publish { channel, fields, maxlen })
         }
         "ping" => Ok(Op::Ping),
+        "auth" => match object.get("token") {
+            Some(Value::String(token)) if !token.is_empty() => Ok(Op::Auth { token: token.clone() }),
+            _ => Err(ProtocolError::bad_request("\"token\" must be a non-empty string")),
+        },
         other => Err(ProtocolError::new(ErrorCode::UnknownOp, format!("unknown op {other:?}"))),
     }
 }
