@@ -93,6 +93,9 @@ async function main() {
   const startServer = async (i) => {
     const s = servers[i];
     const extra = staticDir ? ['--static', staticDir] : [];
+    // Test pages come from other origins (the control server, wasm-bindgen's runner on a port of
+    // its own), so browsers' Origin never matches the servers' Host here.
+    extra.push('--allowed-origin', '*');
     s.child = run(serverBin, ['--listen', `127.0.0.1:${s.port}`, '--redis', `redis://127.0.0.1:${redisPort}`, '--log', 'warn', '--shutdown-grace', '2', '--group-claim-idle-ms', '1000', ...extra]);
     await until(`server ${i} start`, async () => (await fetch(`http://127.0.0.1:${s.port}/healthz`)).ok);
   };

@@ -60,7 +60,11 @@ impl Hooks for Permissions {
 #[tokio::main]
 async fn main() -> Result<(), redistribute::Error> {
     tracing_subscriber::fmt::init();
-    let server = Server::builder(Config::with_targets(["redis://127.0.0.1:6379"])).hooks(Permissions).build()?;
+    let mut config = Config::with_targets(["redis://127.0.0.1:6379"]);
+    // These hooks are the whole access policy (no tokens, no channel rules), so the server runs
+    // in open mode; `open` lets peers other than loopback in once the address is not 127.0.0.1.
+    config.access.open = true;
+    let server = Server::builder(config).hooks(Permissions).build()?;
     server.maxlen("public:lobby", 10_000);
     let listener = server.bind(&ListenOptions::new("127.0.0.1:8080".parse().expect("valid address"))).await?;
     println!("listening on ws://{}/?user=NAME", listener.local_addr()?);

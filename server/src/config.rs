@@ -49,6 +49,9 @@ pub struct Config {
     pub group_claim_idle: Duration,
     /// Consumer groups: deliveries after which an entry goes to `<channel>:dead`.
     pub group_max_deliveries: u64,
+    /// Tokens, channel rules, protected mode and allowed origins. The default is open mode for
+    /// loopback peers only.
+    pub access: crate::access::AccessConfig,
 }
 
 impl Default for Config {
@@ -73,6 +76,7 @@ impl Default for Config {
             static_dir: None,
             group_claim_idle: Duration::from_secs(30),
             group_max_deliveries: 5,
+            access: crate::access::AccessConfig::default(),
         }
     }
 }

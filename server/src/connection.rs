@@ -5,6 +5,7 @@
 //! connection's [`Outbox`], batching frames into as few flushes as possible. Both are generic over
 //! `Stream`/`Sink`, so the protocol handling tests without a network.
 
+use crate::access::{Identity, Op as AccessOp, Verdict};
 use crate::error::client_error;
 use crate::hooks::{ConnInfo, Decision};
 use crate::outbox::{Kick, Outbox};
@@ -42,6 +43,8 @@ where
         outbox,
         subscriptions: HashMap::new(),
         groups: HashMap::new(),
+        identity: None,
+        expiry: None,
     };
     let reader = async move {
         handler.read_loop(stream).await;
@@ -106,6 +109,10 @@ struct Handler {
     subscriptions: HashMap<String, Subscription>,
     /// Consumer group memberships by (channel, group), each pulling in its own task.
     groups: HashMap<(String, String), JoinHandle<()>>,
+    /// Who the connection authenticated as, if it did.
+    identity: Option<Identity>,
+    /// When its token expires: the connection closes with 4001 unless it authenticates again.
+    expiry: Option<tokio::time::Instant>,
 }
 
 impl Handler {
@@ -114,10 +121,21 @@ impl Handler {
         R: Stream<Item = Result<Message, WsError>> + Unpin,
     {
         loop {
+            let expiry = self.expiry;
+            let expired = async move {
+                match expiry {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             let next = tokio::select! {
                 biased;
                 () = self.outbox.kicked() => return,
                 () = self.shared.shutdown.cancelled() => return,
+                () = expired => {
+                    self.outbox.kick(close::TOKEN_EXPIRED, "token expired: authenticate again with a fresh token");
+                    return;
+                }
                 next = stream.next() => next,
             };
             match next {
@@ -206,6 +224,9 @@ impl Handler {
                 self.reply(Reply::ok(id, OkBody::default())).await;
             }
             Op::Ack { channel, group, offsets } => {
+                if let Err(error) = self.permit(&channel, AccessOp::Consume) {
+                    return self.reply(Reply::error(id, error)).await;
+                }
                 let reply = match self.shared.hooks.on_ack(&self.conn, &channel, &group, &offsets).await {
                     Decision::Deny(reason) => Reply::error(id, ProtocolError::new(ErrorCode::Forbidden, reason)),
                     Decision::Allow => match groups::ack(&self.shared.engine, &channel, &group, &offsets).await {
@@ -216,6 +237,13 @@ impl Handler {
                 self.reply(reply).await;
             }
             Op::Ping => self.reply(Reply::ok(id, OkBody::default())).await,
+            Op::Auth { token } => {
+                let reply = match self.authenticate(&token) {
+                    Ok(body) => Reply::ok(id, body),
+                    Err(error) => Reply::error(id, error),
+                };
+                self.reply(reply).await;
+            }
             _ => {
                 self.reply(Reply::error(
                     id,
@@ -232,6 +260,11 @@ impl Handler {
                 "already subscribed to {channel:?}; unsubscribe first to change the offset"
             )));
         }
+        let needed = match start {
+            Start::Latest => AccessOp::Subscribe,
+            Start::After(_) => AccessOp::History,
+        };
+        self.permit(channel, needed)?;
         self.admit(channel, start).await?;
         let state = self.shared.engine.state(channel).await.map_err(|e| client_error(&e))?;
         let after = match start {
@@ -281,6 +314,7 @@ impl Handler {
                 "already in group {group:?} of {channel:?} on this connection"
             )));
         }
+        self.permit(channel, AccessOp::Consume)?;
         self.admit(channel, start).await?;
         let config = &self.shared.config;
         let options = groups::GroupOptions {
@@ -305,12 +339,60 @@ impl Handler {
     }
 
     async fn publish(&self, channel: &str, fields: &[String], maxlen: Option<u64>) -> Result<OkBody, ProtocolError> {
+        let verdict = self.permit(channel, AccessOp::Publish)?;
+        let maxlen = match (maxlen, verdict.maxlen) {
+            (Some(_), _) if !verdict.client_maxlen => {
+                return Err(ProtocolError::new(
+                    ErrorCode::Forbidden,
+                    format!("the length of {channel:?} is set by the server: publish without maxlen"),
+                ));
+            }
+            // A client may trim harder than the channel's rule, never less.
+            (Some(asked), Some(rule)) => Some(asked.min(rule)),
+            (Some(asked), None) => Some(asked),
+            (None, _) => self.shared.maxlen_for(channel),
+        };
         if let Decision::Deny(reason) = self.shared.hooks.on_publish(&self.conn, channel, fields).await {
             return Err(ProtocolError::new(ErrorCode::Forbidden, reason));
         }
-        let maxlen = maxlen.or_else(|| self.shared.maxlen_for(channel));
         let offset = self.shared.engine.publish(channel, fields, maxlen).await.map_err(|e| client_error(&e))?;
         Ok(OkBody { offset: Some(offset), ..OkBody::default() })
+    }
+
+    /// Checks that the connection may do `op` on `channel`; returns the channel's rule.
+    fn permit(&self, channel: &str, op: AccessOp) -> Result<Verdict, ProtocolError> {
+        let verdict = self.shared.access.verdict(channel, self.identity.as_ref());
+        if verdict.ops.allows(op) {
+            return Ok(verdict);
+        }
+        let who = match &self.identity {
+            Some(identity) => format!("user {:?}", identity.user),
+            None => "a connection without a token".to_owned(),
+        };
+        Err(ProtocolError::new(ErrorCode::Forbidden, format!("{who} may not {} on {channel:?}", op.as_str())))
+    }
+
+    /// `auth`: verifies a token and makes it the connection's identity until it expires.
+    fn authenticate(&mut self, token: &str) -> Result<OkBody, ProtocolError> {
+        let identity = self.shared.access.verify(token).map_err(|e| {
+            debug!(conn = self.conn.id, error = %e, "token refused");
+            ProtocolError::new(ErrorCode::Unauthorized, e.0)
+        })?;
+        if let Some(current) = &self.identity
+            && current.user != identity.user
+        {
+            return Err(ProtocolError::new(
+                ErrorCode::Unauthorized,
+                format!("this connection is authenticated as {:?}; reconnect to change user", current.user),
+            ));
+        }
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let left = std::time::Duration::from_secs(identity.expires).saturating_sub(now);
+        self.expiry = Some(tokio::time::Instant::now() + left);
+        let body = OkBody { user: Some(identity.user.clone()), expires: Some(identity.expires), ..OkBody::default() };
+        self.conn.set_user(&identity.user);
+        self.identity = Some(identity);
+        Ok(body)
     }
 
     async fn cleanup(&mut self) {
@@ -341,12 +423,7 @@ mod tests {
     async fn connect(server: &Server) -> Client {
         let (client, served) = duplex(256 << 10);
         let shared = server.shared.clone();
-        let conn = Arc::new(ConnInfo {
-            id: shared.next_conn_id(),
-            peer: "127.0.0.1:9".parse().unwrap(),
-            target: "/".into(),
-            headers: vec![],
-        });
+        let conn = Arc::new(ConnInfo::new(shared.next_conn_id(), "127.0.0.1:9".parse().unwrap(), "/".into(), vec![]));
         let config = shared.config.clone();
         tokio::spawn(async move {
             let ws_config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()

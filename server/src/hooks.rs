@@ -10,6 +10,7 @@ use redistribute_protocol::{Entry, Start, StreamId};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::OnceLock;
 
 /// What the server knows about a connection, shown to every hook.
 #[derive(Debug, Clone)]
@@ -22,9 +23,26 @@ pub struct ConnInfo {
     pub target: String,
     /// The upgrade request's headers, names lower-cased, in order.
     pub headers: Vec<(String, String)>,
+    /// The user a token authenticated, once one did (a connection never changes user).
+    user: OnceLock<String>,
 }
 
 impl ConnInfo {
+    /// What the server knows about a new connection.
+    pub fn new(id: u64, peer: SocketAddr, target: String, headers: Vec<(String, String)>) -> ConnInfo {
+        ConnInfo { id, peer, target, headers, user: OnceLock::new() }
+    }
+
+    /// The user the connection authenticated as with a token (`auth`), if it did.
+    pub fn user(&self) -> Option<&str> {
+        self.user.get().map(String::as_str)
+    }
+
+    /// Records the authenticated user; a connection keeps its first one.
+    pub(crate) fn set_user(&self, user: &str) {
+        let _ = self.user.set(user.to_owned());
+    }
+
     /// The first header with this (case-insensitive) name.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
@@ -166,12 +184,12 @@ mod tests {
 
     #[test]
     fn reads_headers_and_query() {
-        let conn = ConnInfo {
-            id: 1,
-            peer: "127.0.0.1:1".parse().unwrap(),
-            target: "/?room=a&token=xyz&flag".into(),
-            headers: vec![("origin".into(), "https://app".into())],
-        };
+        let conn = ConnInfo::new(
+            1,
+            "127.0.0.1:1".parse().unwrap(),
+            "/?room=a&token=xyz&flag".into(),
+            vec![("origin".into(), "https://app".into())],
+        );
         assert_eq!(conn.query_param("token"), Some("xyz"));
         assert_eq!(conn.query_param("flag"), Some(""));
         assert_eq!(conn.query_param("nope"), None);

@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tracing::debug;
+use tracing::{debug, info};
 
 /// Largest request head accepted.
 const MAX_HEAD: usize = 16 << 10;
@@ -166,6 +166,14 @@ async fn upgrade_to_websocket<IO>(shared: Arc<Shared>, mut io: IO, peer: SocketA
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    if let Some(reason) = shared.access.refuse_peer(peer.ip()) {
+        info!(%peer, "refused a WebSocket from a non-loopback peer (open mode)");
+        return respond(&mut io, "403 Forbidden", &format!("{reason}\n"), &[]).await;
+    }
+    if let Some(reason) = shared.access.refuse_origin(head.header("origin"), head.header("host")) {
+        info!(%peer, origin = head.header("origin"), "refused a WebSocket from another origin");
+        return respond(&mut io, "403 Forbidden", &format!("{reason}\n"), &[]).await;
+    }
     if head.header("sec-websocket-version") != Some("13") {
         return respond(
             &mut io,
@@ -202,7 +210,7 @@ where
         .max_frame_size(Some(config.hard_frame_limit()));
     let leftover = buf[head.len..].to_vec();
     let socket = WebSocketStream::from_partially_read(io, leftover, Role::Server, Some(ws_config)).await;
-    let conn = Arc::new(ConnInfo { id: shared.next_conn_id(), peer, target: head.target, headers: head.headers });
+    let conn = Arc::new(ConnInfo::new(shared.next_conn_id(), peer, head.target, head.headers));
     debug!(conn = conn.id, %peer, "websocket connected");
     connection::run(shared, conn, socket).await;
 }

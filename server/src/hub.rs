@@ -353,7 +353,7 @@ mod tests {
     }
 
     fn conn(id: u64) -> Arc<ConnInfo> {
-        Arc::new(ConnInfo { id, peer: "127.0.0.1:1".parse().unwrap(), target: "/".into(), headers: vec![] })
+        Arc::new(ConnInfo::new(id, "127.0.0.1:1".parse().unwrap(), "/".into(), vec![]))
     }
 
     fn offsets(rx: &mut Receiver<Message>) -> Vec<u64> {

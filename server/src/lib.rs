@@ -33,6 +33,7 @@
 //!   `membership` runs one connection's membership, beside `replay` for subscriptions.
 //! - `outbox` is a connection's bounded send queue.
 
+pub mod access;
 pub mod config;
 pub mod engine;
 pub mod groups;
@@ -58,6 +59,7 @@ pub use listener::{ListenOptions, Listener};
 pub use redistribute_protocol as protocol;
 pub use redistribute_protocol::StreamId;
 
+use access::Access;
 use hooks::DynHooks;
 use hub::Partition;
 use redistribute_protocol::{Push, request::validate_channel};
@@ -74,6 +76,7 @@ pub(crate) struct Shared {
     pub(crate) engine: Engine,
     pub(crate) partitions: Vec<Partition>,
     pub(crate) hooks: Arc<dyn DynHooks>,
+    pub(crate) access: Access,
     maxlen: RwLock<HashMap<String, u64>>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tasks: TaskTracker,
@@ -90,7 +93,12 @@ impl Shared {
         &self.partitions[target * readers + within]
     }
 
+    /// The trim of a publish that asks for none: the channel rule's, else the channel's own,
+    /// else the default.
     pub(crate) fn maxlen_for(&self, channel: &str) -> Option<u64> {
+        if let Some(rule) = self.access.verdict(channel, None).maxlen {
+            return Some(rule);
+        }
         let per_channel = self.maxlen.read().unwrap_or_else(|p| p.into_inner());
         per_channel.get(channel).copied().or(self.config.default_maxlen)
     }
@@ -130,12 +138,14 @@ impl ServerBuilder {
             .flat_map(|target| (0..config.readers_per_target).map(move |_| target))
             .map(|target| Partition::new(target, self.hooks.clone(), config.join_buffer))
             .collect::<Vec<_>>();
+        let access = Access::new(&config.access);
         let shared = Arc::new(Shared {
             maxlen: RwLock::new(config.maxlen.clone()),
             config,
             engine,
             partitions,
             hooks: self.hooks,
+            access,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             next_conn_id: AtomicU64::new(0),

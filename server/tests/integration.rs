@@ -1,5 +1,6 @@
 //! End-to-end tests of the server against a real `redis-server` and real WebSockets on loopback.
 
+mod access;
 mod conformance;
 mod groups;
 mod support;
