@@ -1,9 +1,14 @@
-//! `redistribute-server`: parses options, starts the server, and shuts it down gracefully on
-//! Ctrl-C or SIGTERM. All behaviour lives in the `redistribute` library.
+//! `redistribute-server`: parses options (and the `--config` file), starts the server, and
+//! shuts it down gracefully on Ctrl-C or SIGTERM. All behaviour lives in the `redistribute`
+//! library.
+
+mod config_file;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
+use redistribute::access::{AccessConfig, ChannelRule, TokenVerifier};
 use redistribute::{Config, Engine, ListenOptions, Server};
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -16,6 +21,40 @@ use tracing_subscriber::EnvFilter;
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
 struct Args {
+    /// TOML file with settings (any option below, by its long name) and `[[channels]]` rules;
+    /// options on the command line or in the environment override it.
+    #[arg(long, env = "REDISTRIBUTE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Shared secret that signs connection tokens (HS256/384/512), at least 32 bytes.
+    #[arg(long, env = "REDISTRIBUTE_TOKEN_SECRET", hide_env_values = true, group = "token_key")]
+    token_secret: Option<String>,
+
+    /// File holding the token secret (its content, without a trailing newline).
+    #[arg(long, env = "REDISTRIBUTE_TOKEN_SECRET_FILE", value_name = "FILE", group = "token_key")]
+    token_secret_file: Option<PathBuf>,
+
+    /// PEM public key that verifies connection tokens (RS256/384/512, ES256/384, EdDSA).
+    #[arg(long, env = "REDISTRIBUTE_TOKEN_PUBLIC_KEY", value_name = "FILE", group = "token_key")]
+    token_public_key: Option<PathBuf>,
+
+    /// Tokens must carry this issuer (`iss`).
+    #[arg(long, env = "REDISTRIBUTE_TOKEN_ISSUER")]
+    token_issuer: Option<String>,
+
+    /// Tokens must carry this audience (`aud`).
+    #[arg(long, env = "REDISTRIBUTE_TOKEN_AUDIENCE")]
+    token_audience: Option<String>,
+
+    /// With no token key and no channel rules, serve every peer with every permission (by
+    /// default such an open server serves loopback peers only).
+    #[arg(long, env = "REDISTRIBUTE_OPEN")]
+    open: bool,
+
+    /// Browser origin allowed to connect besides the server's own (`*`: any); repeatable.
+    #[arg(long = "allowed-origin", env = "REDISTRIBUTE_ALLOWED_ORIGINS", value_delimiter = ',')]
+    allowed_origins: Vec<String>,
+
     /// Address to listen on for WebSocket upgrades (on `/`) and `GET /healthz`.
     #[arg(long, env = "REDISTRIBUTE_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
@@ -122,7 +161,41 @@ fn parse_maxlen(text: &str) -> Result<(String, u64), String> {
 }
 
 impl Args {
-    fn config(&self) -> Config {
+    /// Parses the command line and environment, then the `--config` file for what they left
+    /// unset. Exits with usage on bad arguments.
+    fn load() -> anyhow::Result<(Args, Vec<ChannelRule>)> {
+        let argv: Vec<OsString> = std::env::args_os().collect();
+        let matches = Args::command().get_matches_from(&argv);
+        let args = Args::from_arg_matches(&matches)?;
+        let Some(path) = &args.config else { return Ok((args, Vec::new())) };
+        let file = config_file::load(path, &Args::command(), &matches)?;
+        let matches = Args::command().get_matches_from(argv.into_iter().chain(file.args));
+        Ok((Args::from_arg_matches(&matches)?, file.channels))
+    }
+
+    fn tokens(&self) -> anyhow::Result<Option<TokenVerifier>> {
+        let verifier = if let Some(secret) = &self.token_secret {
+            TokenVerifier::from_secret(secret.as_bytes())
+        } else if let Some(path) = &self.token_secret_file {
+            let secret = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let secret = secret.strip_suffix(b"\n").unwrap_or(&secret);
+            TokenVerifier::from_secret(secret)
+        } else if let Some(path) = &self.token_public_key {
+            TokenVerifier::from_public_key_file(path)
+        } else {
+            return Ok(None);
+        };
+        let mut verifier = verifier.map_err(|e| anyhow::anyhow!("token key: {e}"))?;
+        if let Some(issuer) = &self.token_issuer {
+            verifier = verifier.issuer(issuer);
+        }
+        if let Some(audience) = &self.token_audience {
+            verifier = verifier.audience(audience);
+        }
+        Ok(Some(verifier))
+    }
+
+    fn config(&self, channels: Vec<ChannelRule>) -> anyhow::Result<Config> {
         let mut config = Config::with_targets(self.redis.iter().cloned());
         config.memory.max_bytes = self.memory_max_bytes;
         config.memory.max_entries_per_channel = self.memory_max_entries;
@@ -142,16 +215,34 @@ impl Args {
         config.static_dir = self.static_dir.clone();
         config.group_claim_idle = Duration::from_millis(self.group_claim_idle_ms);
         config.group_max_deliveries = self.group_max_deliveries;
-        config
+        config.access = AccessConfig {
+            tokens: self.tokens()?,
+            rules: channels,
+            open: self.open,
+            allowed_origins: self.allowed_origins.clone(),
+        };
+        Ok(config)
     }
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("redistribute-server: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
+    let (args, channels) = Args::load()?;
     tracing_subscriber::fmt().with_env_filter(EnvFilter::try_new(&args.log).context("invalid --log filter")?).init();
 
-    let server = Server::builder(args.config()).build()?;
+    let config = args.config(channels)?;
+    log_access(&config.access);
+    let server = Server::builder(config).build()?;
     let mut options = ListenOptions::new(args.listen);
     if let (Some(key), Some(cert)) = (&args.tls_key, &args.tls_cert) {
         options = options.with_tls(key, cert);
@@ -179,6 +270,26 @@ async fn main() -> anyhow::Result<()> {
     }
     serving.await??;
     Ok(())
+}
+
+/// Says at start who may connect and do what.
+fn log_access(access: &AccessConfig) {
+    match (&access.tokens, access.rules.len()) {
+        (None, 0) if access.open => tracing::warn!(
+            "OPEN to every peer (--open): anyone who reaches this port may read, write and trim every channel"
+        ),
+        (None, 0) => {
+            tracing::warn!("open mode for loopback peers only (no token key, no channel rules); others are refused")
+        }
+        (tokens, rules) => tracing::info!(
+            tokens = tokens.as_ref().map_or("none", TokenVerifier::kind),
+            channel_rules = rules,
+            "access control on"
+        ),
+    }
+    if !access.allowed_origins.is_empty() {
+        tracing::info!(origins = ?access.allowed_origins, "browser origins allowed besides the server's own");
+    }
 }
 
 async fn shutdown_signal() {
