@@ -8,6 +8,7 @@
 use crate::access::{Identity, Op as AccessOp, Verdict};
 use crate::error::client_error;
 use crate::hooks::{ConnInfo, Decision};
+use crate::membership::ConsumerLease;
 use crate::outbox::{Kick, Outbox};
 use crate::{Shared, groups, membership, replay};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
@@ -102,13 +103,22 @@ struct Subscription {
     replay: JoinHandle<()>,
 }
 
+/// One consumer group membership of this connection.
+struct Member {
+    task: JoinHandle<()>,
+    /// The consumer name in storage (scoped to the connection's user under access control).
+    consumer: String,
+    /// Holds the consumer name on this instance until the membership ends.
+    _lease: ConsumerLease,
+}
+
 struct Handler {
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
     outbox: Outbox,
     subscriptions: HashMap<String, Subscription>,
     /// Consumer group memberships by (channel, group), each pulling in its own task.
-    groups: HashMap<(String, String), JoinHandle<()>>,
+    groups: HashMap<(String, String), Member>,
     /// Who the connection authenticated as, if it did.
     identity: Option<Identity>,
     /// When its token expires: the connection closes with 4001 unless it authenticates again.
@@ -202,7 +212,7 @@ impl Handler {
             }
             Op::GroupSubscribe { channel, group, consumer, start } => {
                 match self.join_group(&channel, &group, &consumer, start).await {
-                    Ok(consumer) => {
+                    Ok((member, lease)) => {
                         self.reply(Reply::ok(id, OkBody::default())).await;
                         let task = membership::Membership {
                             shared: self.shared.clone(),
@@ -210,16 +220,17 @@ impl Handler {
                             channel: channel.clone(),
                             group: group.clone(),
                         };
-                        let handle = self.shared.tasks.spawn(task.run(consumer));
-                        self.groups.insert((channel, group), handle);
+                        let consumer = lease.consumer().to_owned();
+                        let task = self.shared.tasks.spawn(task.run(member));
+                        self.groups.insert((channel, group), Member { task, consumer, _lease: lease });
                     }
                     Err(error) => self.reply(Reply::error(id, error)).await,
                 }
             }
             Op::GroupUnsubscribe { channel, group } => {
-                if let Some(task) = self.groups.remove(&(channel, group)) {
-                    task.abort();
-                    let _ = task.await;
+                if let Some(member) = self.groups.remove(&(channel, group)) {
+                    member.task.abort();
+                    let _ = member.task.await;
                 }
                 self.reply(Reply::ok(id, OkBody::default())).await;
             }
@@ -227,12 +238,20 @@ impl Handler {
                 if let Err(error) = self.permit(&channel, AccessOp::Consume) {
                     return self.reply(Reply::error(id, error)).await;
                 }
-                let reply = match self.shared.hooks.on_ack(&self.conn, &channel, &group, &offsets).await {
-                    Decision::Deny(reason) => Reply::error(id, ProtocolError::new(ErrorCode::Forbidden, reason)),
-                    Decision::Allow => match groups::ack(&self.shared.engine, &channel, &group, &offsets).await {
-                        Ok(acked) => Reply::ok(id, OkBody { acked: Some(acked), ..OkBody::default() }),
-                        Err(e) => Reply::error(id, client_error(&e)),
-                    },
+                if let Decision::Deny(reason) = self.shared.hooks.on_ack(&self.conn, &channel, &group, &offsets).await {
+                    return self.reply(Reply::error(id, ProtocolError::new(ErrorCode::Forbidden, reason))).await;
+                }
+                // Only what was delivered to this connection's own consumer can be acknowledged.
+                let Some(consumer) = self.groups.get(&(channel.clone(), group.clone())).map(|m| m.consumer.clone())
+                else {
+                    let message = format!(
+                        "not a member of group {group:?} of {channel:?} on this connection: join it first (nothing acknowledged)"
+                    );
+                    return self.reply(Reply::error(id, ProtocolError::bad_request(message))).await;
+                };
+                let reply = match groups::ack_as(&self.shared.engine, &channel, &group, &consumer, &offsets).await {
+                    Ok(acked) => Reply::ok(id, OkBody { acked: Some(acked), ..OkBody::default() }),
+                    Err(e) => Reply::error(id, client_error(&e)),
                 };
                 self.reply(reply).await;
             }
@@ -308,7 +327,7 @@ impl Handler {
         group: &str,
         consumer: &str,
         start: Start,
-    ) -> Result<groups::Consumer, ProtocolError> {
+    ) -> Result<(groups::Consumer, ConsumerLease), ProtocolError> {
         if self.groups.contains_key(&(channel.to_owned(), group.to_owned())) {
             return Err(ProtocolError::bad_request(format!(
                 "already in group {group:?} of {channel:?} on this connection"
@@ -316,6 +335,13 @@ impl Handler {
         }
         self.permit(channel, AccessOp::Consume)?;
         self.admit(channel, start).await?;
+        let consumer = self.shared.access.consumer_name(self.identity.as_ref(), consumer);
+        let lease = self.shared.consumers.lease(channel, group, &consumer).ok_or_else(|| {
+            ProtocolError::new(
+                ErrorCode::Conflict,
+                format!("consumer {consumer:?} of group {group:?} is held by another live connection"),
+            )
+        })?;
         let config = &self.shared.config;
         let options = groups::GroupOptions {
             start,
@@ -325,9 +351,10 @@ impl Handler {
             batch: config.read_count.min(config.limits.max_offsets),
             block: config.block,
         };
-        groups::Consumer::join(&self.shared.engine, channel, group, consumer, options)
+        let member = groups::Consumer::join(&self.shared.engine, channel, group, lease.consumer(), options)
             .await
-            .map_err(|e| client_error(&e))
+            .map_err(|e| client_error(&e))?;
+        Ok((member, lease))
     }
 
     async fn unsubscribe(&mut self, channel: &str) {
@@ -400,10 +427,10 @@ impl Handler {
         for channel in channels {
             self.unsubscribe(&channel).await;
         }
-        for (_, task) in self.groups.drain() {
+        for (_, member) in self.groups.drain() {
             // Unacknowledged entries stay pending: claimed by others after the idle time.
-            task.abort();
-            let _ = task.await;
+            member.task.abort();
+            let _ = member.task.await;
         }
     }
 }

@@ -34,6 +34,13 @@ pub(crate) fn client_error(e: &EngineError) -> ProtocolError {
             ProtocolError::bad_request(format!("the Redis key of channel {channel:?} is not a stream"))
         }
         EngineError::NoGroup { .. } => ProtocolError::bad_request(format!("no such consumer group ({e})")),
+        EngineError::HeldByOthers(offsets) => {
+            let offsets: Vec<String> = offsets.iter().map(ToString::to_string).collect();
+            ProtocolError::new(
+                ErrorCode::Forbidden,
+                format!("pending for another consumer, nothing acknowledged: {}", offsets.join(", ")),
+            )
+        }
         EngineError::NotPending(offsets) => {
             let offsets: Vec<String> = offsets.iter().map(ToString::to_string).collect();
             ProtocolError::bad_request(format!(

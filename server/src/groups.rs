@@ -201,17 +201,52 @@ impl Consumer {
     }
 }
 
-/// Acknowledges `offsets` in `group` of `channel`, all or nothing: if any is not pending in the
-/// group, nothing is acknowledged and the error names them.
+/// Acknowledges `offsets` in `group` of `channel`, whichever consumer they are pending for, all
+/// or nothing: if any is not pending in the group, nothing is acknowledged and the error names
+/// them.
 ///
 /// # Errors
 /// [`EngineError::NoGroup`] for a missing group; [`EngineError::NotPending`] listing offsets that
 /// are not pending.
 pub async fn ack(engine: &Engine, channel: &str, group: &str, offsets: &[StreamId]) -> Result<u64, EngineError> {
-    let pending = engine.group_pending(channel, group, offsets).await?;
-    let missing: Vec<StreamId> = offsets.iter().zip(&pending).filter(|(_, p)| !**p).map(|(o, _)| *o).collect();
+    ack_checked(engine, channel, group, None, offsets).await
+}
+
+/// Like [`ack`], for consumer `consumer` only: offsets pending for another consumer of the group
+/// are refused too (all or nothing).
+///
+/// # Errors
+/// As for [`ack`], and [`EngineError::HeldByOthers`] listing offsets pending for others.
+pub async fn ack_as(
+    engine: &Engine,
+    channel: &str,
+    group: &str,
+    consumer: &str,
+    offsets: &[StreamId],
+) -> Result<u64, EngineError> {
+    ack_checked(engine, channel, group, Some(consumer), offsets).await
+}
+
+async fn ack_checked(
+    engine: &Engine,
+    channel: &str,
+    group: &str,
+    consumer: Option<&str>,
+    offsets: &[StreamId],
+) -> Result<u64, EngineError> {
+    let holders = engine.group_pending(channel, group, offsets).await?;
+    let offending = |keep: &dyn Fn(&Option<String>) -> bool| -> Vec<StreamId> {
+        offsets.iter().zip(&holders).filter(|(_, holder)| keep(holder)).map(|(offset, _)| *offset).collect()
+    };
+    let missing = offending(&|holder| holder.is_none());
     if !missing.is_empty() {
         return Err(EngineError::NotPending(missing));
+    }
+    if let Some(consumer) = consumer {
+        let others = offending(&|holder| holder.as_deref() != Some(consumer));
+        if !others.is_empty() {
+            return Err(EngineError::HeldByOthers(others));
+        }
     }
     engine.group_ack(channel, group, offsets).await
 }

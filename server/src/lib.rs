@@ -77,6 +77,8 @@ pub(crate) struct Shared {
     pub(crate) partitions: Vec<Partition>,
     pub(crate) hooks: Arc<dyn DynHooks>,
     pub(crate) access: Access,
+    /// Consumer names held by this instance's connections.
+    pub(crate) consumers: Arc<membership::ConsumerLeases>,
     maxlen: RwLock<HashMap<String, u64>>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tasks: TaskTracker,
@@ -146,6 +148,7 @@ impl ServerBuilder {
             partitions,
             hooks: self.hooks,
             access,
+            consumers: Arc::default(),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             next_conn_id: AtomicU64::new(0),

@@ -13,9 +13,46 @@ use crate::outbox::Outbox;
 use redistribute_protocol::frame::{GroupEntry, GroupPush};
 use redistribute_protocol::{Backoff, close};
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tracing::warn;
+
+/// The consumer names held by this instance's live connections, so that a second connection
+/// cannot join as a consumer another one holds (it would take over its deliveries).
+#[derive(Debug, Default)]
+pub(crate) struct ConsumerLeases {
+    held: Mutex<HashSet<(String, String, String)>>,
+}
+
+impl ConsumerLeases {
+    /// Holds consumer `consumer` of `group` of `channel`; `None` if a live connection holds it.
+    pub(crate) fn lease(self: &Arc<Self>, channel: &str, group: &str, consumer: &str) -> Option<ConsumerLease> {
+        let key = (channel.to_owned(), group.to_owned(), consumer.to_owned());
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.insert(key.clone()).then(|| ConsumerLease { leases: self.clone(), key })
+    }
+}
+
+/// A held consumer name; dropping it lets the name go.
+#[derive(Debug)]
+pub(crate) struct ConsumerLease {
+    leases: Arc<ConsumerLeases>,
+    key: (String, String, String),
+}
+
+impl ConsumerLease {
+    /// The consumer name.
+    pub(crate) fn consumer(&self) -> &str {
+        &self.key.2
+    }
+}
+
+impl Drop for ConsumerLease {
+    fn drop(&mut self) {
+        self.leases.held.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
+    }
+}
 
 /// A joined member, ready to run.
 pub(crate) struct Membership {

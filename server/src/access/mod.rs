@@ -105,6 +105,18 @@ impl Access {
         }
     }
 
+    /// The name consumer `consumer` of a connection with `identity` has in storage. Under access
+    /// control it is scoped to the user (`<len>:<user>:<consumer>`, or `anon:<consumer>`), so two
+    /// users' `w1` are different consumers and nobody can name another user's; an open server
+    /// keeps names as they are.
+    pub(crate) fn consumer_name(&self, identity: Option<&Identity>, consumer: &str) -> String {
+        match (&self.policy, identity) {
+            (None, _) => consumer.to_owned(),
+            (Some(_), Some(identity)) => format!("{}:{}:{consumer}", identity.user.len(), identity.user),
+            (Some(_), None) => format!("anon:{consumer}"),
+        }
+    }
+
     /// What a connection with `identity` may do on `channel`.
     pub(crate) fn verdict(&self, channel: &str, identity: Option<&Identity>) -> Verdict {
         match &self.policy {

@@ -35,6 +35,9 @@ pub enum EngineError {
     /// Offsets that are not pending in the group.
     #[error("not pending in the group: {}", list(.0))]
     NotPending(Vec<StreamId>),
+    /// Offsets pending for another consumer than the one acknowledging.
+    #[error("pending for another consumer: {}", list(.0))]
+    HeldByOthers(Vec<StreamId>),
     /// Redis refused a command for a reason the server does not expect.
     #[error("storage refused a command")]
     Refused(#[source] redis::RedisError),

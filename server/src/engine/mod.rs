@@ -153,7 +153,8 @@ impl Engine {
         }
     }
 
-    /// Which of `offsets` are pending in `group` of `channel`, whichever consumer holds them.
+    /// Which consumer of `group` of `channel` each of `offsets` is pending for (`None`: not
+    /// pending).
     ///
     /// # Errors
     /// [`EngineError::NoGroup`] for a missing group; [`EngineError::Unavailable`].
@@ -162,7 +163,7 @@ impl Engine {
         channel: &str,
         group: &str,
         offsets: &[StreamId],
-    ) -> Result<Vec<bool>, EngineError> {
+    ) -> Result<Vec<Option<String>>, EngineError> {
         match self {
             Engine::Redis(redis) => redis.group_pending(channel, group, offsets).await,
             Engine::Memory(memory) => memory.group_pending(channel, group, offsets),

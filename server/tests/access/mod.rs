@@ -216,8 +216,27 @@ async fn consumer_groups_need_consume() {
     assert_eq!(code(&stranger.request(ack).await), "forbidden");
     let mut worker = connect(&server.url()).await;
     let token = hs256(&claims("w", json!([{"match": "jobs", "allow": ["consume"]}])));
-    worker.request(json!({"op": "auth", "token": token})).await;
-    assert!(worker.request(join).await["ok"].is_object());
+    worker.request(json!({"op": "auth", "token": token.clone()})).await;
+    assert!(worker.request(join.clone()).await["ok"].is_object());
+    let job = worker.push().await["messages"][0]["offset"].as_str().unwrap().to_owned();
+    // The same user's second connection cannot take over the live consumer.
+    let mut twin = connect(&server.url()).await;
+    twin.request(json!({"op": "auth", "token": token})).await;
+    assert_eq!(code(&twin.request(join.clone()).await), "conflict");
+    // Another user's `w1` is another consumer: it neither steals the job nor acknowledges it.
+    let mut mallory = connect(&server.url()).await;
+    let theirs = hs256(&claims("mallory", json!([{"match": "jobs", "allow": ["consume"]}])));
+    mallory.request(json!({"op": "auth", "token": theirs})).await;
+    assert!(mallory.request(join).await["ok"].is_object());
+    let ack = json!({"op": "ack", "channel": "jobs", "group": "g", "offsets": [job]});
+    let refused = mallory.request(ack.clone()).await;
+    assert_eq!(code(&refused), "forbidden", "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap().contains("another consumer"));
+    let holders: Vec<(String, String, u64, u64)> =
+        redis::cmd("XPENDING").arg("jobs").arg("g").arg("-").arg("+").arg(10).query(&mut redis.conn()).unwrap();
+    assert_eq!(holders.len(), 1, "still pending: {holders:?}");
+    assert_eq!(holders[0].1, "1:w:w1", "scoped to its user");
+    assert_eq!(worker.request(ack).await["ok"]["acked"], 1, "the owner acknowledges it");
     server.stop().await;
 }
 

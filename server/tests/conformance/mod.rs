@@ -327,6 +327,13 @@ async fn groups_acknowledge_all_or_nothing(engine: &Engine) {
     assert_eq!(pending(engine, "acks", "g").await, 3, "all or nothing");
     assert!(matches!(groups::ack(engine, "acks", "nope", &[real]).await, Err(EngineError::NoGroup { .. })));
     assert!(matches!(groups::pending_count(engine, "acks", "nope").await, Err(EngineError::NoGroup { .. })));
+    // As one consumer: entries pending for another are refused, all or nothing.
+    let mine = batch[1].entry.offset;
+    match groups::ack_as(engine, "acks", "g", "someone-else", &[mine]).await {
+        Err(EngineError::HeldByOthers(list)) => assert_eq!(list, [mine]),
+        other => panic!("expected HeldByOthers, got {other:?}"),
+    }
+    assert_eq!(groups::ack_as(engine, "acks", "g", "w", &[mine]).await.unwrap(), 1);
     assert_eq!(groups::ack(engine, "acks", "g", &[real]).await.unwrap(), 1);
-    assert_eq!(pending(engine, "acks", "g").await, 2);
+    assert_eq!(pending(engine, "acks", "g").await, 1);
 }

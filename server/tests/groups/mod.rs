@@ -147,7 +147,7 @@ mod over_the_wire {
         );
         let error =
             client.expect_error(json!({"op": "ack", "channel": "q3", "group": "nope", "offsets": [real]})).await;
-        assert!(error["message"].as_str().unwrap().contains("no such consumer group"), "{error}");
+        assert!(error["message"].as_str().unwrap().contains("not a member of group \"nope\""), "{error}");
         let long = "w".repeat(300);
         let error =
             client.expect_error(json!({"op": "subscribe", "channel": "q3", "group": "g", "consumer": long})).await;

@@ -248,7 +248,7 @@ impl MemoryEngine {
         self.with_group(channel, group, |stream, group| stream.groups[group].pending.len() as u64)
     }
 
-    /// Which of `offsets` are pending in the group (for all-or-nothing acknowledgements).
+    /// Which consumer each of `offsets` is pending for, if any (for all-or-nothing acks).
     ///
     /// # Errors
     /// [`EngineError::NoGroup`] when the group does not exist.
@@ -257,9 +257,9 @@ impl MemoryEngine {
         channel: &str,
         group: &str,
         offsets: &[StreamId],
-    ) -> Result<Vec<bool>, EngineError> {
+    ) -> Result<Vec<Option<String>>, EngineError> {
         self.with_group(channel, group, |stream, group| {
-            offsets.iter().map(|id| stream.groups[group].pending.contains_key(id)).collect()
+            offsets.iter().map(|id| stream.groups[group].pending.get(id).map(|p| p.consumer.clone())).collect()
         })
     }
 

@@ -159,13 +159,13 @@ impl RedisMember {
 }
 
 impl RedisEngine {
-    /// Which of `offsets` are pending in `group` of `channel` (any consumer).
+    /// Which consumer of `group` of `channel` each of `offsets` is pending for, if any.
     pub(crate) async fn group_pending(
         &self,
         channel: &str,
         group: &str,
         offsets: &[StreamId],
-    ) -> Result<Vec<bool>, EngineError> {
+    ) -> Result<Vec<Option<String>>, EngineError> {
         let target = self.target(channel);
         let mut pipe = redis::pipe();
         for offset in offsets {
@@ -176,7 +176,7 @@ impl RedisEngine {
             .query_async(&mut target.commands())
             .await
             .map_err(|e| classify(e, &target.at(channel, Some(group))))?;
-        Ok(found.iter().map(|rows| !rows.is_empty()).collect())
+        Ok(found.into_iter().map(|rows| rows.into_iter().next().map(|(_, consumer, _, _)| consumer)).collect())
     }
 
     /// `XACK` on the shared connection: returns how many of `offsets` were pending.
