@@ -15,7 +15,7 @@
 // Control API (CORS open, loopback only):
 //   POST /server/<0|1>/stop    SIGTERM the instance and wait for it to exit
 //   POST /server/<0|1>/start   start it again on the same port and wait until healthy
-//   POST /xadd?channel=C&field=F&value=V      XADD straight into Redis → {"offset": …}
+//   POST /xadd?channel=C&field=F&value=V      XADD rd:C straight into Redis → {"offset": …}
 //   POST /publisher?channel=C&count=N&interval=MS   another process XADDs N entries (n=0…N-1)
 //   GET  /publisher/wait       resolves when that publisher is done
 //   GET  /xrange?channel=C     [[offset, [f, v, …]], …]
@@ -36,6 +36,8 @@ import net from 'node:net';
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const serverBin = process.env.RD_SERVER_BIN ?? join(root, 'target', 'debug', 'redistribute-server');
 const children = new Set();
+// The servers' default --key-prefix: channel C is the Redis key rd:C.
+const KEY_PREFIX = 'rd:';
 
 function freePort() {
   return new Promise((resolve, reject) => {
@@ -141,8 +143,8 @@ async function main() {
         await (m[2] === 'stop' ? stopServer(Number(m[1])) : startServer(Number(m[1])));
         return reply(200, { ok: true });
       }
-      if (url.pathname === '/xadd') return reply(200, { offset: await redisCli(redisPort, ['XADD', q('channel'), '*', q('field'), q('value')]) });
-      if (url.pathname === '/xrange') return reply(200, await redisCli(redisPort, ['XRANGE', q('channel'), '-', '+']));
+      if (url.pathname === '/xadd') return reply(200, { offset: await redisCli(redisPort, ['XADD', KEY_PREFIX + q('channel'), '*', q('field'), q('value')]) });
+      if (url.pathname === '/xrange') return reply(200, await redisCli(redisPort, ['XRANGE', KEY_PREFIX + q('channel'), '-', '+']));
       if (url.pathname === '/publisher') {
         const count = Number(q('count'));
         const interval = Number(q('interval') ?? 10);
@@ -152,7 +154,7 @@ async function main() {
           const cli = spawn('redis-cli', ['-p', String(redisPort)], { stdio: ['pipe', 'ignore', 'inherit'] });
           children.add(cli);
           for (let n = 0; n < count; n++) {
-            cli.stdin.write(`XADD ${channel} * n ${n}\n`);
+            cli.stdin.write(`XADD ${KEY_PREFIX}${channel} * n ${n}\n`);
             await sleep(interval);
           }
           cli.stdin.end();

@@ -49,6 +49,10 @@ pub struct Config {
     pub group_claim_idle: Duration,
     /// Consumer groups: deliveries after which an entry goes to `<channel>:dead`.
     pub group_max_deliveries: u64,
+    /// Prepended to channel names to make Redis keys: channel `chat` is key `rd:chat` by default,
+    /// so clients can only reach keys under it. Empty: channel names are keys (any key a client
+    /// names, including other applications' data, can then be read, written and trimmed).
+    pub key_prefix: String,
     /// Tokens, channel rules, protected mode and allowed origins. The default is open mode for
     /// loopback peers only.
     pub access: crate::access::AccessConfig,
@@ -76,6 +80,7 @@ impl Default for Config {
             static_dir: None,
             group_claim_idle: Duration::from_secs(30),
             group_max_deliveries: 5,
+            key_prefix: "rd:".to_owned(),
             access: crate::access::AccessConfig::default(),
         }
     }

@@ -134,7 +134,7 @@ impl ServerBuilder {
         let engine = if config.targets.is_empty() {
             Engine::Memory(MemoryEngine::new(config.memory))
         } else {
-            Engine::Redis(RedisEngine::new(&config.targets, config.redis_timeout)?)
+            Engine::Redis(RedisEngine::new(&config.targets, config.redis_timeout, &config.key_prefix)?)
         };
         let partitions = (0..engine.target_count())
             .flat_map(|target| (0..config.readers_per_target).map(move |_| target))

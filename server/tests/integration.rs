@@ -9,7 +9,7 @@ use redistribute::protocol::{Entry, Start};
 use redistribute::{Config, ConnInfo, Decision, Hooks, ListenOptions, Server, StreamEvent};
 use serde_json::{Value, json};
 use std::time::Duration;
-use support::{PATIENCE, Redis, TestServer, config, connect};
+use support::{PATIENCE, Redis, TestServer, config, connect, key};
 
 fn strings(fields: &[&str]) -> Vec<String> {
     fields.iter().map(|s| s.to_string()).collect()
@@ -122,12 +122,12 @@ async fn handover_from_replay_to_live_has_no_gap_and_no_duplicate_under_load() {
             // Join at staggered points of the run (after j/JOINERS of it), from varied offsets.
             let mut conn = redis::Client::open(redis_url).unwrap().get_connection().unwrap();
             let deadline = std::time::Instant::now() + PATIENCE;
-            while redis::cmd("XLEN").arg("load").query::<usize>(&mut conn).unwrap() < TOTAL * j / JOINERS {
+            while redis::cmd("XLEN").arg(key("load")).query::<usize>(&mut conn).unwrap() < TOTAL * j / JOINERS {
                 assert!(std::time::Instant::now() < deadline, "the publisher stalled");
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             let existing: Vec<(String, Vec<String>)> =
-                redis::cmd("XRANGE").arg("load").arg("-").arg("+").query(&mut conn).unwrap();
+                redis::cmd("XRANGE").arg(key("load")).arg("-").arg("+").query(&mut conn).unwrap();
             let offset = match j % 4 {
                 0 => "$".to_owned(),
                 1 => "0".to_owned(),
@@ -168,7 +168,7 @@ async fn trimmed_history_is_reported_as_truncated() {
     let redis = Redis::start();
     let server = TestServer::start(config(&redis)).await;
     let ids: Vec<String> = (0..100).map(|i| redis.xadd("t", &[("n", &i.to_string())])).collect();
-    let _: i64 = redis::cmd("XTRIM").arg("t").arg("MAXLEN").arg(10).query(&mut redis.conn()).unwrap();
+    let _: i64 = redis::cmd("XTRIM").arg(key("t")).arg("MAXLEN").arg(10).query(&mut redis.conn()).unwrap();
 
     let mut client = connect(&server.url()).await;
     let ok = client.subscribe("t", &ids[5]).await;
@@ -193,7 +193,7 @@ async fn trimmed_history_is_reported_as_truncated() {
     assert!(latest.subscribe("t", "$").await.get("truncated").is_none());
 
     // XDEL of an entry after the offset counts too.
-    let _: i64 = redis::cmd("XDEL").arg("t").arg(&ids[95]).query(&mut redis.conn()).unwrap();
+    let _: i64 = redis::cmd("XDEL").arg(key("t")).arg(&ids[95]).query(&mut redis.conn()).unwrap();
     let mut after_delete = connect(&server.url()).await;
     assert_eq!(after_delete.subscribe("t", &ids[92]).await["truncated"], json!(true));
     server.stop().await;
@@ -213,7 +213,7 @@ async fn a_trim_racing_a_replay_is_reported_in_the_next_push() {
     let ids: Vec<String> = (0..400).map(|i| redis.xadd("big", &[("n", &i.to_string()), ("p", &payload)])).collect();
     let mut client = connect(&server.url()).await;
     assert_eq!(client.subscribe("big", "0").await, json!({"offset": "0-0"}));
-    let _: i64 = redis::cmd("XTRIM").arg("big").arg("MAXLEN").arg(10).query(&mut redis.conn()).unwrap();
+    let _: i64 = redis::cmd("XTRIM").arg(key("big")).arg("MAXLEN").arg(10).query(&mut redis.conn()).unwrap();
 
     let mut received = Vec::new();
     let mut flagged = 0;
@@ -243,7 +243,7 @@ async fn publishes_are_trimmed_with_maxlen() {
     let server = TestServer::start(cfg).await;
     server.server.maxlen("runtime", 20);
     let mut client = connect(&server.url()).await;
-    let xlen = |key: &str| -> usize { redis::cmd("XLEN").arg(key).query(&mut redis.conn()).unwrap() };
+    let xlen = |channel: &str| -> usize { redis::cmd("XLEN").arg(key(channel)).query(&mut redis.conn()).unwrap() };
 
     for i in 0..1000 {
         let n = i.to_string();
@@ -509,8 +509,8 @@ async fn a_key_turned_into_a_non_stream_does_not_stall_other_channels() {
     redis.xadd("poison", &[("k", "v")]);
     victim.subscribe("poison", "$").await;
     bystander.subscribe("healthy", "$").await;
-    let _: () = redis::cmd("DEL").arg("poison").query(&mut redis.conn()).unwrap();
-    let _: () = redis::cmd("SET").arg("poison").arg("not a stream").query(&mut redis.conn()).unwrap();
+    let _: () = redis::cmd("DEL").arg(key("poison")).query(&mut redis.conn()).unwrap();
+    let _: () = redis::cmd("SET").arg(key("poison")).arg("not a stream").query(&mut redis.conn()).unwrap();
     for n in 0..3 {
         let offset = redis.xadd("healthy", &[("n", &n.to_string())]);
         assert_eq!(bystander.entries("healthy", 1).await[0].0, offset, "entry {n} still flows");
@@ -542,8 +542,8 @@ async fn channels_are_sharded_over_several_targets() {
         let got = sub.entries(channel, 1).await;
         assert_eq!(got[0].0, offset);
     }
-    let exists = |redis: &Redis, key: &str| -> bool {
-        redis::cmd("EXISTS").arg(key).query::<i64>(&mut redis.conn()).unwrap() == 1
+    let exists = |redis: &Redis, channel: &str| -> bool {
+        redis::cmd("EXISTS").arg(key(channel)).query::<i64>(&mut redis.conn()).unwrap() == 1
     };
     let on_one = channels.iter().filter(|c| exists(&one, c)).count();
     let on_two = channels.iter().filter(|c| exists(&two, c)).count();

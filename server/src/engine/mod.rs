@@ -115,7 +115,9 @@ impl Engine {
     /// [`EngineError::Unavailable`] when the target cannot be reached.
     pub async fn follower(&self, index: usize) -> Result<Follower, EngineError> {
         match self {
-            Engine::Redis(redis) => Ok(Follower::Redis(RedisFollower::connect(&redis.targets()[index]).await?)),
+            Engine::Redis(redis) => {
+                Ok(Follower::Redis(Box::new(RedisFollower::connect(&redis.targets()[index]).await?)))
+            }
             Engine::Memory(memory) => Ok(Follower::Memory(memory.clone())),
         }
     }
@@ -146,9 +148,9 @@ impl Engine {
         start: Start,
     ) -> Result<Member, EngineError> {
         match self {
-            Engine::Redis(redis) => {
-                Ok(Member::Redis(RedisMember::join(redis.target(channel), channel, group, consumer, start).await?))
-            }
+            Engine::Redis(redis) => Ok(Member::Redis(Box::new(
+                RedisMember::join(redis.target(channel), channel, group, consumer, start).await?,
+            ))),
             Engine::Memory(memory) => Ok(Member::Memory(MemoryMember::join(memory, channel, group, consumer, start))),
         }
     }
@@ -199,7 +201,7 @@ impl Engine {
 #[non_exhaustive]
 pub enum Follower {
     /// A dedicated Redis connection blocking in `XREAD`.
-    Redis(RedisFollower),
+    Redis(Box<RedisFollower>),
     /// The memory engine's append notifications.
     Memory(MemoryEngine),
 }
@@ -250,7 +252,7 @@ impl Follower {
 #[non_exhaustive]
 pub enum Member {
     /// On Redis.
-    Redis(RedisMember),
+    Redis(Box<RedisMember>),
     /// In the memory engine.
     Memory(MemoryMember),
 }

@@ -232,8 +232,14 @@ async fn consumer_groups_need_consume() {
     let refused = mallory.request(ack.clone()).await;
     assert_eq!(code(&refused), "forbidden", "{refused}");
     assert!(refused["error"]["message"].as_str().unwrap().contains("another consumer"));
-    let holders: Vec<(String, String, u64, u64)> =
-        redis::cmd("XPENDING").arg("jobs").arg("g").arg("-").arg("+").arg(10).query(&mut redis.conn()).unwrap();
+    let holders: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+        .arg(crate::support::key("jobs"))
+        .arg("g")
+        .arg("-")
+        .arg("+")
+        .arg(10)
+        .query(&mut redis.conn())
+        .unwrap();
     assert_eq!(holders.len(), 1, "still pending: {holders:?}");
     assert_eq!(holders[0].1, "1:w:w1", "scoped to its user");
     assert_eq!(worker.request(ack).await["ok"]["acked"], 1, "the owner acknowledges it");
@@ -348,4 +354,37 @@ fn open_mode_serves_loopback_peers_only_unless_told() {
         let _ = child.wait();
         assert_eq!(answer, expected, "a peer at {address} with {extra:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_live_under_the_key_prefix_and_other_keys_are_out_of_reach() {
+    let redis = Redis::start();
+    let mut conn = redis.conn();
+    // Another application's data on the same Redis.
+    let _: () = redis::cmd("HSET").arg("session:42").arg("user").arg("ann").query(&mut conn).unwrap();
+    for n in 0..11 {
+        let _: String = redis::cmd("XADD").arg("events").arg("*").arg("n").arg(n).query(&mut conn).unwrap();
+    }
+    let server = TestServer::start(config(&redis)).await;
+    let mut client = connect(&server.url()).await;
+    let offset = client.publish("chat", &["k", "v"]).await;
+    let raw: Vec<(String, Vec<String>)> =
+        redis::cmd("XRANGE").arg("rd:chat").arg("-").arg("+").query(&mut conn).unwrap();
+    assert_eq!(raw, vec![(offset, vec!["k".to_owned(), "v".to_owned()])], "channel chat is the key rd:chat");
+    assert_eq!(redis::cmd("EXISTS").arg("chat").query::<i64>(&mut conn).unwrap(), 0);
+    // Naming another application's keys reaches only keys under the prefix.
+    assert_eq!(client.subscribe("session:42", "0").await["offset"], "0-0");
+    let trim = json!({"op": "publish", "channel": "events", "fields": ["k", "v"], "maxlen": 1});
+    assert!(client.request(trim).await["ok"].is_object());
+    assert_eq!(redis::cmd("XLEN").arg("events").query::<i64>(&mut conn).unwrap(), 11, "untouched");
+    assert_eq!(redis::cmd("TYPE").arg("session:42").query::<String>(&mut conn).unwrap(), "hash", "untouched");
+    server.stop().await;
+    // An empty prefix makes channel names the keys (documented as unsafe for shared Redis).
+    let mut raw_names = config(&redis);
+    raw_names.key_prefix = String::new();
+    let server = TestServer::start(raw_names).await;
+    let mut client = connect(&server.url()).await;
+    assert_eq!(client.subscribe("events", "0").await["offset"], "0-0");
+    assert_eq!(client.entries("events", 11).await.len(), 11);
+    server.stop().await;
 }

@@ -17,7 +17,8 @@ macro_rules! conformance {
                 async fn $case() {
                     let redis = crate::support::Redis::start();
                     let engine = redistribute::engine::Engine::Redis(
-                        redistribute::engine::RedisEngine::new(&[redis.url()], std::time::Duration::from_secs(5)).unwrap(),
+                        redistribute::engine::RedisEngine::new(&[redis.url()], std::time::Duration::from_secs(5), crate::support::PREFIX)
+                            .unwrap(),
                     );
                     super::$case(&engine).await;
                 }

@@ -9,7 +9,7 @@ fn fill(redis: &Redis, channel: &str, count: usize) -> Vec<String> {
     for chunk in (0..count).collect::<Vec<_>>().chunks(1000) {
         let mut pipe = redis::pipe();
         for n in chunk {
-            pipe.cmd("XADD").arg(channel).arg("*").arg("n").arg(n);
+            pipe.cmd("XADD").arg(crate::support::key(channel)).arg("*").arg("n").arg(n);
         }
         let chunk_ids: Vec<String> = pipe.query(&mut conn).unwrap();
         ids.extend(chunk_ids);
@@ -19,7 +19,8 @@ fn fill(redis: &Redis, channel: &str, count: usize) -> Vec<String> {
 
 fn pending(redis: &Redis, channel: &str, group: &str) -> u64 {
     // XPENDING's summary form starts with the number of pending entries.
-    let summary: Vec<redis::Value> = redis::cmd("XPENDING").arg(channel).arg(group).query(&mut redis.conn()).unwrap();
+    let summary: Vec<redis::Value> =
+        redis::cmd("XPENDING").arg(crate::support::key(channel)).arg(group).query(&mut redis.conn()).unwrap();
     redis::from_redis_value(summary[0].clone()).unwrap()
 }
 

@@ -20,6 +20,14 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 /// bound hangs, they do not measure speed.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
+/// The servers' default key prefix: channel `c` is the Redis key `rd:c`.
+pub const PREFIX: &str = "rd:";
+
+/// The Redis key of `channel`.
+pub fn key(channel: &str) -> String {
+    format!("{PREFIX}{channel}")
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -90,21 +98,21 @@ impl Redis {
         self.spawn();
     }
 
-    /// `XADD key * fields…` straight into Redis, as another program would.
-    pub fn xadd(&self, key: &str, fields: &[(&str, &str)]) -> String {
+    /// `XADD <key of channel> * fields…` straight into Redis, as another program would.
+    pub fn xadd(&self, channel: &str, fields: &[(&str, &str)]) -> String {
         let mut cmd = redis::cmd("XADD");
-        cmd.arg(key).arg("*");
+        cmd.arg(key(channel)).arg("*");
         for (k, v) in fields {
             cmd.arg(*k).arg(*v);
         }
         cmd.query(&mut self.conn()).unwrap()
     }
 
-    /// `XRANGE key (after +` as `(id, fields)` pairs.
-    pub fn xrange_after(&self, key: &str, after: &str) -> Vec<(String, Vec<String>)> {
+    /// `XRANGE <key of channel> (after +` as `(id, fields)` pairs.
+    pub fn xrange_after(&self, channel: &str, after: &str) -> Vec<(String, Vec<String>)> {
         let start = if after == "0" || after == "0-0" { "-".to_owned() } else { format!("({after}") };
         let reply: Vec<(String, Vec<String>)> =
-            redis::cmd("XRANGE").arg(key).arg(start).arg("+").query(&mut self.conn()).unwrap();
+            redis::cmd("XRANGE").arg(key(channel)).arg(start).arg("+").query(&mut self.conn()).unwrap();
         reply
     }
 }

@@ -21,6 +21,9 @@ use tracing_subscriber::EnvFilter;
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// TOML file with settings (any option below, by its long name) and `[[channels]]` rules;
     /// options on the command line or in the environment override it.
     #[arg(long, env = "REDISTRIBUTE_CONFIG", value_name = "FILE")]
@@ -146,9 +149,25 @@ struct Args {
     #[arg(long, env = "REDISTRIBUTE_SHUTDOWN_GRACE", default_value_t = 10)]
     shutdown_grace: u64,
 
+    /// Prepended to channel names to make Redis keys (channel `chat` is key `rd:chat`); clients
+    /// cannot reach keys outside it. `''` makes channel names the keys themselves, which lets
+    /// clients read, write and trim any key (other applications' data included).
+    #[arg(long, env = "REDISTRIBUTE_KEY_PREFIX", default_value = "rd:")]
+    key_prefix: String,
+
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `redistribute=debug`.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log: String,
+}
+
+/// What to do instead of serving.
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Print the Redis key that holds CHANNEL (with --key-prefix), e.g. for `XADD <key> * f v`.
+    Key {
+        /// The channel.
+        channel: String,
+    },
 }
 
 fn parse_maxlen(text: &str) -> Result<(String, u64), String> {
@@ -215,6 +234,7 @@ impl Args {
         config.static_dir = self.static_dir.clone();
         config.group_claim_idle = Duration::from_millis(self.group_claim_idle_ms);
         config.group_max_deliveries = self.group_max_deliveries;
+        config.key_prefix = self.key_prefix.clone();
         config.access = AccessConfig {
             tokens: self.tokens()?,
             rules: channels,
@@ -238,6 +258,11 @@ async fn main() -> std::process::ExitCode {
 
 async fn run() -> anyhow::Result<()> {
     let (args, channels) = Args::load()?;
+    if let Some(Command::Key { channel }) = &args.command {
+        redistribute::protocol::request::validate_channel(channel, args.max_channel_len)?;
+        println!("{}{channel}", args.key_prefix);
+        return Ok(());
+    }
     tracing_subscriber::fmt().with_env_filter(EnvFilter::try_new(&args.log).context("invalid --log filter")?).init();
 
     let config = args.config(channels)?;

@@ -16,7 +16,7 @@ pub struct RedisFollower {
     conn: MultiplexedConnection,
     /// Its `CLIENT ID`, for `CLIENT UNBLOCK`.
     client_id: i64,
-    target: String,
+    target: Target,
 }
 
 impl RedisFollower {
@@ -28,7 +28,7 @@ impl RedisFollower {
             .query_async(&mut conn)
             .await
             .map_err(|e| classify(e, &target.at("", None)))?;
-        Ok(RedisFollower { conn, client_id, target: target.display().to_owned() })
+        Ok(RedisFollower { conn, client_id, target: target.clone() })
     }
 
     /// The connection's `CLIENT ID` (never 0).
@@ -36,7 +36,8 @@ impl RedisFollower {
         self.client_id
     }
 
-    /// `XREAD COUNT count BLOCK block STREAMS k1…kN id1…idN`, bounded by `block + timeout`.
+    /// `XREAD COUNT count BLOCK block STREAMS k1…kN id1…idN` over the channels' keys, bounded by
+    /// `block + timeout`; entries come back by channel.
     pub(crate) async fn read(
         &mut self,
         streams: &[(String, StreamId)],
@@ -46,8 +47,8 @@ impl RedisFollower {
     ) -> Result<Vec<(String, Vec<Entry>)>, EngineError> {
         let mut cmd = redis::cmd("XREAD");
         cmd.arg("COUNT").arg(count).arg("BLOCK").arg(block.as_millis() as u64).arg("STREAMS");
-        for (key, _) in streams {
-            cmd.arg(key);
+        for (channel, _) in streams {
+            cmd.arg(self.target.key(channel));
         }
         for (_, id) in streams {
             cmd.arg(id.to_string());
@@ -56,21 +57,28 @@ impl RedisFollower {
         let value = match tokio::time::timeout(deadline, cmd.query_async::<Value>(&mut self.conn)).await {
             Ok(Ok(value)) => value,
             // Which key is not a stream is found out with `non_streams`.
-            Ok(Err(e)) => return Err(classify(e, &Context::on(&self.target))),
-            Err(_) => return Err(timed_out(&self.target, format!("XREAD did not return within {deadline:?}"))),
+            Ok(Err(e)) => return Err(classify(e, &Context::on(self.target.display()))),
+            Err(_) => {
+                return Err(timed_out(self.target.display(), format!("XREAD did not return within {deadline:?}")));
+            }
         };
-        reply::streams(&value)
+        let by_key = reply::streams(&value)?;
+        Ok(by_key
+            .into_iter()
+            .filter_map(|(key, entries)| Some((self.target.channel(&key)?.to_owned(), entries)))
+            .collect())
     }
 
-    /// The keys among `keys` that hold something other than a stream, with what they hold.
-    pub(crate) async fn non_streams(&mut self, keys: &[&str]) -> Result<Vec<(String, String)>, EngineError> {
+    /// The channels among `channels` whose keys hold something other than a stream, with what
+    /// they hold.
+    pub(crate) async fn non_streams(&mut self, channels: &[&str]) -> Result<Vec<(String, String)>, EngineError> {
         let mut pipe = redis::pipe();
-        for key in keys {
-            pipe.cmd("TYPE").arg(*key);
+        for channel in channels {
+            pipe.cmd("TYPE").arg(self.target.key(channel));
         }
         let types: Vec<String> =
-            pipe.query_async(&mut self.conn).await.map_err(|e| classify(e, &Context::on(&self.target)))?;
-        Ok(keys
+            pipe.query_async(&mut self.conn).await.map_err(|e| classify(e, &Context::on(self.target.display())))?;
+        Ok(channels
             .iter()
             .zip(types)
             .filter(|(_, t)| t != "stream" && t != "none")

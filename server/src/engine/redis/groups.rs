@@ -15,8 +15,10 @@ use std::time::Duration;
 #[derive(Debug)]
 pub struct RedisMember {
     conn: MultiplexedConnection,
-    target: String,
+    target: Target,
     channel: String,
+    /// The channel's key.
+    key: String,
     group: String,
     consumer: String,
 }
@@ -37,7 +39,7 @@ impl RedisMember {
         let mut conn = target.dedicated_connection().await?;
         let created: Result<(), _> = redis::cmd("XGROUP")
             .arg("CREATE")
-            .arg(channel)
+            .arg(target.key(channel))
             .arg(group)
             .arg(start.to_string())
             .arg("MKSTREAM")
@@ -50,15 +52,16 @@ impl RedisMember {
         }
         Ok(RedisMember {
             conn,
-            target: target.display().to_owned(),
+            target: target.clone(),
             channel: channel.to_owned(),
+            key: target.key(channel),
             group: group.to_owned(),
             consumer: consumer.to_owned(),
         })
     }
 
     fn at(&self) -> Context<'_> {
-        Context { target: &self.target, channel: &self.channel, group: Some(&self.group) }
+        self.target.at(&self.channel, Some(&self.group))
     }
 
     /// `XREADGROUP`: this consumer's own pending entries after `after`, or new entries (`>`,
@@ -74,7 +77,7 @@ impl RedisMember {
         if let Some(block) = block {
             cmd.arg("BLOCK").arg(block.as_millis() as u64);
         }
-        cmd.arg("STREAMS").arg(&self.channel).arg(after.map_or_else(|| ">".to_owned(), |id| id.to_string()));
+        cmd.arg("STREAMS").arg(&self.key).arg(after.map_or_else(|| ">".to_owned(), |id| id.to_string()));
         let value: Value = cmd.query_async(&mut self.conn).await.map_err(|e| classify(e, &self.at()))?;
         let entries: Vec<Entry> = reply::streams(&value)?.into_iter().flat_map(|(_, entries)| entries).collect();
         match after {
@@ -92,7 +95,7 @@ impl RedisMember {
         count: usize,
     ) -> Result<(StreamId, Vec<(Entry, u64)>), EngineError> {
         let value: Value = redis::cmd("XAUTOCLAIM")
-            .arg(&self.channel)
+            .arg(&self.key)
             .arg(&self.group)
             .arg(&self.consumer)
             .arg(min_idle.as_millis() as u64)
@@ -112,7 +115,7 @@ impl RedisMember {
     async fn counted(&mut self, entries: Vec<Entry>) -> Result<Vec<(Entry, u64)>, EngineError> {
         let (Some(first), Some(last)) = (entries.first(), entries.last()) else { return Ok(Vec::new()) };
         let pending: Vec<PendingRow> = redis::cmd("XPENDING")
-            .arg(&self.channel)
+            .arg(&self.key)
             .arg(&self.group)
             .arg(first.offset.to_string())
             .arg(last.offset.to_string())
@@ -131,7 +134,7 @@ impl RedisMember {
             .collect())
     }
 
-    /// Appends `fields` to the dead-letter `stream` and acknowledges `offset`, atomically.
+    /// Appends `fields` to the dead-letter channel `stream` and acknowledges `offset`, atomically.
     pub(crate) async fn dead_letter(
         &mut self,
         stream: &str,
@@ -140,8 +143,8 @@ impl RedisMember {
     ) -> Result<(), EngineError> {
         let mut pipe = redis::pipe();
         pipe.atomic();
-        pipe.cmd("XADD").arg(stream).arg("*").arg(fields).ignore();
-        pipe.cmd("XACK").arg(&self.channel).arg(&self.group).arg(offset.to_string()).ignore();
+        pipe.cmd("XADD").arg(self.target.key(stream)).arg("*").arg(fields).ignore();
+        pipe.cmd("XACK").arg(&self.key).arg(&self.group).arg(offset.to_string()).ignore();
         pipe.query_async::<()>(&mut self.conn).await.map_err(|e| classify(e, &self.at()))
     }
 
@@ -149,7 +152,7 @@ impl RedisMember {
     pub(crate) async fn ack(&mut self, offsets: &[StreamId]) -> Result<u64, EngineError> {
         let ids: Vec<String> = offsets.iter().map(ToString::to_string).collect();
         redis::cmd("XACK")
-            .arg(&self.channel)
+            .arg(&self.key)
             .arg(&self.group)
             .arg(&ids)
             .query_async(&mut self.conn)
@@ -170,7 +173,7 @@ impl RedisEngine {
         let mut pipe = redis::pipe();
         for offset in offsets {
             let id = offset.to_string();
-            pipe.cmd("XPENDING").arg(channel).arg(group).arg(&id).arg(&id).arg(1);
+            pipe.cmd("XPENDING").arg(target.key(channel)).arg(group).arg(&id).arg(&id).arg(1);
         }
         let found: Vec<Vec<PendingRow>> = pipe
             .query_async(&mut target.commands())
@@ -184,7 +187,7 @@ impl RedisEngine {
         let target = self.target(channel);
         let ids: Vec<String> = offsets.iter().map(ToString::to_string).collect();
         redis::cmd("XACK")
-            .arg(channel)
+            .arg(target.key(channel))
             .arg(group)
             .arg(&ids)
             .query_async(&mut target.commands())
@@ -196,7 +199,7 @@ impl RedisEngine {
     pub(crate) async fn group_pending_count(&self, channel: &str, group: &str) -> Result<u64, EngineError> {
         let target = self.target(channel);
         let summary: Vec<Value> = redis::cmd("XPENDING")
-            .arg(channel)
+            .arg(target.key(channel))
             .arg(group)
             .query_async(&mut target.commands())
             .await

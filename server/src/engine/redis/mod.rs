@@ -18,6 +18,7 @@ use super::{EngineError, HistoryPage, StreamState};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Client, Value};
 use redistribute_protocol::{Entry, StreamId};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// One Redis server that holds a share of the channels.
@@ -25,6 +26,8 @@ use std::time::Duration;
 pub struct Target {
     /// The URI with any password removed, for logs.
     display: String,
+    /// Prepended to channel names to make keys (`rd:` by default).
+    prefix: Arc<str>,
     client: Client,
     commands: ConnectionManager,
     timeout: Duration,
@@ -40,6 +43,16 @@ impl Target {
     /// The URI with any password removed.
     pub fn display(&self) -> &str {
         &self.display
+    }
+
+    /// The key of `channel`: the prefix, then the name.
+    pub(crate) fn key(&self, channel: &str) -> String {
+        format!("{}{channel}", self.prefix)
+    }
+
+    /// The channel a key of this target belongs to (`None` for keys outside the prefix).
+    pub(crate) fn channel<'k>(&self, key: &'k str) -> Option<&'k str> {
+        key.strip_prefix(&*self.prefix)
     }
 
     /// The error context of a command on this target for `channel` (and `group`).
@@ -87,12 +100,14 @@ pub struct RedisEngine {
 }
 
 impl RedisEngine {
-    /// Prepares connections to every target. Connections are made lazily, so a Redis that is
-    /// down at start-up is not an error: the server starts, reports unhealthy, and retries.
+    /// Prepares connections to every target, with channel `c` stored at key `<key_prefix>c`.
+    /// Connections are made lazily, so a Redis that is down at start-up is not an error: the
+    /// server starts, reports unhealthy, and retries.
     ///
     /// # Errors
     /// When the list is empty or a URI cannot be parsed.
-    pub fn new(uris: &[String], timeout: Duration) -> Result<Self, crate::Error> {
+    pub fn new(uris: &[String], timeout: Duration, key_prefix: &str) -> Result<Self, crate::Error> {
+        let prefix: Arc<str> = Arc::from(key_prefix);
         if uris.is_empty() {
             return Err(crate::Error::Config("at least one Redis target is required".into()));
         }
@@ -108,7 +123,7 @@ impl RedisEngine {
                     .set_max_delay(Duration::from_millis(500));
                 let commands = ConnectionManager::new_lazy_with_config(client.clone(), config)
                     .map_err(|e| crate::Error::Config(format!("Redis target {:?}: {e}", redact(uri))))?;
-                Ok(Target { display: redact(uri), client, commands, timeout })
+                Ok(Target { display: redact(uri), prefix: prefix.clone(), client, commands, timeout })
             })
             .collect::<Result<_, crate::Error>>()?;
         Ok(RedisEngine { targets })
@@ -143,7 +158,7 @@ impl RedisEngine {
     ) -> Result<StreamId, EngineError> {
         let target = self.target(channel);
         let mut cmd = redis::cmd("XADD");
-        cmd.arg(channel);
+        cmd.arg(target.key(channel));
         if let Some(n) = maxlen {
             cmd.arg("MAXLEN").arg("~").arg(n);
         }
@@ -159,7 +174,11 @@ impl RedisEngine {
     /// As for [`RedisEngine::publish`].
     pub async fn state(&self, channel: &str) -> Result<StreamState, EngineError> {
         let target = self.target(channel);
-        let info = redis::cmd("XINFO").arg("STREAM").arg(channel).query_async::<Value>(&mut target.commands()).await;
+        let info = redis::cmd("XINFO")
+            .arg("STREAM")
+            .arg(target.key(channel))
+            .query_async::<Value>(&mut target.commands())
+            .await;
         match info {
             Ok(value) => reply::stream_state(&value),
             Err(e) if e.detail().is_some_and(is_no_such_key) => Ok(StreamState::default()),
@@ -176,8 +195,9 @@ impl RedisEngine {
         let target = self.target(channel);
         let mut pipe = redis::pipe();
         pipe.atomic().ignore_errors();
-        pipe.cmd("XINFO").arg("STREAM").arg(channel);
-        pipe.cmd("XRANGE").arg(channel).arg(format!("({after}")).arg("+").arg("COUNT").arg(count);
+        let key = target.key(channel);
+        pipe.cmd("XINFO").arg("STREAM").arg(&key);
+        pipe.cmd("XRANGE").arg(&key).arg(format!("({after}")).arg("+").arg("COUNT").arg(count);
         let results: Vec<Value> =
             pipe.query_async(&mut target.commands()).await.map_err(|e| classify(e, &target.at(channel, None)))?;
         let [info, range] = results.as_slice() else {
