@@ -38,7 +38,8 @@ export interface DeliveryInfo {
 
 /** Codes carried by errors (`err.code`): the server's, and the client's own. */
 export type ErrorCode =
-  | 'bad_request' | 'unknown_op' | 'forbidden' | 'too_large' | 'limit_exceeded' | 'unavailable' | 'internal'
+  | 'bad_request' | 'unknown_op' | 'forbidden' | 'unauthorized' | 'conflict' | 'too_large' | 'limit_exceeded'
+  | 'unavailable' | 'internal'
   | 'invalid_argument' | 'disconnected' | 'closed' | 'queue_full' | 'unsubscribed' | 'truncated' | 'protocol'
   | 'storage_quota' | 'storage_corrupt' | 'storage_failed';
 
@@ -74,6 +75,17 @@ export interface ClientOptions {
   flushInterval?: number;
   /** WebSocket constructor where there is no global one (Node.js < 22: `import WebSocket from 'ws'`). */
   WebSocket?: WebSocketConstructor;
+  /**
+   * A connection token (JWT) from your auth service, sent on every connection. It cannot be
+   * refreshed: prefer `getToken` for sessions that outlive it. Not together with `getToken`.
+   */
+  token?: string;
+  /**
+   * Fetches a connection token: called on every connection, and on an open connection a minute
+   * before the token expires (halfway through a shorter life). A rejection or a non-string fails
+   * the calls waiting for the connection with `unauthorized`.
+   */
+  getToken?: () => string | Promise<string>;
 }
 
 /** Stored messages of a channel, from `load`. */

@@ -1,4 +1,4 @@
-// Test harness: starts a real redis-server and two redistribute-server instances on free loopback
+// Test harness: starts a real redis-server and three redistribute-server instances on free loopback
 // ports, plus a small HTTP control API that tests (in Node or in a browser) use to stop and start
 // servers, write into Redis directly and read streams back. Then it runs the given command with
 // the addresses in its environment, stops everything it started, and exits with the command's
@@ -7,7 +7,8 @@
 //   node tests/harness.mjs -- <command> [args…]
 //
 // Environment given to the command:
-//   RD_SERVER_A, RD_SERVER_B   ws:// URLs of the two instances
+//   RD_SERVER_A, RD_SERVER_B   ws:// URLs of the two open instances
+//   RD_SERVER_AUTH             ws:// URL of an instance that checks tokens (from /token)
 //   RD_CONTROL                 http:// URL of the control API
 //   RD_REDIS_PORT              the Redis port
 // The servers let consumer group entries idle 1 s before others may claim them.
@@ -19,6 +20,9 @@
 //   POST /publisher?channel=C&count=N&interval=MS   another process XADDs N entries (n=0…N-1)
 //   GET  /publisher/wait       resolves when that publisher is done
 //   GET  /xrange?channel=C     [[offset, [f, v, …]], …]
+//   GET  /token?sub=U&ttl=S&channels=JSON   {"token": HS256 JWT for RD_SERVER_AUTH, "issued": n}
+//                              (default grant: user:{sub} subscribe, history, publish)
+//   GET  /token/count          {"issued": n}: tokens issued so far
 //   GET  /app/…                the files of $RD_STATIC (a page whose origin outlives the servers)
 //   GET  /pkg/…                the built npm package (dist/redistribute-client)
 //   GET  /pages/…              test pages (tests/e2e/pages)
@@ -32,10 +36,13 @@ import { tmpdir } from 'node:os';
 import { join, dirname, extname, resolve, sep as pathSep } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import net from 'node:net';
+import { createHmac } from 'node:crypto';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const serverBin = process.env.RD_SERVER_BIN ?? join(root, 'target', 'debug', 'redistribute-server');
 const children = new Set();
+// The secret of the token-checking server (index 2); tokens come from the control API's /token.
+const TOKEN_SECRET = 'harness secret: 32 bytes or more, for tests only';
 // The servers' default --key-prefix: channel C is the Redis key rd:C.
 const KEY_PREFIX = 'rd:';
 
@@ -74,6 +81,13 @@ function redisCli(port, args) {
   });
 }
 
+// A tiny token issuer: an HS256 JWT with the given user, lifetime and channel grants.
+function issueToken(sub, ttlSeconds, channels) {
+  const b64 = (value) => Buffer.from(JSON.stringify(value)).toString('base64url');
+  const body = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64({ sub, exp: Math.floor(Date.now() / 1000) + ttlSeconds, channels })}`;
+  return `${body}.${createHmac('sha256', TOKEN_SECRET).update(body).digest('base64url')}`;
+}
+
 function exited(child) {
   return child.exitCode !== null || child.signalCode !== null ? Promise.resolve() : new Promise((r) => child.once('exit', r));
 }
@@ -91,10 +105,13 @@ async function main() {
 
   const staticDir = process.env.RD_STATIC ? resolve(process.env.RD_STATIC) : null;
   const servers = [];
-  for (let i = 0; i < 2; i++) servers.push({ port: await freePort(), child: null });
+  // Servers 0 and 1 run open (loopback only); server 2 checks tokens signed with TOKEN_SECRET,
+  // which the control API's /token route issues.
+  for (let i = 0; i < 3; i++) servers.push({ port: await freePort(), child: null });
   const startServer = async (i) => {
     const s = servers[i];
     const extra = staticDir ? ['--static', staticDir] : [];
+    if (i === 2) extra.push('--token-secret', TOKEN_SECRET);
     // Test pages come from other origins (the control server, wasm-bindgen's runner on a port of
     // its own), so browsers' Origin never matches the servers' Host here.
     extra.push('--allowed-origin', '*');
@@ -111,6 +128,7 @@ async function main() {
   };
   await startServer(0);
   await startServer(1);
+  await startServer(2);
 
   // Static files on the control origin, which outlives the servers: the demo, the built package
   // as it would sit in node_modules, and test pages.
@@ -120,6 +138,7 @@ async function main() {
     '/pages/': resolve(root, 'tests', 'e2e', 'pages'),
   };
   let publisher = Promise.resolve();
+  let tokensIssued = 0;
   const control = createServer(async (req, res) => {
     const url = new URL(req.url, 'http://x');
     const reply = (status, body) => {
@@ -143,6 +162,12 @@ async function main() {
         await (m[2] === 'stop' ? stopServer(Number(m[1])) : startServer(Number(m[1])));
         return reply(200, { ok: true });
       }
+      if (url.pathname === '/token') {
+        const grants = q('channels') ? JSON.parse(q('channels')) : [{ match: 'user:{sub}', allow: ['subscribe', 'history', 'publish'] }];
+        tokensIssued += 1;
+        return reply(200, { token: issueToken(q('sub') ?? 'ann', Number(q('ttl') ?? 60), grants), issued: tokensIssued });
+      }
+      if (url.pathname === '/token/count') return reply(200, { issued: tokensIssued });
       if (url.pathname === '/xadd') return reply(200, { offset: await redisCli(redisPort, ['XADD', KEY_PREFIX + q('channel'), '*', q('field'), q('value')]) });
       if (url.pathname === '/xrange') return reply(200, await redisCli(redisPort, ['XRANGE', KEY_PREFIX + q('channel'), '-', '+']));
       if (url.pathname === '/publisher') {
@@ -179,6 +204,7 @@ async function main() {
     ...process.env,
     RD_SERVER_A: `ws://127.0.0.1:${servers[0].port}/`,
     RD_SERVER_B: `ws://127.0.0.1:${servers[1].port}/`,
+    RD_SERVER_AUTH: `ws://127.0.0.1:${servers[2].port}/`,
     RD_CONTROL: `http://127.0.0.1:${controlPort}`,
     RD_REDIS_PORT: String(redisPort),
     RD_APP: `http://127.0.0.1:${controlPort}/app/`,

@@ -2,6 +2,7 @@
 //! package's shape, and errors with a `code`. Everything here turns bad input into an
 //! `invalid_argument` error instead of a trap.
 
+use crate::driver::TokenSource;
 use crate::machine::ClientError;
 use crate::options::{Options, websocket_url};
 use js_sys::{Array, Function, Object, Reflect};
@@ -88,6 +89,22 @@ pub(crate) fn parse_options(options: &JsValue) -> Result<Options, JsValue> {
         max_queue: number_option(options, "maxQueue", defaults.max_queue as u32, 0)? as usize,
         flush_interval_ms: number_option(options, "flushInterval", defaults.flush_interval_ms, 0)?,
     })
+}
+
+/// The `token` (a string) or `getToken` (a function returning a token or a promise of one)
+/// option; not both.
+pub(crate) fn token_source(options: &JsValue) -> Result<TokenSource, JsValue> {
+    let fixed = get(options, "token");
+    let fetch = function_option(options, "getToken")?;
+    match (fixed.is_undefined() || fixed.is_null(), fetch) {
+        (true, None) => Ok(TokenSource::None),
+        (true, Some(get_token)) => Ok(TokenSource::Fetch(get_token)),
+        (false, None) => match fixed.as_string().filter(|t| !t.is_empty()) {
+            Some(token) => Ok(TokenSource::Fixed(token)),
+            None => Err(argument_error("option token must be a non-empty string")),
+        },
+        (false, Some(_)) => Err(argument_error("give either option token or option getToken, not both")),
+    }
 }
 
 /// `publish`'s `[field, value, …]` as strings: names must be strings, string values are sent as

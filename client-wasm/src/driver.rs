@@ -7,7 +7,7 @@
 
 use crate::convert::{js_error, messages};
 use crate::glue::{BrowserStorage, GlobalListener, Socket, SocketEvent, Timer};
-use crate::machine::{ClientError, Effect, Machine, Resolution};
+use crate::machine::{ClientError, Effect, Machine, Resolution, refresh_delay};
 use crate::store::{Store, StoreProblem};
 use js_sys::{Array, Function, Object, Promise, Reflect};
 use redistribute_protocol::Entry;
@@ -15,6 +15,7 @@ use std::cell::RefCell;
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::JsFuture;
 
 /// Settles one API call's promise.
 pub(crate) struct Pending {
@@ -27,6 +28,18 @@ enum Outcall {
     Emit(&'static str, Vec<JsValue>),
     Resolve(Pending, JsValue),
     Reject(Pending, JsValue),
+    /// Call `getToken` and pass what it resolves to on to the machine.
+    FetchToken(Function),
+}
+
+/// Where tokens come from.
+pub(crate) enum TokenSource {
+    /// No token: the connection stays anonymous.
+    None,
+    /// The `token` option, used for every connection (it cannot be refreshed).
+    Fixed(String),
+    /// The `getToken` option, called on every connection and ahead of every expiry.
+    Fetch(Function),
 }
 
 /// The client's state: the machine and what carries out its effects.
@@ -36,8 +49,10 @@ pub(crate) struct Inner {
     socket: Option<Socket>,
     reconnect_timer: Option<Timer>,
     flush_timer: Option<Timer>,
+    refresh_timer: Option<Timer>,
     pagehide: Option<GlobalListener>,
     ws_ctor: Function,
+    tokens: TokenSource,
     pub(crate) encode: Option<Function>,
     pub(crate) decode: Option<Function>,
     flush_interval_ms: u32,
@@ -49,6 +64,7 @@ impl Inner {
         machine: Machine<Pending>,
         store: Option<Store<BrowserStorage>>,
         ws_ctor: Function,
+        tokens: TokenSource,
         encode: Option<Function>,
         decode: Option<Function>,
         flush_interval_ms: u32,
@@ -59,8 +75,10 @@ impl Inner {
             socket: None,
             reconnect_timer: None,
             flush_timer: None,
+            refresh_timer: None,
             pagehide: None,
             ws_ctor,
+            tokens,
             encode,
             decode,
             flush_interval_ms,
@@ -116,6 +134,7 @@ impl Client {
                 }
                 Outcall::Resolve(p, value) => drop(p.resolve.call1(&JsValue::NULL, &value)),
                 Outcall::Reject(p, error) => drop(p.reject.call1(&JsValue::NULL, &error)),
+                Outcall::FetchToken(get_token) => self.fetch_token(&get_token),
             }
         }
     }
@@ -157,7 +176,47 @@ impl Client {
                 out.push(Outcall::Emit("disconnect", vec![JsValue::from(code), JsValue::from_str(&reason)]));
             }
             Effect::Error(error) => out.push(Outcall::Emit("error", vec![js_error(&error)])),
+            Effect::FetchToken => match &inner.tokens {
+                TokenSource::Fixed(token) => {
+                    let effects = inner.machine.token(Ok(token.clone()));
+                    for effect in effects {
+                        self.apply(inner, effect, out);
+                    }
+                }
+                TokenSource::Fetch(get_token) => out.push(Outcall::FetchToken(get_token.clone())),
+                TokenSource::None => {}
+            },
+            Effect::TokenAccepted(expires) => {
+                if matches!(inner.tokens, TokenSource::Fetch(_)) {
+                    let delay = refresh_delay(expires, js_sys::Date::now()).as_millis().min(u128::from(u32::MAX));
+                    let weak = Rc::downgrade(self);
+                    inner.refresh_timer = Some(Timer::after(delay as u32, move || {
+                        if let Some(client) = weak.upgrade() {
+                            client.step(|inner| inner.machine.refresh());
+                        }
+                    }));
+                }
+            }
         }
+    }
+
+    /// Calls `getToken` (with the state released) and hands the machine what it resolves to.
+    fn fetch_token(self: &Rc<Self>, get_token: &Function) {
+        let called = get_token.call0(&JsValue::NULL);
+        let client = self.clone();
+        wasm_bindgen_futures::spawn_local(async move {
+            let token = match called {
+                Ok(value) => JsFuture::from(Promise::resolve(&value)).await,
+                Err(thrown) => Err(thrown),
+            };
+            let token = match token {
+                Ok(value) => value.as_string().filter(|t| !t.is_empty()).ok_or_else(|| {
+                    ClientError::new("unauthorized", "getToken must return (or resolve to) a non-empty token string")
+                }),
+                Err(thrown) => Err(ClientError::new("unauthorized", format!("getToken failed: {}", describe(&thrown)))),
+            };
+            client.step(|inner| inner.machine.token(token));
+        });
     }
 
     /// Opens a socket to `url`; a constructor that throws counts as a failed connection.
@@ -182,6 +241,7 @@ impl Client {
         inner.socket = None;
         inner.reconnect_timer = None;
         inner.flush_timer = None;
+        inner.refresh_timer = None;
         inner.pagehide = None;
         let problems = inner.store.as_mut().map(Store::flush).unwrap_or_default();
         self.report(inner, &problems, out);
@@ -266,6 +326,15 @@ fn group_messages(inner: &Inner, channel: &str, group: &str, deliveries: Vec<(En
     let meta = Object::new();
     let _ = Reflect::set(&meta, &"group".into(), &JsValue::from_str(group));
     Outcall::Emit("messages", vec![JsValue::from_str(channel), messages.into(), meta.into()])
+}
+
+/// What a thrown JavaScript value says.
+fn describe(thrown: &JsValue) -> String {
+    thrown
+        .dyn_ref::<js_sys::Error>()
+        .map(|e| String::from(e.message()))
+        .or_else(|| thrown.as_string())
+        .unwrap_or_else(|| "a non-Error value was thrown".to_owned())
 }
 
 /// A storage problem as the `error` event it becomes.

@@ -16,8 +16,8 @@ pub mod options;
 pub mod store;
 pub mod wire;
 
-use crate::convert::{argument_error, function_option, messages, parse_options, publish_fields};
-use crate::driver::{Client, Inner, problem_effect};
+use crate::convert::{argument_error, function_option, messages, parse_options, publish_fields, token_source};
+use crate::driver::{Client, Inner, TokenSource, problem_effect};
 use crate::glue::BrowserStorage;
 use crate::machine::{Machine, Settings};
 use crate::store::Store;
@@ -52,16 +52,18 @@ impl WasmClient {
         } else {
             None
         };
+        let tokens = token_source(&options)?;
         let settings = Settings {
             targets: parsed.targets.clone(),
             backoff_base: parsed.backoff_base,
             backoff_max: parsed.backoff_max,
             max_queue: parsed.max_queue,
+            authenticate: !matches!(tokens, TokenSource::None),
         };
         let (machine, effects) = Machine::start(settings);
         let encode = function_option(&options, "encode")?;
         let decode = function_option(&options, "decode")?;
-        let inner = Inner::new(machine, store, ws_ctor, encode, decode, parsed.flush_interval_ms);
+        let inner = Inner::new(machine, store, ws_ctor, tokens, encode, decode, parsed.flush_interval_ms);
         let client = Client::new(inner, emit);
         client.run(effects);
         Ok(WasmClient { client })

@@ -90,6 +90,20 @@ pub enum Effect<R> {
     Disconnected(u16, String),
     /// Emit `error`.
     Error(ClientError),
+    /// Get a token (the `token` option, or a call of `getToken`) and pass it to
+    /// [`Machine::token`].
+    FetchToken,
+    /// The server accepted a token valid until this Unix time (seconds): with `getToken`, fetch
+    /// a fresh one after [`refresh_delay`] and pass it to [`Machine::token`] again.
+    TokenAccepted(u64),
+}
+
+/// How long before a token expiring at `expires` (Unix seconds) to refresh it, at `now_ms`
+/// (Unix milliseconds): a minute ahead, or halfway through a shorter remaining life.
+pub fn refresh_delay(expires: u64, now_ms: f64) -> Duration {
+    let left_ms = (expires as f64 * 1000.0 - now_ms).max(0.0);
+    let margin_ms = (left_ms / 2.0).min(60_000.0);
+    Duration::from_millis((left_ms - margin_ms) as u64)
 }
 
 /// Tunables of the state machine.
@@ -103,6 +117,9 @@ pub struct Settings {
     pub backoff_max: Duration,
     /// Publishes that may wait for a connection.
     pub max_queue: usize,
+    /// Whether the client has a token (or a way to get one): then every connection
+    /// authenticates before it resubscribes.
+    pub authenticate: bool,
 }
 
 /// A subscription's identity: the channel, and the consumer group for a group membership.
@@ -146,6 +163,7 @@ enum InFlight<R> {
     Unsubscribe(R),
     Publish(R),
     Ack(R),
+    Auth,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -153,6 +171,8 @@ enum Link {
     /// Waiting for the reconnect timer.
     Down,
     Connecting,
+    /// The socket is open and the client authenticates before anything else.
+    Authenticating,
     Open,
     /// `close()` was called.
     Closed,
@@ -341,7 +361,7 @@ impl<R> Machine<R> {
             Link::Open => {
                 vec![self.request(Request::Publish { channel: channel.to_owned(), fields }, InFlight::Publish(done))]
             }
-            Link::Down | Link::Connecting if self.queue.len() >= self.settings.max_queue => {
+            Link::Down | Link::Connecting | Link::Authenticating if self.queue.len() >= self.settings.max_queue => {
                 let max = self.settings.max_queue;
                 vec![Effect::Reject(
                     done,
@@ -349,7 +369,7 @@ impl<R> Machine<R> {
                         .on(channel),
                 )]
             }
-            Link::Down | Link::Connecting => {
+            Link::Down | Link::Connecting | Link::Authenticating => {
                 self.queue.push_back((channel.to_owned(), fields, done));
                 Vec::new()
             }
@@ -365,7 +385,7 @@ impl<R> Machine<R> {
                 let request = Request::Ack { channel: channel.to_owned(), group: group.to_owned(), offsets };
                 vec![self.request(request, InFlight::Ack(done))]
             }
-            Link::Down | Link::Connecting => vec![Effect::Reject(
+            Link::Down | Link::Connecting | Link::Authenticating => vec![Effect::Reject(
                 done,
                 ClientError::new("disconnected", "not connected: the entries stay pending and will be delivered again")
                     .on(channel),
@@ -373,13 +393,23 @@ impl<R> Machine<R> {
         }
     }
 
-    /// The socket opened: resubscribe everything, then send queued publishes in order.
+    /// The socket opened: authenticate first if the client has a token, then resubscribe
+    /// everything and send queued publishes in order.
     pub fn opened(&mut self) -> Vec<Effect<R>> {
         if self.link == Link::Closed {
             return Vec::new();
         }
-        self.link = Link::Open;
         self.backoff.reset();
+        if self.settings.authenticate {
+            self.link = Link::Authenticating;
+            return vec![Effect::FetchToken];
+        }
+        self.ready()
+    }
+
+    /// The connection is usable: tell the app, resubscribe, send what waited.
+    fn ready(&mut self) -> Vec<Effect<R>> {
+        self.link = Link::Open;
         let mut effects = vec![Effect::Connected(self.target().to_owned())];
         for key in self.subscriptions.keys() {
             effects.push(self.send_subscribe(&key));
@@ -387,6 +417,44 @@ impl<R> Machine<R> {
         while let Some((channel, fields, done)) = self.queue.pop_front() {
             effects.push(self.request(Request::Publish { channel, fields }, InFlight::Publish(done)));
         }
+        effects
+    }
+
+    /// A token to authenticate the connection with, or why none could be had. Also refreshes
+    /// an open connection's token (after [`Effect::TokenAccepted`]).
+    pub fn token(&mut self, token: Result<String, ClientError>) -> Vec<Effect<R>> {
+        if !matches!(self.link, Link::Authenticating | Link::Open) {
+            return Vec::new(); // the socket went away meanwhile; the next one fetches again
+        }
+        match token {
+            Ok(token) => vec![self.request(Request::Auth { token }, InFlight::Auth)],
+            Err(error) => self.auth_failed(error),
+        }
+    }
+
+    /// Time to refresh the token: fetch a fresh one if the connection is open.
+    pub fn refresh(&mut self) -> Vec<Effect<R>> {
+        if self.link == Link::Open && self.settings.authenticate { vec![Effect::FetchToken] } else { Vec::new() }
+    }
+
+    /// Authentication failed: calls that waited for this connection fail with the reason, and
+    /// the connection goes on without a token (confirmed subscriptions are re-sent; the server
+    /// refuses what needs one).
+    fn auth_failed(&mut self, error: ClientError) -> Vec<Effect<R>> {
+        let mut effects = vec![Effect::Error(error.clone())];
+        if self.link != Link::Authenticating {
+            return effects; // a refresh failed: the server closes with 4001 at expiry
+        }
+        effects.extend(self.queue.drain(..).map(|(channel, _, done)| Effect::Reject(done, error.clone().on(&channel))));
+        for (key, subscription) in self.subscriptions.take() {
+            if subscription.confirmed {
+                self.subscriptions.insert(key, subscription);
+            } else {
+                let error = error.clone().on(&key.0);
+                effects.extend(subscription.waiters.into_iter().map(|w| Effect::Reject(w, error.clone())));
+            }
+        }
+        effects.extend(self.ready());
         effects
     }
 
@@ -420,6 +488,14 @@ impl<R> Machine<R> {
             (InFlight::Unsubscribe(done), _) => vec![Effect::Resolve(done, Resolution::Unsubscribed)],
             (InFlight::Ack(done), Ok(body)) => vec![Effect::Resolve(done, Resolution::Acked(body.acked.unwrap_or(0)))],
             (InFlight::Ack(done), Err(e)) => vec![Effect::Reject(done, e)],
+            (InFlight::Auth, Ok(body)) => {
+                let mut effects: Vec<Effect<R>> = body.expires.map(Effect::TokenAccepted).into_iter().collect();
+                if self.link == Link::Authenticating {
+                    effects.extend(self.ready());
+                }
+                effects
+            }
+            (InFlight::Auth, Err(e)) => self.auth_failed(e),
             (InFlight::Subscribe(key), outcome) => {
                 let Some(subscription) = self.subscriptions.get_mut(&key) else { return Vec::new() };
                 match outcome {
@@ -499,7 +575,7 @@ impl<R> Machine<R> {
         for (_, pending) in self.in_flight.drain() {
             match pending {
                 // Resent by `opened`.
-                InFlight::Subscribe(_) => {}
+                InFlight::Subscribe(_) | InFlight::Auth => {}
                 InFlight::Ack(done) => effects.push(Effect::Reject(
                     done,
                     ClientError::new("disconnected", "the connection dropped before the server answered; unacknowledged entries come back"),
@@ -541,7 +617,7 @@ impl<R> Machine<R> {
         let mut effects = vec![Effect::CloseSocket];
         for (_, pending) in self.in_flight.drain() {
             match pending {
-                InFlight::Subscribe(_) => {}
+                InFlight::Subscribe(_) | InFlight::Auth => {}
                 InFlight::Unsubscribe(done) => effects.push(Effect::Resolve(done, Resolution::Unsubscribed)),
                 InFlight::Publish(done) | InFlight::Ack(done) => effects.push(Effect::Reject(done, closed())),
             }
@@ -582,6 +658,7 @@ mod tests {
             backoff_base: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
             max_queue: 2,
+            authenticate: false,
         }
     }
 
@@ -774,5 +851,64 @@ mod tests {
         core.opened();
         let effects = core.closed(1006, "", 1.0);
         assert_eq!(effects.last(), Some(&Effect::ReconnectAfter(Duration::from_millis(100))), "reset after a success");
+    }
+
+    fn authenticating() -> Machine<u32> {
+        let (mut machine, _) = Machine::start(Settings { authenticate: true, ..settings() });
+        assert_eq!(machine.opened(), vec![Effect::FetchToken], "a token first");
+        machine
+    }
+
+    #[test]
+    fn authenticates_before_resubscribing_and_publishing() {
+        let mut machine = authenticating();
+        assert!(machine.subscribe("c", None, None, 1).is_empty(), "waits for the token");
+        assert!(machine.publish("c", vec!["k".into(), "v".into()], 2).is_empty(), "queued");
+        assert!(!machine.is_connected());
+        let effects = machine.token(Ok("t0k3n".into()));
+        assert_eq!(sent(&effects), vec![json!({"id": 1, "op": "auth", "token": "t0k3n"})]);
+        let effects = machine.received(r#"{"id":1,"ok":{"user":"ann","expires":1800000000}}"#);
+        assert_eq!(effects[0], Effect::TokenAccepted(1_800_000_000));
+        assert_eq!(effects[1], Effect::Connected("ws://a/".into()));
+        let ops: Vec<_> = sent(&effects).iter().map(|r| r["op"].clone()).collect();
+        assert_eq!(ops, [json!("subscribe"), json!("publish")]);
+        assert!(machine.is_connected());
+        // A refresh on the open connection does not resubscribe.
+        assert_eq!(machine.refresh(), vec![Effect::FetchToken]);
+        let effects = machine.token(Ok("fresh".into()));
+        assert_eq!(sent(&effects)[0]["op"], "auth");
+        let effects = machine.received(r#"{"id":4,"ok":{"user":"ann","expires":1800000600}}"#);
+        assert_eq!(effects, vec![Effect::TokenAccepted(1_800_000_600)]);
+    }
+
+    #[test]
+    fn a_refused_token_fails_the_waiting_calls_and_goes_on_without() {
+        let mut machine = authenticating();
+        machine.subscribe("c", None, None, 1);
+        machine.publish("c", vec!["k".into(), "v".into()], 2);
+        machine.token(Ok("bad".into()));
+        let effects = machine.received(r#"{"id":1,"error":{"code":"unauthorized","message":"the token has expired"}}"#);
+        assert!(matches!(&effects[0], Effect::Error(e) if e.code == "unauthorized"));
+        assert!(effects.iter().any(|e| matches!(e, Effect::Reject(2, e) if e.code == "unauthorized")));
+        assert!(effects.iter().any(|e| matches!(e, Effect::Reject(1, e) if e.code == "unauthorized")));
+        assert!(effects.contains(&Effect::Connected("ws://a/".into())), "usable without a token");
+        assert!(sent(&effects).is_empty(), "nothing left to send");
+        // No token could be had at all (getToken threw): the same.
+        let mut machine = authenticating();
+        machine.publish("c", vec!["k".into(), "v".into()], 3);
+        let effects = machine.token(Err(ClientError::new("unauthorized", "getToken failed")));
+        assert!(effects.iter().any(|e| matches!(e, Effect::Reject(3, e) if e.code == "unauthorized")));
+        // A token arriving after its socket closed is dropped.
+        let mut machine = authenticating();
+        machine.closed(1006, "", 0.0);
+        assert!(machine.token(Ok("late".into())).is_empty());
+    }
+
+    #[test]
+    fn tokens_refresh_ahead_of_expiry() {
+        let now = 1_000_000.0 * 1000.0;
+        assert_eq!(refresh_delay(1_000_600, now), Duration::from_secs(540), "a minute ahead");
+        assert_eq!(refresh_delay(1_000_010, now), Duration::from_secs(5), "halfway when short");
+        assert_eq!(refresh_delay(999_000, now), Duration::ZERO, "already expired");
     }
 }

@@ -55,6 +55,11 @@ pub enum Request {
         /// Field/value pairs, flattened.
         fields: Vec<String>,
     },
+    /// Authenticate (or refresh) with a token.
+    Auth {
+        /// The token.
+        token: String,
+    },
 }
 
 /// Encodes `request` with `id` as a protocol v1 text frame.
@@ -102,6 +107,10 @@ pub fn encode(id: u64, request: &Request) -> String {
             out.push_str(",\"fields\":");
             Json::Array(fields.iter().cloned().map(Json::String).collect()).write(&mut out);
         }
+        Request::Auth { token } => {
+            out.push_str("\"auth\"");
+            string(&mut out, "token", token);
+        }
     }
     out.push('}');
     out
@@ -116,6 +125,10 @@ pub struct ReplyBody {
     pub truncated: bool,
     /// `ack`: how many entries were acknowledged.
     pub acked: Option<u64>,
+    /// `auth`: the token's user.
+    pub user: Option<String>,
+    /// `auth`: when the token expires, in Unix seconds.
+    pub expires: Option<u64>,
 }
 
 /// An error reply's code and message.
@@ -195,6 +208,8 @@ fn reply_body(ok: &Json) -> Result<ReplyBody, &'static str> {
         },
         truncated: ok.get("truncated").and_then(Json::as_bool).unwrap_or(false),
         acked: ok.get("acked").and_then(Json::as_u64),
+        user: ok.get("user").and_then(Json::as_str).map(str::to_owned),
+        expires: ok.get("expires").and_then(Json::as_u64),
     })
 }
 
@@ -236,6 +251,7 @@ mod tests {
             Request::LeaveGroup { channel, group } => Op::GroupUnsubscribe { channel, group },
             Request::Ack { channel, group, offsets } => Op::Ack { channel, group, offsets },
             Request::Publish { channel, fields } => Op::Publish { channel, fields, maxlen: None },
+            Request::Auth { token } => Op::Auth { token },
         }
     }
 
@@ -259,6 +275,7 @@ mod tests {
                 group: "g".into(),
                 offsets: vec![StreamId::new(1, 2), StreamId::new(3, 0)],
             },
+            Request::Auth { token: "eyJ.a\"b.c".into() },
         ];
         for request in &requests {
             let expected = redistribute_protocol::Request { id: 42, op: op(request) }.to_json();
@@ -283,6 +300,20 @@ mod tests {
                 Ok(ReplyBody { acked: Some(3), ..ReplyBody::default() }),
             ),
             (Reply::ok(Some(1), OkBody::default()), Ok(ReplyBody::default())),
+            (
+                Reply::ok(
+                    Some(1),
+                    OkBody { user: Some("ann".into()), expires: Some(1_800_000_000), ..OkBody::default() },
+                ),
+                Ok(ReplyBody { user: Some("ann".into()), expires: Some(1_800_000_000), ..ReplyBody::default() }),
+            ),
+            (
+                Reply::ok(
+                    Some(1),
+                    OkBody { user: Some("ann".into()), expires: Some(1_800_000_000), ..OkBody::default() },
+                ),
+                Ok(ReplyBody { user: Some("ann".into()), expires: Some(1_800_000_000), ..ReplyBody::default() }),
+            ),
             (
                 Reply::error(Some(1), ProtocolError::new(ErrorCode::Forbidden, "no")),
                 Err(ServerError { code: "forbidden".into(), message: "no".into() }),

@@ -39,6 +39,11 @@ fn control_url() -> &'static str {
     harness(option_env!("RD_CONTROL"))
 }
 
+/// The harness's server that checks tokens (issued by the control API's `/token`).
+fn server_auth() -> &'static str {
+    harness(option_env!("RD_SERVER_AUTH"))
+}
+
 /// A target nothing listens on (the discard port): for tests that must not reach a server.
 const NOWHERE: &str = "ws://127.0.0.1:9/";
 
@@ -398,4 +403,69 @@ async fn a_corrupted_stored_value_is_reported_and_discarded() {
     wait_for("it to be stored", || Array::from(&get(&client.load(channel.clone()), "messages")).length() == 1).await;
     client.close();
     clear_storage(&prefix);
+}
+
+/// `getToken` for the harness's issuer: a token for `user` living `ttl` seconds.
+fn token_getter(user: &str, ttl: u32) -> Function {
+    let url = format!("{}/token?sub={user}&ttl={ttl}", control_url());
+    Function::new_no_args(&format!("return fetch({url:?}).then((r) => r.json()).then((body) => body.token)"))
+}
+
+async fn tokens_issued() -> u32 {
+    get(&control("GET", "/token/count").await, "issued").as_f64().unwrap() as u32
+}
+
+#[wasm_bindgen_test]
+async fn get_token_authenticates_every_connection_and_refreshes_before_expiry() {
+    let events = Events::new();
+    let opts =
+        options(&[server_auth()], &[("localStorage", false.into()), ("getToken", token_getter("ann", 3).into())]);
+    let before = tokens_issued().await;
+    let client = WasmClient::new(opts, events.function()).unwrap();
+    let mine = "user:ann";
+    assert_eq!(call(client.subscribe(mine.into(), None)).await.unwrap(), JsValue::TRUE);
+    let offset = call(client.publish(mine.into(), args(&["k".into(), "v".into()]))).await.unwrap();
+    wait_for("the message", || events.offsets(mine).contains(&offset.as_string().unwrap())).await;
+    // Someone else's channel stays closed.
+    let error = call(client.subscribe("user:bob".into(), None)).await.unwrap_err();
+    assert_eq!(get(&error, "code").as_string().unwrap(), "forbidden");
+    // A 3-second token is refreshed on the same connection (after about 1.5 s), not reconnected.
+    sleep(4000).await;
+    assert!(tokens_issued().await >= before + 2, "a fresh token was fetched");
+    assert_eq!(events.count("connect"), 1, "the connection lived past the first token's expiry");
+    assert_eq!(events.count("disconnect"), 0);
+    let again = call(client.publish(mine.into(), args(&["k".into(), "w".into()]))).await;
+    assert!(again.is_ok(), "still authenticated: {again:?}");
+    client.close();
+}
+
+#[wasm_bindgen_test]
+async fn a_refused_token_rejects_the_waiting_calls_and_says_why() {
+    let events = Events::new();
+    let opts = options(&[server_auth()], &[("localStorage", false.into()), ("token", "not.a.token".into())]);
+    let client = WasmClient::new(opts, events.function()).unwrap();
+    let error = call(client.subscribe("user:ann".into(), None)).await.unwrap_err();
+    assert_eq!(get(&error, "code").as_string().unwrap(), "unauthorized");
+    assert!(events.error_codes().contains(&"unauthorized".to_owned()));
+    wait_for("the connection to go on without a token", || client.connected()).await;
+    client.close();
+    // A getToken that throws is reported the same way.
+    let events = Events::new();
+    let throws = Function::new_no_args("throw new Error('auth service down')");
+    let opts = options(&[server_auth()], &[("localStorage", false.into()), ("getToken", throws.into())]);
+    let client = WasmClient::new(opts, events.function()).unwrap();
+    let error = call(client.publish("user:ann".into(), args(&["k".into(), "v".into()]))).await.unwrap_err();
+    assert_eq!(get(&error, "code").as_string().unwrap(), "unauthorized");
+    assert!(get(&error, "message").as_string().unwrap().contains("auth service down"));
+    client.close();
+}
+
+#[wasm_bindgen_test]
+async fn token_options_are_checked() {
+    let get_token = Function::new_no_args("return 't'");
+    let both = options(&[NOWHERE], &[("token", "t".into()), ("getToken", get_token.into())]);
+    let error = WasmClient::new(both, Events::new().function()).err().unwrap();
+    assert_eq!(get(&error, "code").as_string().unwrap(), "invalid_argument");
+    let empty = options(&[NOWHERE], &[("token", "".into())]);
+    assert!(WasmClient::new(empty, Events::new().function()).is_err());
 }

@@ -180,3 +180,12 @@ test('the package works from a plain <script type="module"> with no bundler', as
   assert.equal(await page.getAttribute('body', 'data-result'), 'ok');
   await context.close();
 });
+
+test('a page with tokens from its auth service reads its own channel and no one else\'s', async () => {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  await page.goto(`${RD_CONTROL}/pages/tokens.html?target=${process.env.RD_SERVER_AUTH}&user=ann`);
+  await page.waitForFunction(() => document.body.dataset.result !== 'pending', null, { timeout: PATIENCE });
+  assert.equal(await page.getAttribute('body', 'data-result'), 'ok');
+  await context.close();
+});

@@ -50,3 +50,12 @@ createClient({ targets: 'ws://x/', storageLimit: 'many' });
 client.on('messages', (channel: number) => void channel);
 // @ts-expect-error: a group subscription needs a consumer name
 client.subscribe('jobs', { group: 'workers' });
+
+// Tokens: a fixed one, or a getter (sync or async).
+createClient({ targets: 'wss://a.example', token: 'eyJ…' });
+createClient({ targets: 'wss://a.example', getToken: async () => 'eyJ…' });
+createClient({ targets: 'wss://a.example', getToken: () => 'eyJ…' });
+// @ts-expect-error a token is a string
+createClient({ targets: 'wss://a.example', token: 42 });
+const refused: RedistributeError['code'] = 'unauthorized';
+void refused;
