@@ -17,11 +17,11 @@ step "client package (scripts/build-client.sh)"
 bash scripts/build-client.sh
 step "demo app (scripts/build-demo.sh)"
 bash scripts/build-demo.sh
-step "server (cargo build --release)"
-cargo build --quiet --release --locked --bin redistribute-server
+step "server (cargo build --profile demo: lightly optimised; deployments use --release)"
+cargo build --quiet --profile demo --locked --bin redistribute-server
 step "ready"
 
 echo
 echo "Redistribute demo: http://127.0.0.1:${PORT:-8080}/   (WebSocket on the same URL, health at /healthz)"
 echo "Press Ctrl-C to stop."
-exec ./target/release/redistribute-server --listen "127.0.0.1:${PORT:-8080}" --static www-demo/dist "$@"
+exec ./target/demo/redistribute-server --listen "127.0.0.1:${PORT:-8080}" --static www-demo/dist "$@"

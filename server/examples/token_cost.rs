@@ -29,20 +29,32 @@ fn main() {
         (
             "RS256 (2048-bit)",
             TokenVerifier::from_public_key_pem(&read("rsa-public.pem")).unwrap(),
-            encode(&Header::new(Algorithm::RS256), &claims, &EncodingKey::from_rsa_pem(&read("rsa-private.pem")).unwrap())
-                .unwrap(),
+            encode(
+                &Header::new(Algorithm::RS256),
+                &claims,
+                &EncodingKey::from_rsa_pem(&read("rsa-private.pem")).unwrap(),
+            )
+            .unwrap(),
         ),
         (
             "ES256",
             TokenVerifier::from_public_key_pem(&read("ec-public.pem")).unwrap(),
-            encode(&Header::new(Algorithm::ES256), &claims, &EncodingKey::from_ec_pem(&read("ec-private.pem")).unwrap())
-                .unwrap(),
+            encode(
+                &Header::new(Algorithm::ES256),
+                &claims,
+                &EncodingKey::from_ec_pem(&read("ec-private.pem")).unwrap(),
+            )
+            .unwrap(),
         ),
         (
             "EdDSA",
             TokenVerifier::from_public_key_pem(&read("ed-public.pem")).unwrap(),
-            encode(&Header::new(Algorithm::EdDSA), &claims, &EncodingKey::from_ed_pem(&read("ed-private.pem")).unwrap())
-                .unwrap(),
+            encode(
+                &Header::new(Algorithm::EdDSA),
+                &claims,
+                &EncodingKey::from_ed_pem(&read("ed-private.pem")).unwrap(),
+            )
+            .unwrap(),
         ),
     ];
     println!("{:<18} {:>12} {:>14}", "algorithm", "µs / verify", "verifies / s");

@@ -415,7 +415,12 @@ impl Handler {
         }
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         let left = std::time::Duration::from_secs(identity.expires).saturating_sub(now);
-        self.expiry = Some(tokio::time::Instant::now() + left);
+        if left.is_zero() {
+            // Within the verifier's clock-skew leeway, but the connection would close at once.
+            return Err(ProtocolError::new(ErrorCode::Unauthorized, "the token has expired"));
+        }
+        // An expiry too far to represent never comes.
+        self.expiry = tokio::time::Instant::now().checked_add(left);
         let body = OkBody { user: Some(identity.user.clone()), expires: Some(identity.expires), ..OkBody::default() };
         self.conn.set_user(&identity.user);
         self.identity = Some(identity);
