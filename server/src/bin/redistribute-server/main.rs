@@ -12,7 +12,9 @@ use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// WebSocket server that bridges browsers to Redis Streams.
 ///
@@ -155,7 +157,8 @@ struct Args {
     #[arg(long, env = "REDISTRIBUTE_KEY_PREFIX", default_value = "rd:")]
     key_prefix: String,
 
-    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `redistribute=debug`.
+    /// Log filter: a level, and `target=level` pairs, comma-separated (e.g. `info` or
+    /// `warn,redistribute=debug`).
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log: String,
 }
@@ -263,7 +266,8 @@ async fn run() -> anyhow::Result<()> {
         println!("{}{channel}", args.key_prefix);
         return Ok(());
     }
-    tracing_subscriber::fmt().with_env_filter(EnvFilter::try_new(&args.log).context("invalid --log filter")?).init();
+    let filter: Targets = args.log.parse().context("invalid --log filter")?;
+    tracing_subscriber::registry().with(tracing_subscriber::fmt::layer()).with(filter).init();
 
     let config = args.config(channels)?;
     log_access(&config.access);
