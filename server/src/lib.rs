@@ -22,10 +22,11 @@
 //! ```
 //!
 //! # Layout
-//! - [`config`]: settings. [`hooks`]: the application's say (permissions, filtering).
+//! - [`config`]: settings. [`access`]: tokens, channel rules, protected mode and origins, checked
+//!   before [`hooks`], the application's say (permissions, filtering).
 //! - `listener` accepts TCP (and TLS), `http` routes `/healthz`, the WebSocket upgrade and
-//!   `static_files` (`--static`),
-//!   `connection` runs one socket, `replay` brings a new subscriber from its offset to live.
+//!   `static_files` (`--static`); `connection` runs one socket, `replay` brings a new subscriber
+//!   from its offset to live.
 //! - `hub` holds local subscribers and fans entries out; `reader` follows streams with a fixed
 //!   number of blocking reads; [`engine`] talks to Redis, or holds streams in memory when no Redis
 //!   target is configured (single instance, zero setup).
