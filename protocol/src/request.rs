@@ -11,6 +11,9 @@ use serde_json::{Map, Value};
 /// Largest `id` a request may carry: 2^53 - 1, the largest integer JavaScript represents exactly.
 pub const MAX_ID: u64 = (1 << 53) - 1;
 
+/// Largest `maxlen` a publish may carry (Redis reads it as a signed 64-bit integer).
+pub const MAX_MAXLEN: u64 = i64::MAX as u64;
+
 /// Limits applied while parsing. The frame size limit is applied by the transport, before parsing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -229,13 +232,16 @@ fn parse_op(object: &Map<String, Value>, limits: &Limits) -> Result<Op, Protocol
         "publish" => {
             let channel = channel(object, limits)?;
             let fields = fields(object, limits)?;
+            // Redis reads MAXLEN as a signed 64-bit integer.
+            let out_of_range =
+                || ProtocolError::bad_request(format!("\"maxlen\" must be an integer from 1 to {MAX_MAXLEN}"));
             let maxlen = match object.get("maxlen") {
                 None | Some(Value::Null) => None,
                 Some(Value::Number(n)) => match n.as_u64() {
-                    Some(m) if m > 0 => Some(m),
-                    _ => return Err(ProtocolError::bad_request("\"maxlen\" must be a positive integer")),
+                    Some(m) if (1..=MAX_MAXLEN).contains(&m) => Some(m),
+                    _ => return Err(out_of_range()),
                 },
-                Some(_) => return Err(ProtocolError::bad_request("\"maxlen\" must be a positive integer")),
+                Some(_) => return Err(out_of_range()),
             };
             Ok(Op::Publish { channel, fields, maxlen })
         }
@@ -409,6 +415,9 @@ mod tests {
             error(r#"{"id":6,"op":"publish","channel":"c","fields":["a","b"],"maxlen":1.5}"#).1,
             ErrorCode::BadRequest
         );
+        let huge = error(r#"{"id":6,"op":"publish","channel":"c","fields":["a","b"],"maxlen":18446744073709551615}"#);
+        assert_eq!(huge.1, ErrorCode::BadRequest);
+        assert!(huge.2.contains("from 1 to 9223372036854775807"), "{}", huge.2);
         assert!(error(r#"{"id":7,"op":"subscribe","channel":"c","offset":"x-1"}"#).2.contains("offset must be"));
         assert_eq!(error(r#"{"id":7,"op":"subscribe","channel":"c","offset":5}"#).1, ErrorCode::BadRequest);
         assert_eq!(error(r#"{"id":7,"op":"subscribe"}"#).2, "missing \"channel\"");

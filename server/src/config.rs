@@ -127,6 +127,16 @@ impl Config {
         if !self.limits.max_fields.is_multiple_of(2) {
             return Err(crate::Error::Config("max_fields must be even (fields come in pairs)".into()));
         }
+        let max = redistribute_protocol::request::MAX_MAXLEN;
+        let maxlens = self
+            .maxlen
+            .values()
+            .copied()
+            .chain(self.default_maxlen)
+            .chain(self.access.rules.iter().filter_map(|r| r.maxlen));
+        if let Some(n) = maxlens.into_iter().find(|n| *n == 0 || *n > max) {
+            return Err(crate::Error::Config(format!("maxlen {n} is out of range: 1 to {max}")));
+        }
         if self.targets.is_empty() && (self.memory.max_bytes == 0 || self.memory.max_entries_per_channel == 0) {
             return Err(crate::Error::Config("memory engine limits must be at least 1".into()));
         }

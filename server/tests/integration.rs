@@ -339,6 +339,24 @@ async fn bad_input_gets_a_clear_error_and_the_connection_keeps_working() {
     server.stop().await;
 }
 
+/// Inputs a wire-level fuzz run found answered with `internal` or a 1011 close on Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extreme_numbers_get_clear_answers_on_redis() {
+    let redis = Redis::start();
+    let server = TestServer::start(config(&redis)).await;
+    let mut client = connect(&server.url()).await;
+    let huge = json!({"op": "publish", "channel": "c", "fields": ["k", "v"], "maxlen": u64::MAX});
+    let error = client.expect_error(huge).await;
+    assert_eq!(error["code"], "bad_request", "{error}");
+    let max = format!("{0}-{0}", u64::MAX);
+    client.publish("c", &["k", "v"]).await;
+    assert_eq!(client.subscribe("c", &max).await["offset"], max.as_str());
+    client.publish("c", &["k", "w"]).await;
+    assert_eq!(client.request(json!({"op": "ping"})).await["ok"], json!({}), "still open");
+    client.assert_quiet().await;
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frame_over_the_hard_limit_closes_with_1009() {
     let redis = Redis::start();

@@ -192,6 +192,10 @@ impl RedisEngine {
     /// # Errors
     /// As for [`RedisEngine::publish`].
     pub async fn history_page(&self, channel: &str, after: StreamId, count: usize) -> Result<HistoryPage, EngineError> {
+        if after.successor().is_none() {
+            // Nothing can follow the largest ID (and Redis refuses an exclusive range after it).
+            return Ok(HistoryPage { state: self.state(channel).await?, entries: Vec::new() });
+        }
         let target = self.target(channel);
         let mut pipe = redis::pipe();
         pipe.atomic().ignore_errors();
