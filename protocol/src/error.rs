@@ -79,6 +79,10 @@ pub mod close {
     pub const NORMAL: u16 = 1000;
     /// The server is shutting down or restarting: reconnect, preferably to another instance.
     pub const GOING_AWAY: u16 = 1001;
+    /// The client broke the WebSocket protocol (RFC 6455), e.g. an unmasked or malformed frame.
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text frame was not valid UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
     /// The connect hook refused the connection; the close reason says why.
     pub const POLICY_VIOLATION: u16 = 1008;
     /// A frame exceeded the hard size limit, so it could not even be read to answer it.

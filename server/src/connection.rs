@@ -162,6 +162,16 @@ impl Handler {
                     self.outbox.kick(close::MESSAGE_TOO_BIG, &format!("frame exceeds {limit} bytes"));
                     return;
                 }
+                Some(Err(WsError::Protocol(e))) => {
+                    debug!(conn = self.conn.id, error = %e, "WebSocket protocol violation");
+                    self.outbox.kick(close::PROTOCOL_ERROR, &format!("WebSocket protocol violation: {e}"));
+                    return;
+                }
+                Some(Err(WsError::Utf8(e))) => {
+                    debug!(conn = self.conn.id, error = %e, "text frame is not UTF-8");
+                    self.outbox.kick(close::INVALID_DATA, "a text frame was not valid UTF-8");
+                    return;
+                }
                 Some(Err(e)) => {
                     if !matches!(e, WsError::ConnectionClosed | WsError::AlreadyClosed) {
                         debug!(conn = self.conn.id, error = %e, "socket error");
@@ -531,6 +541,38 @@ mod tests {
         assert_eq!(offsets, [first, second], "history then live, once each, in order");
         let again = ask(&mut subscriber, json!({"id": 2, "op": "subscribe", "channel": "c"})).await;
         assert_eq!(again["error"]["code"], "bad_request", "already subscribed");
+    }
+
+    /// Writes raw bytes (hand-made frames) to a new connection; returns the close code it gets.
+    async fn close_code_after(server: &Server, bytes: &[u8]) -> u16 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, served) = duplex(64 << 10);
+        let shared = server.shared.clone();
+        let conn = Arc::new(ConnInfo::new(shared.next_conn_id(), "127.0.0.1:9".parse().unwrap(), "/".into(), vec![]));
+        tokio::spawn(async move {
+            let socket = WebSocketStream::from_raw_socket(served, Role::Server, None).await;
+            run(shared, conn, socket).await;
+        });
+        client.write_all(bytes).await.unwrap();
+        // The server's close frame: 0x88, a length, then the code (servers do not mask).
+        let mut head = [0u8; 4];
+        tokio::time::timeout(std::time::Duration::from_secs(5), client.read_exact(&mut head))
+            .await
+            .expect("a close frame within 5 s")
+            .unwrap();
+        assert_eq!(head[0], 0x88, "a close frame: {head:?}");
+        u16::from_be_bytes([head[2], head[3]])
+    }
+
+    #[tokio::test]
+    async fn protocol_violations_close_with_1002_and_bad_utf8_with_1007() {
+        let server = memory_server();
+        // A client frame without a mask (clients must mask).
+        assert_eq!(close_code_after(&server, &[0x81, 0x02, b'h', b'i']).await, close::PROTOCOL_ERROR);
+        // A reserved opcode, masked.
+        assert_eq!(close_code_after(&server, &[0x83, 0x80, 0, 0, 0, 0]).await, close::PROTOCOL_ERROR);
+        // A text frame holding invalid UTF-8 (masked with a zero key).
+        assert_eq!(close_code_after(&server, &[0x81, 0x82, 0, 0, 0, 0, 0xff, 0xfe]).await, close::INVALID_DATA);
     }
 
     #[tokio::test]
