@@ -387,7 +387,8 @@ impl Handler {
             // A client may trim harder than the channel's rule, never less.
             (Some(asked), Some(rule)) => Some(asked.min(rule)),
             (Some(asked), None) => Some(asked),
-            (None, _) => self.shared.maxlen_for(channel),
+            // The verdict already holds the rule's trim: no second policy lookup.
+            (None, rule) => rule.or_else(|| self.shared.configured_maxlen(channel)),
         };
         if let Decision::Deny(reason) = self.shared.hooks.on_publish(&self.conn, channel, fields).await {
             return Err(ProtocolError::new(ErrorCode::Forbidden, reason));

@@ -1,6 +1,6 @@
 //! The crate's error type, and the one place that decides what a client is told about a failure.
 
-use crate::engine::{Chain, EngineError};
+use crate::engine::{Chain, EngineError, offset_list};
 use redistribute_protocol::{ErrorCode, ProtocolError};
 
 /// Errors of the server library.
@@ -34,20 +34,14 @@ pub(crate) fn client_error(e: &EngineError) -> ProtocolError {
             ProtocolError::bad_request(format!("the Redis key of channel {channel:?} is not a stream"))
         }
         EngineError::NoGroup { .. } => ProtocolError::bad_request(format!("no such consumer group ({e})")),
-        EngineError::HeldByOthers(offsets) => {
-            let offsets: Vec<String> = offsets.iter().map(ToString::to_string).collect();
-            ProtocolError::new(
-                ErrorCode::Forbidden,
-                format!("pending for another consumer, nothing acknowledged: {}", offsets.join(", ")),
-            )
-        }
-        EngineError::NotPending(offsets) => {
-            let offsets: Vec<String> = offsets.iter().map(ToString::to_string).collect();
-            ProtocolError::bad_request(format!(
-                "not pending in the group, nothing acknowledged: {}",
-                offsets.join(", ")
-            ))
-        }
+        EngineError::HeldByOthers(offsets) => ProtocolError::new(
+            ErrorCode::Forbidden,
+            format!("pending for another consumer, nothing acknowledged: {}", offset_list(offsets)),
+        ),
+        EngineError::NotPending(offsets) => ProtocolError::bad_request(format!(
+            "not pending in the group, nothing acknowledged: {}",
+            offset_list(offsets)
+        )),
         _ => {
             tracing::error!(error = %Chain(e), "unexpected storage failure");
             ProtocolError::new(ErrorCode::Internal, "internal error; see the server log")

@@ -99,9 +99,12 @@ impl Shared {
     /// The trim of a publish that asks for none: the channel rule's, else the channel's own,
     /// else the default.
     pub(crate) fn maxlen_for(&self, channel: &str) -> Option<u64> {
-        if let Some(rule) = self.access.verdict(channel, None).maxlen {
-            return Some(rule);
-        }
+        self.access.verdict(channel, None).maxlen.or_else(|| self.configured_maxlen(channel))
+    }
+
+    /// The channel's own trim (`--maxlen`, [`Server::maxlen`]), else the default: what applies
+    /// when no channel rule sets one.
+    pub(crate) fn configured_maxlen(&self, channel: &str) -> Option<u64> {
         let per_channel = self.maxlen.read().unwrap_or_else(|p| p.into_inner());
         per_channel.get(channel).copied().or(self.config.default_maxlen)
     }

@@ -53,7 +53,8 @@ impl EngineError {
     }
 }
 
-fn list(offsets: &[StreamId]) -> String {
+/// Offsets as `a, b, c`, for messages.
+pub(crate) fn list(offsets: &[StreamId]) -> String {
     offsets.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }
 

@@ -14,6 +14,7 @@ mod error;
 mod memory;
 mod redis;
 
+pub(crate) use self::error::list as offset_list;
 pub use self::error::{Chain, EngineError};
 pub use self::memory::{MemoryEngine, MemoryLimits, MemoryMember};
 pub(crate) use self::redis::channel_hash;
