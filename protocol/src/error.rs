@@ -22,8 +22,15 @@ pub enum ErrorCode {
     TooLarge,
     /// A per-connection limit was reached (for example the number of subscriptions).
     LimitExceeded,
-    /// The storage engine (Redis) cannot be reached right now; retrying later may succeed.
+    /// Too many requests or publishes in too short a time; `retry_after_ms` says when to retry.
+    /// Nothing was done.
+    RateLimited,
+    /// The storage engine (Redis) cannot be reached right now; nothing was stored, so retrying
+    /// later is safe.
     Unavailable,
+    /// A publish was sent to storage but its outcome is unknown (the engine did not answer in
+    /// time): it may or may not have been stored. A retry may store it twice.
+    UnknownOutcome,
     /// A bug or an unexpected engine reply; details are in the server log.
     Internal,
 }
@@ -39,7 +46,9 @@ impl ErrorCode {
             ErrorCode::Conflict => "conflict",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::LimitExceeded => "limit_exceeded",
+            ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::UnknownOutcome => "unknown_outcome",
             ErrorCode::Internal => "internal",
         }
     }
@@ -59,12 +68,20 @@ pub struct ProtocolError {
     pub code: ErrorCode,
     /// Explanation for people; wording may change between releases.
     pub message: String,
+    /// When retrying can succeed, in milliseconds (`rate_limited`).
+    pub retry_after_ms: Option<u64>,
 }
 
 impl ProtocolError {
     /// Builds an error from a code and a message.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ProtocolError { code, message: message.into() }
+        ProtocolError { code, message: message.into(), retry_after_ms: None }
+    }
+
+    /// The same error, saying that a retry can succeed after `delay`.
+    pub fn retry_after(mut self, delay: std::time::Duration) -> Self {
+        self.retry_after_ms = Some(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX).max(1));
+        self
     }
 
     /// Shorthand for a [`ErrorCode::BadRequest`] error.
@@ -95,4 +112,10 @@ pub mod close {
     /// The connection's token expired without a fresh one (`auth` again before `exp`): fetch a new
     /// token, reconnect and authenticate.
     pub const TOKEN_EXPIRED: u16 = 4001;
+    /// The server heard nothing from the client (no frame, no answer to its pings) for its idle
+    /// timeout, or a frame took longer than that to arrive. Reconnect and resume.
+    pub const IDLE_TIMEOUT: u16 = 4002;
+    /// The client kept sending after being told `rate_limited`: reconnect after a pause and slow
+    /// down.
+    pub const RATE_LIMITED: u16 = 4003;
 }

@@ -62,6 +62,9 @@ pub struct ErrorBody {
     pub code: ErrorCode,
     /// Human-readable explanation.
     pub message: String,
+    /// `rate_limited`: milliseconds after which a retry can succeed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 impl Reply {
@@ -72,7 +75,14 @@ impl Reply {
 
     /// An error reply.
     pub fn error(id: Option<u64>, error: ProtocolError) -> Self {
-        Reply { id, outcome: Outcome::Error(ErrorBody { code: error.code, message: error.message }) }
+        Reply {
+            id,
+            outcome: Outcome::Error(ErrorBody {
+                code: error.code,
+                message: error.message,
+                retry_after_ms: error.retry_after_ms,
+            }),
+        }
     }
 
     /// Serialises the reply to its JSON text.

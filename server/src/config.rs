@@ -19,10 +19,24 @@ pub struct Config {
     pub limits: Limits,
     /// Most channels one connection may subscribe to at once.
     pub max_subscriptions: usize,
-    /// Most simultaneous WebSocket connections; further ones wait to be accepted.
+    /// Most simultaneous connections (WebSocket or HTTP); further ones are answered at once with
+    /// HTTP 503 and `Retry-After` (`/healthz` and `/metrics` still answer).
     pub max_connections: usize,
-    /// Frames a connection may have queued before it is closed as lagging (close code 4000).
-    pub send_queue: usize,
+    /// Most simultaneous connections from one IP address; further ones get HTTP 429.
+    pub max_connections_per_ip: usize,
+    /// Bytes a connection may have queued for sending before it is closed as lagging (close
+    /// code 4000). A frame shared by many subscribers counts in full for each.
+    pub send_queue_bytes: usize,
+    /// A connection whose socket accepts no bytes for this long is closed as lagging (4000) and
+    /// its memory released, whether or not it ever reads again.
+    pub write_timeout: Duration,
+    /// How often the server pings each client (WebSocket ping frames; browsers answer them).
+    pub ping_interval: Duration,
+    /// A client from which no complete frame (pongs included) arrives for this long is closed
+    /// with 4002. This also bounds how long one frame may take to arrive.
+    pub idle_timeout: Duration,
+    /// Replay pages are sized to hold about this many bytes (at most `history_page` entries).
+    pub replay_page_bytes: usize,
     /// Live entries parked for one subscriber while its replay runs, before it is closed as
     /// lagging.
     pub join_buffer: usize,
@@ -67,7 +81,12 @@ impl Default for Config {
             limits: Limits::default(),
             max_subscriptions: 256,
             max_connections: 10_000,
-            send_queue: 1024,
+            max_connections_per_ip: 1_000,
+            send_queue_bytes: 4 << 20,
+            write_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(25),
+            idle_timeout: Duration::from_secs(60),
+            replay_page_bytes: 1 << 20,
             join_buffer: 100_000,
             history_page: 1000,
             read_count: 1000,
@@ -114,7 +133,9 @@ impl Config {
             ("max_offsets", self.limits.max_offsets),
             ("max_subscriptions", self.max_subscriptions),
             ("max_connections", self.max_connections),
-            ("send_queue", self.send_queue),
+            ("max_connections_per_ip", self.max_connections_per_ip),
+            ("send_queue_bytes", self.send_queue_bytes),
+            ("replay_page_bytes", self.replay_page_bytes),
             ("join_buffer", self.join_buffer),
             ("history_page", self.history_page),
             ("read_count", self.read_count),
@@ -126,6 +147,19 @@ impl Config {
         }
         if !self.limits.max_fields.is_multiple_of(2) {
             return Err(crate::Error::Config("max_fields must be even (fields come in pairs)".into()));
+        }
+        let durations = [
+            ("write_timeout", self.write_timeout),
+            ("ping_interval", self.ping_interval),
+            ("idle_timeout", self.idle_timeout),
+        ];
+        if let Some((name, _)) = durations.iter().find(|(_, d)| d.is_zero()) {
+            return Err(crate::Error::Config(format!("{name} must be longer than zero")));
+        }
+        if self.idle_timeout <= self.ping_interval {
+            return Err(crate::Error::Config(
+                "idle_timeout must be longer than ping_interval (a live client answers each ping)".into(),
+            ));
         }
         let max = redistribute_protocol::request::MAX_MAXLEN;
         let maxlens = self

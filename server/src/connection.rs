@@ -9,14 +9,15 @@ use crate::access::{Identity, Op as AccessOp, Verdict};
 use crate::error::client_error;
 use crate::hooks::{ConnInfo, Decision};
 use crate::membership::ConsumerLease;
-use crate::outbox::{Kick, Outbox};
+use crate::outbox::{Outbox, Queue, QueueState};
+use crate::progress::Progress;
 use crate::{Shared, groups, membership, replay};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use redistribute_protocol::frame::OkBody;
 use redistribute_protocol::{ErrorCode, Op, ProtocolError, Reply, Request, Start, close};
 use std::collections::HashMap;
 use std::sync::Arc;
-use tokio::sync::mpsc;
+use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -24,20 +25,26 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+/// How long a closing connection keeps reading for the client's close reply, so that requests
+/// still in flight do not turn the close into a TCP reset.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
 /// Runs a connection to its end: the connect hook, then requests until the socket closes, the
-/// client is kicked or the server shuts down; then cleanup and the disconnect hook.
-pub(crate) async fn run<S>(shared: Arc<Shared>, conn: Arc<ConnInfo>, socket: S)
+/// client is kicked or the server shuts down; then cleanup and the disconnect hook. `progress`
+/// reports when the socket last accepted bytes (see [`crate::progress`]).
+pub(crate) async fn run<S>(shared: Arc<Shared>, conn: Arc<ConnInfo>, socket: S, progress: Arc<Progress>)
 where
     S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin + Send,
 {
-    let (mut sink, stream) = socket.split();
+    let (mut sink, mut stream) = socket.split();
     if let Decision::Deny(reason) = shared.hooks.on_connect(&conn).await {
         debug!(conn = conn.id, %reason, "connection refused by hook");
         let _ = sink.send(close_message(close::POLICY_VIOLATION, &reason)).await;
         return;
     }
-    let (outbox, queue) = Outbox::new(shared.config.send_queue);
-    let writer = write_loop(sink, queue, outbox.kick_signal(), shared.shutdown.clone());
+    let (outbox, queue) = Outbox::new(shared.config.send_queue_bytes);
+    let state = queue.state().clone();
+    let writer = Writer { sink, queue, state, progress, config: &shared.config, shutdown: shared.shutdown.clone() };
     let mut handler = Handler {
         shared: shared.clone(),
         conn: conn.clone(),
@@ -47,12 +54,25 @@ where
         identity: None,
         expiry: None,
     };
-    let reader = async move {
-        handler.read_loop(stream).await;
+    let reader = async {
+        let ended = handler.read_loop(&mut stream).await;
         handler.cleanup().await;
         // `handler` (and its outbox) drops here, which lets the writer finish.
+        drop(handler);
+        ended
     };
-    tokio::join!(writer, reader);
+    let (closed, ended) = tokio::join!(writer.run(), reader);
+    if closed && ended == Ended::ByServer {
+        // Read on until the client answers the close (or gives up), discarding what it sends.
+        let _ = tokio::time::timeout(CLOSE_LINGER, async {
+            while let Some(Ok(message)) = stream.next().await {
+                if message.is_close() {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
     shared.hooks.on_disconnect(&conn).await;
 }
 
@@ -60,43 +80,109 @@ fn close_message(code: u16, reason: &str) -> Message {
     Message::Close(Some(CloseFrame { code: CloseCode::from(code), reason: Utf8Bytes::from(reason) }))
 }
 
-async fn write_loop<W>(mut sink: W, mut queue: mpsc::Receiver<Message>, kick: Arc<Kick>, shutdown: CancellationToken)
-where
-    W: Sink<Message, Error = WsError> + Unpin,
-{
-    // Frames already queued are written in one go, then flushed once.
-    const MAX_BURST: usize = 256;
-    let closing = loop {
-        let first = tokio::select! {
-            biased;
-            () = kick.kicked() => break kick.reason().map(|(code, reason)| close_message(code, &reason)),
-            () = shutdown.cancelled() => break Some(close_message(close::GOING_AWAY, "server shutting down")),
-            next = queue.recv() => match next {
-                Some(message) => message,
-                None => break None,
-            },
-        };
-        if sink.feed(first).await.is_err() {
-            return;
-        }
-        for _ in 1..MAX_BURST {
-            match queue.try_recv() {
-                Ok(message) => {
-                    if sink.feed(message).await.is_err() {
-                        return;
-                    }
+/// Why the read loop ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    /// The client closed, left or broke the socket.
+    ByClient,
+    /// The server closes: a kick, the idle timeout or a shutdown.
+    ByServer,
+}
+
+/// The writing half of a connection: drains the queue into the socket, pings the client, and
+/// ends with a close frame when the connection is kicked or the server shuts down.
+struct Writer<'a, W> {
+    sink: W,
+    queue: Queue,
+    state: Arc<QueueState>,
+    progress: Arc<Progress>,
+    config: &'a crate::Config,
+    shutdown: CancellationToken,
+}
+
+/// How one socket write went.
+enum Write {
+    Done,
+    /// The socket failed; nothing more can be written.
+    Failed,
+    /// The connection was kicked while the write waited.
+    Kicked,
+}
+
+impl<W: Sink<Message, Error = WsError> + Unpin> Writer<'_, W> {
+    /// Returns whether a close frame went out.
+    async fn run(mut self) -> bool {
+        // Frames already queued are written in one go, then flushed once.
+        const MAX_BURST: usize = 256;
+        let state = self.state.clone();
+        let kick = state.kick();
+        let mut ping = tokio::time::interval(self.config.ping_interval);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await; // the first tick is immediate
+        let closing = 'frames: loop {
+            let first = tokio::select! {
+                biased;
+                () = kick.kicked() => break kick.reason().map(|(code, reason)| close_message(code, &reason)),
+                () = self.shutdown.cancelled() => break Some(close_message(close::GOING_AWAY, "server shutting down")),
+                next = self.queue.recv() => match next {
+                    Some(message) => message,
+                    None => break None,
+                },
+                _ = ping.tick() => Message::Ping(Default::default()),
+            };
+            let mut burst = vec![first];
+            while burst.len() < MAX_BURST
+                && let Some(message) = self.queue.try_recv()
+            {
+                burst.push(message);
+            }
+            for message in burst {
+                match self.watched(|sink| sink.feed(message)).await {
+                    Write::Done => {}
+                    Write::Failed => return false,
+                    Write::Kicked => continue 'frames,
                 }
-                Err(_) => break,
+            }
+            match self.watched(|sink| sink.flush()).await {
+                Write::Done => {}
+                Write::Failed => return false,
+                Write::Kicked => continue 'frames,
+            }
+        };
+        // Nothing more is sent but the close: free the backlog now, not after the close.
+        self.queue.discard();
+        let Some(message) = closing else {
+            let _ = self.sink.close().await;
+            return false;
+        };
+        // A client that reads nothing cannot take the close frame either: bounded like any write.
+        let sent = matches!(self.watched(|sink| sink.send(message)).await, Write::Done);
+        let _ = tokio::time::timeout(Duration::from_millis(100), self.sink.close()).await;
+        sent
+    }
+
+    /// Runs one write on the socket, giving up when the socket accepts nothing for the write
+    /// timeout (the client is then kicked as lagging: its memory is released whether or not it
+    /// ever reads again) or, before the close frame, when the connection is kicked.
+    async fn watched<'s, F, Fut>(&'s mut self, write: F) -> Write
+    where
+        F: FnOnce(&'s mut W) -> Fut,
+        Fut: std::future::Future<Output = Result<(), WsError>> + 's,
+    {
+        let timeout = self.config.write_timeout;
+        let kick = self.state.kick();
+        let already_kicked = kick.is_kicked();
+        let since = tokio::time::Instant::now();
+        tokio::select! {
+            biased;
+            written = write(&mut self.sink) => if written.is_ok() { Write::Done } else { Write::Failed },
+            () = kick.kicked(), if !already_kicked => Write::Kicked,
+            () = self.progress.stalled(since, timeout) => {
+                kick.kick(close::LAGGING, &format!("the socket accepted nothing for {timeout:?}"));
+                Write::Failed
             }
         }
-        if sink.flush().await.is_err() {
-            return;
-        }
-    };
-    if let Some(message) = closing {
-        let _ = sink.send(message).await;
     }
-    let _ = sink.close().await;
 }
 
 struct Subscription {
@@ -126,10 +212,13 @@ struct Handler {
 }
 
 impl Handler {
-    async fn read_loop<R>(&mut self, mut stream: R)
+    async fn read_loop<R>(&mut self, stream: &mut R) -> Ended
     where
         R: Stream<Item = Result<Message, WsError>> + Unpin,
     {
+        let idle_timeout = self.shared.config.idle_timeout;
+        // Every frame counts as a sign of life, pongs included; a frame still arriving does not.
+        let mut heard = tokio::time::Instant::now();
         loop {
             let expiry = self.expiry;
             let expired = async move {
@@ -140,43 +229,50 @@ impl Handler {
             };
             let next = tokio::select! {
                 biased;
-                () = self.outbox.kicked() => return,
-                () = self.shared.shutdown.cancelled() => return,
+                () = self.outbox.kicked() => return Ended::ByServer,
+                () = self.shared.shutdown.cancelled() => return Ended::ByServer,
                 () = expired => {
                     self.outbox.kick(close::TOKEN_EXPIRED, "token expired: authenticate again with a fresh token");
-                    return;
+                    return Ended::ByServer;
+                }
+                () = tokio::time::sleep_until(heard + idle_timeout) => {
+                    debug!(conn = self.conn.id, "idle timeout");
+                    let reason = format!("nothing received for {idle_timeout:?}");
+                    self.outbox.kick(close::IDLE_TIMEOUT, &reason);
+                    return Ended::ByServer;
                 }
                 next = stream.next() => next,
             };
+            heard = tokio::time::Instant::now();
             match next {
                 Some(Ok(Message::Text(text))) => self.on_text(&text).await,
                 Some(Ok(Message::Binary(_))) => {
                     let error = ProtocolError::bad_request("binary frames are not supported: send JSON text frames");
                     self.reply(Reply::error(None, error)).await;
                 }
-                Some(Ok(Message::Close(_))) | None => return,
+                Some(Ok(Message::Close(_))) | None => return Ended::ByClient,
                 Some(Ok(_)) => {} // ping/pong: tungstenite answers pings itself
                 Some(Err(WsError::Capacity(e))) => {
                     debug!(conn = self.conn.id, error = %e, "frame over the hard limit");
                     let limit = self.shared.config.hard_frame_limit();
                     self.outbox.kick(close::MESSAGE_TOO_BIG, &format!("frame exceeds {limit} bytes"));
-                    return;
+                    return Ended::ByServer;
                 }
                 Some(Err(WsError::Protocol(e))) => {
                     debug!(conn = self.conn.id, error = %e, "WebSocket protocol violation");
                     self.outbox.kick(close::PROTOCOL_ERROR, &format!("WebSocket protocol violation: {e}"));
-                    return;
+                    return Ended::ByServer;
                 }
                 Some(Err(WsError::Utf8(e))) => {
                     debug!(conn = self.conn.id, error = %e, "text frame is not UTF-8");
                     self.outbox.kick(close::INVALID_DATA, "a text frame was not valid UTF-8");
-                    return;
+                    return Ended::ByServer;
                 }
                 Some(Err(e)) => {
                     if !matches!(e, WsError::ConnectionClosed | WsError::AlreadyClosed) {
                         debug!(conn = self.conn.id, error = %e, "socket error");
                     }
-                    return;
+                    return Ended::ByClient;
                 }
             }
         }
@@ -454,6 +550,7 @@ impl Handler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::progress::Tracked;
     use crate::{Config, Server};
     use serde_json::{Value, json};
     use tokio::io::{DuplexStream, duplex};
@@ -472,8 +569,9 @@ mod tests {
             let ws_config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
                 .max_message_size(Some(config.hard_frame_limit()))
                 .max_frame_size(Some(config.hard_frame_limit()));
+            let (served, progress) = Tracked::new(served);
             let socket = WebSocketStream::from_raw_socket(served, Role::Server, Some(ws_config)).await;
-            run(shared, conn, socket).await;
+            run(shared, conn, socket, progress).await;
         });
         WebSocketStream::from_raw_socket(client, Role::Client, None).await
     }
@@ -487,9 +585,12 @@ mod tests {
     }
 
     async fn next_json(client: &mut Client) -> Value {
-        match next(client).await {
-            Message::Text(text) => serde_json::from_str(&text).unwrap(),
-            other => panic!("expected a text frame, got {other:?}"),
+        loop {
+            match next(client).await {
+                Message::Text(text) => return serde_json::from_str(&text).unwrap(),
+                Message::Ping(_) | Message::Pong(_) => {}
+                other => panic!("expected a text frame, got {other:?}"),
+            }
         }
     }
 
@@ -500,6 +601,63 @@ mod tests {
 
     fn memory_server() -> Server {
         Server::builder(Config { max_frame_bytes: 1024, ..Config::default() }).build().unwrap()
+    }
+
+    fn quick_liveness() -> Config {
+        Config {
+            ping_interval: std::time::Duration::from_millis(100),
+            idle_timeout: std::time::Duration::from_millis(300),
+            write_timeout: std::time::Duration::from_millis(300),
+            ..Config::default()
+        }
+    }
+
+    async fn close_code(client: &mut Client) -> u16 {
+        loop {
+            match next(client).await {
+                Message::Close(Some(frame)) => return u16::from(frame.code),
+                Message::Close(None) => panic!("a close without a code"),
+                _ => {}
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_silent_peer_is_closed_with_4002_and_one_that_answers_pings_stays() {
+        let server = Server::builder(quick_liveness()).build().unwrap();
+        let mut silent = connect(&server).await;
+        let mut alive = connect(&server).await;
+        // `alive` is polled, so its WebSocket answers the server's pings; `silent` is not.
+        let answering = tokio::time::timeout(std::time::Duration::from_millis(800), async {
+            while let Some(Ok(message)) = alive.next().await {
+                assert!(message.is_ping(), "only pings arrive: {message:?}");
+            }
+        });
+        assert!(answering.await.is_err(), "the answering peer is still connected");
+        assert_eq!(close_code(&mut silent).await, close::IDLE_TIMEOUT);
+        assert_eq!(ask(&mut alive, json!({"id": 1, "op": "ping"})).await["ok"], json!({}));
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_reads_nothing_is_released_after_the_write_timeout() {
+        let server = Server::builder(Config { send_queue_bytes: 64 << 10, ..quick_liveness() }).build().unwrap();
+        let (mut client, served) = duplex(16 << 10);
+        let shared = server.shared.clone();
+        let conn = Arc::new(ConnInfo::new(shared.next_conn_id(), "127.0.0.1:9".parse().unwrap(), "/".into(), vec![]));
+        let (served, progress) = Tracked::new(served);
+        let socket = WebSocketStream::from_raw_socket(served, Role::Server, None).await;
+        let running = tokio::spawn(run(shared, conn, socket, progress));
+        // Requests keep the connection from idling, but their replies fill the pipe and queue:
+        // nothing reads them.
+        use tokio::io::AsyncWriteExt;
+        let request = br#"{"id":1,"op":"ping","pad":"................................................"}"#;
+        let frame = [&[0x81, 0x80 | request.len() as u8, 0, 0, 0, 0][..], request].concat();
+        // Writing fails once the server dropped its end of the pipe.
+        let writing = async { while client.write_all(&frame).await.is_ok() {} };
+        tokio::time::timeout(std::time::Duration::from_secs(3), writing)
+            .await
+            .expect("released after the write timeout");
+        tokio::time::timeout(std::time::Duration::from_secs(1), running).await.unwrap().unwrap();
     }
 
     #[tokio::test]
@@ -551,8 +709,9 @@ mod tests {
         let shared = server.shared.clone();
         let conn = Arc::new(ConnInfo::new(shared.next_conn_id(), "127.0.0.1:9".parse().unwrap(), "/".into(), vec![]));
         tokio::spawn(async move {
+            let (served, progress) = Tracked::new(served);
             let socket = WebSocketStream::from_raw_socket(served, Role::Server, None).await;
-            run(shared, conn, socket).await;
+            run(shared, conn, socket, progress).await;
         });
         client.write_all(bytes).await.unwrap();
         // The server's close frame: 0x88, a length, then the code (servers do not mask).

@@ -7,6 +7,8 @@
 
 use crate::engine::Chain;
 use crate::hooks::ConnInfo;
+use crate::progress::Tracked;
+use crate::slots::Refusal;
 use crate::{Shared, connection, static_files};
 use redistribute_protocol::SUBPROTOCOL;
 use std::net::SocketAddr;
@@ -23,6 +25,10 @@ use tracing::{debug, info};
 const MAX_HEAD: usize = 16 << 10;
 /// How long a client may take to send its request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client without a slot may take to send its request head.
+const REFUSED_HEAD_TIMEOUT: Duration = Duration::from_secs(2);
+/// What refused clients are told to wait, in seconds.
+const RETRY_AFTER_SECS: &str = "5";
 /// How long `/healthz` waits for Redis.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -49,31 +55,41 @@ impl Head {
     }
 }
 
-/// Serves one accepted connection (plain or TLS).
-pub(crate) async fn serve<IO>(shared: Arc<Shared>, mut io: IO, peer: SocketAddr)
+/// Serves one accepted connection (plain or TLS). A connection that got no slot (`refused`) is
+/// served `/healthz` and `/metrics` only; anything else gets 503 or 429 with `Retry-After`.
+pub(crate) async fn serve<IO>(shared: Arc<Shared>, mut io: IO, peer: SocketAddr, refused: Option<Refusal>)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let mut buf = Vec::with_capacity(1024);
-    let head = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut io, &mut buf)).await {
+    let head_timeout = if refused.is_some() { REFUSED_HEAD_TIMEOUT } else { HEAD_TIMEOUT };
+    let head = match tokio::time::timeout(head_timeout, read_head(&mut io, &mut buf)).await {
         Ok(Ok(Some(head))) => head,
         Ok(Ok(None)) => return,
         Ok(Err(status)) => return respond(&mut io, status, "bad request head\n", &[]).await,
         Err(_) => return,
     };
     let upgrade = head.has_token("connection", "upgrade") && head.has_token("upgrade", "websocket");
-    match (head.method.as_str(), head.path(), upgrade) {
-        ("GET", "/", true) => upgrade_to_websocket(shared, io, peer, head, &buf).await,
-        ("GET", "/healthz", false) => match tokio::time::timeout(HEALTH_TIMEOUT, shared.engine.ping()).await {
+    match (head.method.as_str(), head.path(), upgrade, refused) {
+        ("GET", "/healthz", false, _) => match tokio::time::timeout(HEALTH_TIMEOUT, shared.engine.ping()).await {
             Ok(Ok(())) => respond(&mut io, "200 OK", "ok\n", &[]).await,
             Ok(Err(e)) => respond(&mut io, "503 Service Unavailable", &format!("{}\n", Chain(&e)), &[]).await,
             Err(_) => respond(&mut io, "503 Service Unavailable", "storage did not answer in time\n", &[]).await,
         },
-        ("GET" | "HEAD", path, false) if shared.config.static_dir.is_some() => {
+        (.., Some(Refusal::Full)) => {
+            let body = "the server is at its connection limit; retry shortly or use another instance\n";
+            respond(&mut io, "503 Service Unavailable", body, &[("Retry-After", RETRY_AFTER_SECS)]).await
+        }
+        (.., Some(Refusal::PerIp)) => {
+            let body = "too many connections from your address\n";
+            respond(&mut io, "429 Too Many Requests", body, &[("Retry-After", RETRY_AFTER_SECS)]).await
+        }
+        ("GET", "/", true, None) => upgrade_to_websocket(shared, io, peer, head, &buf).await,
+        ("GET" | "HEAD", path, false, None) if shared.config.static_dir.is_some() => {
             let dir = shared.config.static_dir.as_deref().expect("checked by the guard");
             serve_file(&mut io, dir, path, head.method == "HEAD").await
         }
-        ("GET", "/", false) => {
+        ("GET", "/", false, None) => {
             let body =
                 "Redistribute WebSocket endpoint: connect with a WebSocket client (subprotocol redistribute.v1)\n";
             respond(&mut io, "426 Upgrade Required", body, &[("Upgrade", "websocket")]).await
@@ -209,10 +225,11 @@ where
         .max_message_size(Some(config.hard_frame_limit()))
         .max_frame_size(Some(config.hard_frame_limit()));
     let leftover = buf[head.len..].to_vec();
+    let (io, progress) = Tracked::new(io);
     let socket = WebSocketStream::from_partially_read(io, leftover, Role::Server, Some(ws_config)).await;
     let conn = Arc::new(ConnInfo::new(shared.next_conn_id(), peer, head.target, head.headers));
     debug!(conn = conn.id, %peer, "websocket connected");
-    connection::run(shared, conn, socket).await;
+    connection::run(shared, conn, socket, progress).await;
 }
 
 #[cfg(test)]
@@ -229,7 +246,7 @@ mod tests {
     /// Serves one connection over an in-memory pipe; returns the client's end.
     fn connect(server: &Server) -> DuplexStream {
         let (client, served) = duplex(64 << 10);
-        tokio::spawn(serve(server.shared.clone(), served, peer()));
+        tokio::spawn(serve(server.shared.clone(), served, peer(), None));
         client
     }
 

@@ -345,7 +345,7 @@ impl Partition {
 mod tests {
     use super::*;
     use crate::hooks::{AllowAll, Hooks};
-    use tokio::sync::mpsc::Receiver;
+    use crate::outbox::Queue;
     use tokio_tungstenite::tungstenite::Message;
 
     fn entry(ms: u64, value: &str) -> Entry {
@@ -356,9 +356,9 @@ mod tests {
         Arc::new(ConnInfo::new(id, "127.0.0.1:1".parse().unwrap(), "/".into(), vec![]))
     }
 
-    fn offsets(rx: &mut Receiver<Message>) -> Vec<u64> {
+    fn offsets(rx: &mut Queue) -> Vec<u64> {
         let mut out = Vec::new();
-        while let Ok(Message::Text(text)) = rx.try_recv() {
+        while let Some(Message::Text(text)) = rx.try_recv() {
             let push: Push<'_> = serde_json::from_str(&text).unwrap();
             out.extend(push.messages.iter().map(|e| e.offset.ms));
         }
@@ -368,15 +368,15 @@ mod tests {
     #[test]
     fn shares_one_encoding_among_live_subscribers() {
         let part = Partition::new(0, Arc::new(AllowAll), 100);
-        let (a, mut rx_a) = Outbox::new(8);
-        let (b, mut rx_b) = Outbox::new(8);
+        let (a, mut rx_a) = Outbox::new(1 << 20);
+        let (b, mut rx_b) = Outbox::new(1 << 20);
         assert!(part.join("c", &conn(1), &a, StreamId::ZERO));
         assert!(part.join("c", &conn(2), &b, StreamId::ZERO));
         assert!(!part.join("c", &conn(2), &b, StreamId::ZERO), "second subscribe of one connection");
         assert!(part.take_buffer("c", 1, StreamId::ZERO).is_none());
         assert!(part.take_buffer("c", 2, StreamId::ZERO).is_none());
         part.deliver("c", StreamId::ZERO, vec![entry(1, "x"), entry(2, "y")]);
-        let (Ok(Message::Text(fa)), Ok(Message::Text(fb))) = (rx_a.try_recv(), rx_b.try_recv()) else { panic!() };
+        let (Some(Message::Text(fa)), Some(Message::Text(fb))) = (rx_a.try_recv(), rx_b.try_recv()) else { panic!() };
         assert_eq!(fa.as_str(), fb.as_str());
         assert_eq!(fa.as_str().as_ptr(), fb.as_str().as_ptr(), "same bytes, not a copy");
     }
@@ -384,11 +384,11 @@ mod tests {
     #[test]
     fn joining_parks_batches_then_hands_over_without_duplicates() {
         let part = Partition::new(0, Arc::new(AllowAll), 100);
-        let (a, mut rx) = Outbox::new(8);
+        let (a, mut rx) = Outbox::new(1 << 20);
         part.join("c", &conn(1), &a, StreamId::ZERO);
         part.deliver("c", StreamId::ZERO, vec![entry(1, "a"), entry(2, "b")]);
         part.deliver("c", StreamId::new(2, 0), vec![entry(3, "c")]);
-        assert!(rx.try_recv().is_err(), "nothing sent while joining");
+        assert!(rx.try_recv().is_none(), "nothing sent while joining");
         // The replay already sent up to 2-0 from history.
         let parked = part.take_buffer("c", 1, StreamId::new(2, 0)).unwrap();
         assert_eq!(parked.len(), 2);
@@ -407,7 +407,7 @@ mod tests {
     #[test]
     fn stale_reads_are_ignored_and_live_skips_what_was_sent() {
         let part = Partition::new(0, Arc::new(AllowAll), 100);
-        let (a, mut rx) = Outbox::new(8);
+        let (a, mut rx) = Outbox::new(1 << 20);
         part.join("c", &conn(1), &a, StreamId::new(5, 0));
         part.take_buffer("c", 1, StreamId::new(6, 0));
         part.deliver("c", StreamId::new(1, 0), vec![entry(9, "stale")]);
@@ -418,16 +418,16 @@ mod tests {
     #[test]
     fn overflowing_join_buffer_kicks() {
         let part = Partition::new(0, Arc::new(AllowAll), 2);
-        let (a, _rx) = Outbox::new(8);
+        let (a, rx) = Outbox::new(1 << 20);
         part.join("c", &conn(1), &a, StreamId::ZERO);
         part.deliver("c", StreamId::ZERO, vec![entry(1, "a"), entry(2, "b"), entry(3, "c")]);
-        assert_eq!(a.kick_signal().reason().unwrap().0, close::LAGGING);
+        assert_eq!(rx.state().kick().reason().unwrap().0, close::LAGGING);
     }
 
     #[test]
     fn leaving_forgets_empty_channels() {
         let part = Partition::new(0, Arc::new(AllowAll), 2);
-        let (a, _rx) = Outbox::new(8);
+        let (a, _rx) = Outbox::new(1 << 20);
         let g = part.generation();
         part.join("c", &conn(1), &a, StreamId::ZERO);
         assert_eq!(part.generation(), g + 1);

@@ -24,7 +24,7 @@
 //! # Layout
 //! - [`config`]: settings. [`access`]: tokens, channel rules, protected mode and origins, checked
 //!   before [`hooks`], the application's say (permissions, filtering).
-//! - `listener` accepts TCP (and TLS), `http` routes `/healthz`, the WebSocket upgrade and
+//! - `listener` accepts TCP (and TLS) into `slots`, `http` routes `/healthz`, the WebSocket upgrade and
 //!   `static_files` (`--static`); `connection` runs one socket, `replay` brings a new subscriber
 //!   from its offset to live.
 //! - `hub` holds local subscribers and fans entries out; `reader` follows streams with a fixed
@@ -32,7 +32,8 @@
 //!   target is configured (single instance, zero setup).
 //! - [`groups`]: consumer groups (a fleet of workers sharing a channel): the delivery policy;
 //!   `membership` runs one connection's membership, beside `replay` for subscriptions.
-//! - `outbox` is a connection's bounded send queue.
+//! - `outbox` is a connection's send queue, bounded in bytes; `progress` tells a writer whether its
+//!   socket still accepts bytes.
 
 pub mod access;
 pub mod config;
@@ -47,8 +48,10 @@ mod hub;
 mod listener;
 mod membership;
 mod outbox;
+mod progress;
 mod reader;
 mod replay;
+mod slots;
 mod static_files;
 mod tls;
 
@@ -80,6 +83,8 @@ pub(crate) struct Shared {
     pub(crate) access: Access,
     /// Consumer names held by this instance's connections.
     pub(crate) consumers: Arc<membership::ConsumerLeases>,
+    /// Connection slots, shared by every listener.
+    pub(crate) slots: slots::Slots,
     maxlen: RwLock<HashMap<String, u64>>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tasks: TaskTracker,
@@ -145,6 +150,7 @@ impl ServerBuilder {
             .map(|target| Partition::new(target, self.hooks.clone(), config.join_buffer))
             .collect::<Vec<_>>();
         let access = Access::new(&config.access);
+        let slots = slots::Slots::new(config.max_connections, config.max_connections_per_ip);
         let shared = Arc::new(Shared {
             maxlen: RwLock::new(config.maxlen.clone()),
             config,
@@ -153,6 +159,7 @@ impl ServerBuilder {
             hooks: self.hooks,
             access,
             consumers: Arc::default(),
+            slots,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             next_conn_id: AtomicU64::new(0),

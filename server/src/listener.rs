@@ -1,15 +1,23 @@
-//! Accepting connections: a bounded accept loop (a semaphore caps open connections), optional
-//! TLS, and a task per connection tracked for graceful shutdown.
+//! Accepting connections: a slot per socket (see `slots`; sockets without one are answered at
+//! once, not left waiting), TCP keepalive, optional TLS, and a task per connection tracked for
+//! graceful shutdown.
 
+use crate::slots::Admission;
 use crate::{Error, Shared, http, tls};
+use socket2::{SockRef, TcpKeepalive};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
+
+/// TCP keepalive on accepted sockets: the first probe after a minute of silence, then every 10 s.
+const TCP_KEEPALIVE: TcpKeepalive =
+    TcpKeepalive::new().with_time(Duration::from_secs(60)).with_interval(Duration::from_secs(10));
+/// How long a client may take to complete a TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where and how to listen.
 #[derive(Debug, Clone)]
@@ -76,13 +84,8 @@ impl Listener {
     /// and retried.
     pub async fn run(self) -> Result<(), Error> {
         let Listener { shared, tcp, tls } = self;
-        let limit = Arc::new(Semaphore::new(shared.config.max_connections));
         info!(addr = %tcp.local_addr()?, tls = tls.is_some(), "listening");
         loop {
-            let permit = tokio::select! {
-                permit = limit.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-                () = shared.shutdown.cancelled() => break,
-            };
             let (socket, peer) = tokio::select! {
                 accepted = tcp.accept() => match accepted {
                     Ok(accepted) => accepted,
@@ -94,16 +97,31 @@ impl Listener {
                 },
                 () = shared.shutdown.cancelled() => break,
             };
+            let (slot, refusal) = match shared.slots.admit(peer.ip()) {
+                Admission::Admitted(slot) => (Some(slot), None),
+                Admission::Refused(refusal, permit) => {
+                    debug!(%peer, reason = refusal.as_str(), "no connection slot");
+                    (None, Some((refusal, permit)))
+                }
+                Admission::Dropped(refusal) => {
+                    debug!(%peer, reason = refusal.as_str(), "no connection slot and no room to say so: closed");
+                    continue;
+                }
+            };
             let _ = socket.set_nodelay(true);
+            // Finds peers that vanished without a FIN (a crashed host, a dropped NAT mapping)
+            // even on connections where nothing is sent.
+            let _ = SockRef::from(&socket).set_tcp_keepalive(&TCP_KEEPALIVE);
             let shared = shared.clone();
             let tls = tls.clone();
             shared.tasks.clone().spawn(async move {
-                let _permit = permit;
+                let _held = (slot, refusal.as_ref().map(|(_, permit)| permit));
+                let refusal = refusal.as_ref().map(|(refusal, _)| *refusal);
                 match tls {
-                    None => http::serve(shared, socket, peer).await,
+                    None => http::serve(shared, socket, peer, refusal).await,
                     Some(acceptor) => {
-                        match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(socket)).await {
-                            Ok(Ok(stream)) => http::serve(shared, stream, peer).await,
+                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
+                            Ok(Ok(stream)) => http::serve(shared, stream, peer, refusal).await,
                             Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
                             Err(_) => debug!(%peer, "TLS handshake timed out"),
                         }

@@ -1,21 +1,50 @@
-//! A connection's bounded send queue, shared by its request handler, its replays and the fan-out.
+//! A connection's send queue, bounded in bytes, shared by its request handler, its replays and
+//! the fan-out.
 //!
 //! Fan-out never waits: when a subscriber's queue is full it is *kicked* (closed with
 //! [`close::LAGGING`]) instead of slowing everyone else down. It loses nothing: it reconnects and
-//! resumes after the last offset it received.
+//! resumes after the last offset it received. Replies and replays wait for room instead, so they
+//! go at the client's pace; a client that reads nothing at all is released by the writer's
+//! timeout (see `connection`).
+//!
+//! A frame shared by many queues (one fan-out batch) is counted in full by each of them: the
+//! bound is what one connection may pin, whatever others hold.
 
 use redistribute_protocol::close;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::Notify;
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
+
+/// What a queued frame costs beyond its text: the message, its queue slot and the shared
+/// buffer's header, rounded up.
+const FRAME_OVERHEAD: usize = 96;
 
 /// The sending half of a connection's queue. Cheap to clone.
 #[derive(Clone, Debug)]
 pub(crate) struct Outbox {
-    tx: mpsc::Sender<Message>,
-    kick: Arc<Kick>,
+    tx: mpsc::UnboundedSender<Message>,
+    state: Arc<QueueState>,
+}
+
+/// The receiving half, for the connection's writer.
+#[derive(Debug)]
+pub(crate) struct Queue {
+    rx: mpsc::UnboundedReceiver<Message>,
+    state: Arc<QueueState>,
+}
+
+/// The part of the queue both halves see: its byte count and the kick signal.
+#[derive(Debug)]
+pub(crate) struct QueueState {
+    kick: Kick,
+    bytes: AtomicUsize,
+    limit: usize,
+    /// Wakes senders waiting for room once the writer takes frames out.
+    room: Notify,
 }
 
 /// The "close this connection" signal, shared by the queue's senders and the connection's writer.
@@ -52,51 +81,133 @@ impl Kick {
 #[derive(Debug)]
 pub(crate) struct Closed;
 
+fn cost(message: &Message) -> usize {
+    message.len() + FRAME_OVERHEAD
+}
+
+impl QueueState {
+    /// Reserves `cost` bytes if they fit (or if the queue is empty, so that one frame larger than
+    /// the whole budget still goes out alone).
+    fn reserve(&self, cost: usize) -> bool {
+        self.bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
+                (queued == 0 || queued + cost <= self.limit).then_some(queued + cost)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, cost: usize) {
+        self.bytes.fetch_sub(cost, Ordering::AcqRel);
+        self.room.notify_waiters();
+    }
+
+    /// Bytes queued now.
+    #[cfg(test)]
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn kick(&self) -> &Kick {
+        &self.kick
+    }
+}
+
 impl Outbox {
-    /// A queue of `capacity` frames and its receiving half (for the connection's writer).
-    pub(crate) fn new(capacity: usize) -> (Outbox, mpsc::Receiver<Message>) {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
-        (Outbox { tx, kick: Arc::default() }, rx)
+    /// A queue holding at most `limit` bytes, and its receiving half (for the connection's
+    /// writer).
+    pub(crate) fn new(limit: usize) -> (Outbox, Queue) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let state =
+            Arc::new(QueueState { kick: Kick::default(), bytes: AtomicUsize::new(0), limit, room: Notify::new() });
+        (Outbox { tx, state: state.clone() }, Queue { rx, state })
     }
 
     /// Queues a text frame, waiting for room (replies and replays: the client sets the pace).
     pub(crate) async fn send(&self, text: Utf8Bytes) -> Result<(), Closed> {
-        if self.is_kicked() {
-            return Err(Closed);
+        let message = Message::Text(text);
+        let cost = cost(&message);
+        loop {
+            let room = self.state.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if self.is_kicked() || self.tx.is_closed() {
+                return Err(Closed);
+            }
+            if self.state.reserve(cost) {
+                break;
+            }
+            tokio::select! {
+                () = room => {}
+                () = self.state.kick.kicked() => return Err(Closed),
+            }
         }
-        self.tx.send(Message::Text(text)).await.map_err(|_| Closed)
+        self.tx.send(message).map_err(|_| Closed)
     }
 
     /// Queues a text frame without waiting; a full queue kicks the connection. Returns whether
     /// the frame was queued.
     pub(crate) fn push(&self, text: Utf8Bytes) -> bool {
-        match self.tx.try_send(Message::Text(text)) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_)) => {
-                self.kick(close::LAGGING, "send queue full: resume from your last offset");
-                false
-            }
-            Err(TrySendError::Closed(_)) => false,
+        let message = Message::Text(text);
+        let cost = cost(&message);
+        if self.is_kicked() {
+            return false;
         }
+        if !self.state.reserve(cost) {
+            let limit = self.state.limit;
+            self.kick(close::LAGGING, &format!("send queue over {limit} bytes: resume from your last offset"));
+            return false;
+        }
+        self.tx.send(message).is_ok()
     }
 
     /// Asks the connection to close with `code`; the first reason wins.
     pub(crate) fn kick(&self, code: u16, reason: &str) {
-        self.kick.kick(code, reason);
+        self.state.kick.kick(code, reason);
     }
 
     pub(crate) fn is_kicked(&self) -> bool {
-        self.kick.is_kicked()
+        self.state.kick.is_kicked()
     }
 
     /// Resolves once the connection was kicked.
     pub(crate) async fn kicked(&self) {
-        self.kick.kicked().await;
+        self.state.kick.kicked().await;
+    }
+}
+
+impl Queue {
+    /// The next frame, once one is queued; `None` when every sender is gone.
+    pub(crate) async fn recv(&mut self) -> Option<Message> {
+        let message = self.rx.recv().await?;
+        self.state.release(cost(&message));
+        Some(message)
     }
 
-    /// The kick signal alone, for the writer.
-    pub(crate) fn kick_signal(&self) -> Arc<Kick> {
-        self.kick.clone()
+    /// The next frame if one is queued now.
+    pub(crate) fn try_recv(&mut self) -> Option<Message> {
+        let message = self.rx.try_recv().ok()?;
+        self.state.release(cost(&message));
+        Some(message)
+    }
+
+    /// Stops taking frames and frees what is queued (a closing client's backlog); waiting
+    /// senders fail.
+    pub(crate) fn discard(&mut self) {
+        self.rx.close();
+        while self.try_recv().is_some() {}
+        self.state.room.notify_waiters();
+    }
+
+    /// The byte count and kick signal, which outlive the senders.
+    pub(crate) fn state(&self) -> &Arc<QueueState> {
+        &self.state
+    }
+}
+
+impl Drop for Queue {
+    /// Frees what is still queued at once (a kicked client's backlog) and fails waiting senders.
+    fn drop(&mut self) {
+        self.discard();
     }
 }
 
@@ -104,23 +215,58 @@ impl Outbox {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn a_full_queue_kicks_with_lagging() {
-        let (outbox, mut rx) = Outbox::new(1);
-        assert!(outbox.push("a".into()));
-        assert!(!outbox.push("b".into()));
-        assert!(outbox.is_kicked());
-        assert_eq!(outbox.kick_signal().reason().unwrap().0, close::LAGGING);
-        assert!(outbox.send("c".into()).await.is_err());
-        assert_eq!(rx.recv().await, Some(Message::Text("a".into())));
+    fn text(len: usize) -> Utf8Bytes {
+        "x".repeat(len).into()
     }
 
     #[tokio::test]
-    async fn the_queue_closes_when_the_senders_are_gone_even_if_the_kick_signal_lives() {
-        let (outbox, mut rx) = Outbox::new(1);
-        let kick = outbox.kick_signal();
+    async fn a_full_queue_kicks_with_lagging_and_counts_bytes() {
+        let (outbox, mut queue) = Outbox::new(1000);
+        assert!(outbox.push(text(500)));
+        assert_eq!(queue.state().bytes(), 500 + FRAME_OVERHEAD);
+        assert!(!outbox.push(text(500)), "500 more bytes do not fit in 1000");
+        assert!(outbox.is_kicked());
+        assert_eq!(queue.state().kick().reason().unwrap().0, close::LAGGING);
+        assert!(outbox.send("c".into()).await.is_err());
+        assert_eq!(queue.recv().await.map(|m| m.len()), Some(500));
+        assert_eq!(queue.state().bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn one_frame_larger_than_the_budget_goes_out_alone() {
+        let (outbox, mut queue) = Outbox::new(100);
+        assert!(outbox.push(text(5000)));
+        assert!(!outbox.push(text(1)));
+        assert_eq!(queue.try_recv().map(|m| m.len()), Some(5000));
+    }
+
+    #[tokio::test]
+    async fn send_waits_for_room_and_fails_when_the_writer_is_gone() {
+        let (outbox, mut queue) = Outbox::new(1000);
+        outbox.send(text(800)).await.unwrap();
+        let waiting = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { outbox.send(text(800)).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "no room until the writer takes the first frame");
+        assert_eq!(queue.recv().await.map(|m| m.len()), Some(800));
+        waiting.await.unwrap().unwrap();
+        let blocked = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { outbox.send(text(800)).await }
+        });
+        tokio::task::yield_now().await;
+        drop(queue);
+        assert!(blocked.await.unwrap().is_err(), "a dropped writer releases waiting senders");
+    }
+
+    #[tokio::test]
+    async fn the_queue_closes_when_the_senders_are_gone_even_if_the_state_lives() {
+        let (outbox, mut queue) = Outbox::new(1000);
+        let state = queue.state().clone();
         drop(outbox);
-        assert_eq!(rx.recv().await, None);
-        assert!(!kick.is_kicked());
+        assert!(queue.recv().await.is_none());
+        assert!(!state.kick().is_kicked());
     }
 }

@@ -40,7 +40,7 @@ impl Replay {
     /// went away).
     async fn history(&self) -> Option<StreamId> {
         let Replay { shared, conn, outbox, channel, .. } = self;
-        let page_size = shared.config.history_page;
+        let mut page_size = shared.config.history_page;
         let mut sent = self.after;
         let mut reported = self.reported_loss;
         let mut retry = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
@@ -72,6 +72,7 @@ impl Replay {
             if page.entries.len() < page_size {
                 return Some(sent);
             }
+            page_size = next_page_size(&page.entries, shared.config.replay_page_bytes, shared.config.history_page);
         }
     }
 
@@ -91,5 +92,34 @@ impl Replay {
                 sent = sent.max(batch.entries.last().map_or(sent, |e| e.offset));
             }
         }
+    }
+}
+
+/// Entries to ask for next so that a page holds about `budget` bytes, judged by the page just
+/// read: between 1 and `max`.
+fn next_page_size(entries: &[redistribute_protocol::Entry], budget: usize, max: usize) -> usize {
+    let bytes: usize = entries.iter().map(|e| e.fields.iter().map(|f| f.len() + 3).sum::<usize>() + 48).sum();
+    let per_entry = bytes.div_ceil(entries.len().max(1)).max(1);
+    (budget / per_entry).clamp(1, max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redistribute_protocol::Entry;
+
+    fn entries(n: usize, value_len: usize) -> Vec<Entry> {
+        (0..n)
+            .map(|i| Entry { offset: StreamId::new(i as u64, 0), fields: vec!["k".into(), "v".repeat(value_len)] })
+            .collect()
+    }
+
+    #[test]
+    fn pages_shrink_for_large_entries_and_grow_back_for_small_ones() {
+        assert_eq!(next_page_size(&entries(1000, 10), 1 << 20, 1000), 1000, "small entries: the entry cap");
+        let big = next_page_size(&entries(1000, 100_000), 1 << 20, 1000);
+        assert!((9..=11).contains(&big), "about 1 MiB of 100 kB entries: {big}");
+        assert_eq!(next_page_size(&entries(1, 5 << 20), 1 << 20, 1000), 1, "never below one entry");
+        assert_eq!(next_page_size(&[], 1 << 20, 1000), 1000);
     }
 }

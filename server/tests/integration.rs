@@ -205,7 +205,7 @@ async fn a_trim_racing_a_replay_is_reported_in_the_next_push() {
     let redis = Redis::start();
     let mut cfg = config(&redis);
     cfg.history_page = 5;
-    cfg.send_queue = 2;
+    cfg.send_queue_bytes = 100 << 10;
     let server = TestServer::start(cfg).await;
     // 25 MiB of history: more than loopback socket buffers hold, so the replay must wait for
     // the client, which reads nothing until the trim is done.
@@ -575,7 +575,7 @@ async fn channels_are_sharded_over_several_targets() {
 async fn a_client_that_stops_reading_is_closed_with_4000_and_others_are_unaffected() {
     let redis = Redis::start();
     let mut cfg = config(&redis);
-    cfg.send_queue = 4;
+    cfg.send_queue_bytes = 256 << 10;
     let server = TestServer::start(cfg).await;
     let mut slow = connect(&server.url()).await;
     let mut fine = connect(&server.url()).await;
@@ -591,8 +591,58 @@ async fn a_client_that_stops_reading_is_closed_with_4000_and_others_are_unaffect
         publisher.publish("firehose", &["p", &payload]).await;
     }
     assert_eq!(fine_reader.await.unwrap(), 300);
+    // The kicked client keeps sending requests it gets no answer to: it still gets its close
+    // frame (the server reads on until the close handshake), not a connection reset.
+    for _ in 0..200 {
+        slow.send_text(r#"{"id":1,"op":"ping"}"#).await;
+    }
     let (code, reason) = slow.closed().await;
     assert_eq!(code, 4000, "{reason}");
+    server.stop().await;
+}
+
+/// Sends a WebSocket upgrade from the loopback address `from`; returns the socket if it was
+/// switched (101), `None` if the server answered anything else.
+async fn upgraded_from(server: &TestServer, from: [u8; 4], upgrade: &str) -> Option<tokio::net::TcpStream> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(std::net::SocketAddr::from((from, 0))).unwrap();
+    let mut tcp = socket.connect(server.addr).await.unwrap();
+    tcp.write_all(upgrade.as_bytes()).await.unwrap();
+    let mut head = [0u8; 12];
+    tokio::time::timeout(std::time::Duration::from_secs(5), tcp.read_exact(&mut head)).await.unwrap().ok()?;
+    head.starts_with(b"HTTP/1.1 101").then_some(tcp)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_connection_limits_new_sockets_are_answered_at_once_and_health_still_answers() {
+    let redis = Redis::start();
+    let mut cfg = config(&redis);
+    cfg.max_connections = 3;
+    cfg.max_connections_per_ip = 2;
+    let server = TestServer::start(cfg).await;
+    let upgrade = "GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                   Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    let first = connect(&server.url()).await;
+    let _second = connect(&server.url()).await;
+    let third = server.http(upgrade).await;
+    assert!(third.starts_with("HTTP/1.1 429 ") && third.contains("Retry-After: 5\r\n"), "{third}");
+    let held = upgraded_from(&server, [127, 0, 0, 2], upgrade).await.expect("another address has room");
+    let full = server.http_from([127, 0, 0, 3], upgrade).await;
+    assert!(full.starts_with("HTTP/1.1 503 ") && full.contains("Retry-After: 5\r\n"), "{full}");
+    let health = server.http_from([127, 0, 0, 3], "GET /healthz HTTP/1.1\r\n\r\n").await;
+    assert!(health.starts_with("HTTP/1.1 200 OK"), "health answers without a slot: {health}");
+    drop(held);
+    let mut freed = None;
+    for _ in 0..50 {
+        freed = upgraded_from(&server, [127, 0, 0, 3], upgrade).await;
+        if freed.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(freed.is_some(), "a closed socket gives its slot back");
+    drop(first);
     server.stop().await;
 }
 

@@ -166,6 +166,18 @@ impl TestServer {
         String::from_utf8_lossy(&response).into_owned()
     }
 
+    /// Like [`TestServer::http`], from the loopback address `from` (e.g. `127.0.0.2`).
+    pub async fn http_from(&self, from: [u8; 4], request: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from((from, 0))).unwrap();
+        let mut tcp = socket.connect(self.addr).await.unwrap();
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        tokio::time::timeout(PATIENCE, tcp.read_to_end(&mut response)).await.expect("no HTTP response").unwrap();
+        String::from_utf8_lossy(&response).into_owned()
+    }
+
     pub async fn stop(self) {
         self.server.shutdown();
         tokio::time::timeout(PATIENCE, self.server.stopped()).await.expect("server did not stop");

@@ -111,13 +111,35 @@ struct Args {
     #[arg(long, env = "REDISTRIBUTE_MAX_SUBSCRIPTIONS", default_value_t = 256)]
     max_subscriptions: usize,
 
-    /// Most simultaneous connections; further ones wait to be accepted.
+    /// Most simultaneous connections; further ones get HTTP 503 with Retry-After at once
+    /// (`/healthz` and `/metrics` still answer).
     #[arg(long, env = "REDISTRIBUTE_MAX_CONNECTIONS", default_value_t = 10_000)]
     max_connections: usize,
 
-    /// Frames queued per connection before a slow client is closed with code 4000.
-    #[arg(long, env = "REDISTRIBUTE_SEND_QUEUE", default_value_t = 1024)]
-    send_queue: usize,
+    /// Most simultaneous connections from one IP address; further ones get HTTP 429.
+    #[arg(long, env = "REDISTRIBUTE_MAX_CONNECTIONS_PER_IP", default_value_t = 1_000)]
+    max_connections_per_ip: usize,
+
+    /// Bytes queued per connection before a slow client is closed with code 4000.
+    #[arg(long, env = "REDISTRIBUTE_SEND_QUEUE_BYTES", default_value_t = 4 << 20)]
+    send_queue_bytes: usize,
+
+    /// A client whose socket accepts nothing for this long is closed with code 4000 (e.g. `10s`).
+    #[arg(long, env = "REDISTRIBUTE_WRITE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    write_timeout: Duration,
+
+    /// How often the server pings each client (e.g. `25s`).
+    #[arg(long, env = "REDISTRIBUTE_PING_INTERVAL", default_value = "25s", value_parser = parse_duration)]
+    ping_interval: Duration,
+
+    /// A client heard from (frame or pong) less often than this is closed with code 4002; also
+    /// the longest one frame may take to arrive (e.g. `60s`).
+    #[arg(long, env = "REDISTRIBUTE_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+
+    /// Replays read history in pages of about this many bytes (at most --batch entries).
+    #[arg(long, env = "REDISTRIBUTE_REPLAY_PAGE_BYTES", default_value_t = 1 << 20)]
+    replay_page_bytes: usize,
 
     /// Live entries parked per subscriber during its replay before it is closed with code 4000.
     #[arg(long, env = "REDISTRIBUTE_JOIN_BUFFER", default_value_t = 100_000)]
@@ -182,6 +204,23 @@ fn parse_maxlen(text: &str) -> Result<(String, u64), String> {
     Ok((channel.to_owned(), n))
 }
 
+/// A duration such as `250ms`, `10s` or `5m`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or("add a unit: ms, s or m (e.g. 10s)")?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().map_err(|_| format!("{text:?} does not start with a whole number"))?;
+    let duration = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        _ => return Err(format!("unknown unit {unit:?}: use ms, s or m")),
+    };
+    if duration.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(duration)
+}
+
 impl Args {
     /// Parses the command line and environment, then the `--config` file for what they left
     /// unset. Exits with usage on bad arguments.
@@ -226,7 +265,12 @@ impl Args {
         config.limits.max_fields = self.max_fields;
         config.max_subscriptions = self.max_subscriptions;
         config.max_connections = self.max_connections;
-        config.send_queue = self.send_queue;
+        config.max_connections_per_ip = self.max_connections_per_ip;
+        config.send_queue_bytes = self.send_queue_bytes;
+        config.write_timeout = self.write_timeout;
+        config.ping_interval = self.ping_interval;
+        config.idle_timeout = self.idle_timeout;
+        config.replay_page_bytes = self.replay_page_bytes;
         config.join_buffer = self.join_buffer;
         config.readers_per_target = self.readers;
         config.read_count = self.batch;
@@ -271,6 +315,7 @@ async fn run() -> anyhow::Result<()> {
 
     let config = args.config(channels)?;
     log_access(&config.access);
+    raise_open_file_limit(config.max_connections);
     let server = Server::builder(config).build()?;
     let mut options = ListenOptions::new(args.listen);
     if let (Some(key), Some(cert)) = (&args.tls_key, &args.tls_cert) {
@@ -319,6 +364,37 @@ fn log_access(access: &AccessConfig) {
     if !access.allowed_origins.is_empty() {
         tracing::info!(origins = ?access.allowed_origins, "browser origins allowed besides the server's own");
     }
+}
+
+/// Raises the soft limit on open files to the hard limit (each connection holds one), and warns
+/// when even that is too low for `max_connections`.
+fn raise_open_file_limit(max_connections: usize) {
+    #[cfg(unix)]
+    {
+        use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+        let limit = getrlimit(Resource::Nofile);
+        let raised = Rlimit { current: limit.maximum, maximum: limit.maximum };
+        let current = match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => limit.maximum,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot raise the open-file limit");
+                limit.current
+            }
+        };
+        // Redis connections, listeners, log files and the like need a few more.
+        const SPARE: u64 = 64;
+        if let Some(current) = current
+            && current < max_connections as u64 + SPARE
+        {
+            tracing::warn!(
+                open_files = current,
+                max_connections,
+                "the open-file limit is below --max-connections: accepts will fail before the limit (raise `ulimit -n`)"
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = max_connections;
 }
 
 async fn shutdown_signal() {
