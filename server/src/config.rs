@@ -35,6 +35,8 @@ pub struct Config {
     /// A client from which no complete frame (pongs included) arrives for this long is closed
     /// with 4002. This also bounds how long one frame may take to arrive.
     pub idle_timeout: Duration,
+    /// Per-connection request and publish rates (channel rules may add their own).
+    pub rate_limits: crate::rate::RateLimits,
     /// Replay pages are sized to hold about this many bytes (at most `history_page` entries).
     pub replay_page_bytes: usize,
     /// Live entries parked for one subscriber while its replay runs, before it is closed as
@@ -87,6 +89,7 @@ impl Default for Config {
             ping_interval: Duration::from_secs(25),
             idle_timeout: Duration::from_secs(60),
             replay_page_bytes: 1 << 20,
+            rate_limits: crate::rate::RateLimits::default(),
             join_buffer: 100_000,
             history_page: 1000,
             read_count: 1000,
@@ -160,6 +163,13 @@ impl Config {
             return Err(crate::Error::Config(
                 "idle_timeout must be longer than ping_interval (a live client answers each ping)".into(),
             ));
+        }
+        let rates = [self.rate_limits.requests, self.rate_limits.publishes]
+            .into_iter()
+            .chain(self.access.rules.iter().map(|r| r.publish_rate))
+            .flatten();
+        for rate in rates {
+            crate::rate::Rate::new(rate.per_second, rate.burst).map_err(crate::Error::Config)?;
         }
         let max = redistribute_protocol::request::MAX_MAXLEN;
         let maxlens = self

@@ -11,9 +11,10 @@ use crate::hooks::{ConnInfo, Decision};
 use crate::membership::ConsumerLease;
 use crate::outbox::{Outbox, Queue, QueueState};
 use crate::progress::Progress;
+use crate::rate::Throttle;
 use crate::{Shared, groups, membership, replay};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use redistribute_protocol::frame::OkBody;
+use redistribute_protocol::frame::{OkBody, Outcome};
 use redistribute_protocol::{ErrorCode, Op, ProtocolError, Reply, Request, Start, close};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, info};
 
 /// How long a closing connection keeps reading for the client's close reply, so that requests
 /// still in flight do not turn the close into a TCP reset.
@@ -53,6 +54,7 @@ where
         groups: HashMap::new(),
         identity: None,
         expiry: None,
+        throttle: Throttle::new(shared.config.rate_limits, tokio::time::Instant::now()),
     };
     let reader = async {
         let ended = handler.read_loop(&mut stream).await;
@@ -74,6 +76,11 @@ where
         .await;
     }
     shared.hooks.on_disconnect(&conn).await;
+}
+
+fn rate_limited(what: &str, wait: Duration) -> ProtocolError {
+    let message = format!("too many {what}: retry after {} ms", wait.as_millis().max(1));
+    ProtocolError::new(ErrorCode::RateLimited, message).retry_after(wait)
 }
 
 fn close_message(code: u16, reason: &str) -> Message {
@@ -149,7 +156,15 @@ impl<W: Sink<Message, Error = WsError> + Unpin> Writer<'_, W> {
                 Write::Kicked => continue 'frames,
             }
         };
-        // Nothing more is sent but the close: free the backlog now, not after the close.
+        // Frames queued before the close go out first (the replies a client is owed), unless the
+        // backlog itself is the reason: then it is freed now, not after the close.
+        if kick.reason().is_some_and(|(code, _)| code != close::LAGGING) || self.shutdown.is_cancelled() {
+            while let Some(message) = self.queue.try_recv() {
+                if !matches!(self.watched(|sink| sink.feed(message)).await, Write::Done) {
+                    return false;
+                }
+            }
+        }
         self.queue.discard();
         let Some(message) = closing else {
             let _ = self.sink.close().await;
@@ -209,6 +224,8 @@ struct Handler {
     identity: Option<Identity>,
     /// When its token expires: the connection closes with 4001 unless it authenticates again.
     expiry: Option<tokio::time::Instant>,
+    /// Its request and publish rates.
+    throttle: Throttle,
 }
 
 impl Handler {
@@ -247,7 +264,9 @@ impl Handler {
             match next {
                 Some(Ok(Message::Text(text))) => self.on_text(&text).await,
                 Some(Ok(Message::Binary(_))) => {
-                    let error = ProtocolError::bad_request("binary frames are not supported: send JSON text frames");
+                    let error = self.admit_request().err().unwrap_or_else(|| {
+                        ProtocolError::bad_request("binary frames are not supported: send JSON text frames")
+                    });
                     self.reply(Reply::error(None, error)).await;
                 }
                 Some(Ok(Message::Close(_))) | None => return Ended::ByClient,
@@ -278,21 +297,43 @@ impl Handler {
         }
     }
 
-    async fn reply(&self, reply: Reply) {
+    async fn reply(&mut self, reply: Reply) {
+        let limited = matches!(&reply.outcome, Outcome::Error(e) if e.code == ErrorCode::RateLimited);
+        let ignored_limits = if limited {
+            self.throttle.strike()
+        } else {
+            self.throttle.forgive();
+            false
+        };
         // A closed outbox means the connection is ending; there is no one left to tell.
         let _ = self.outbox.send(reply.to_json().into()).await;
+        if ignored_limits {
+            info!(conn = self.conn.id, peer = %self.conn.peer, "closed for ignoring rate limits");
+            self.outbox.kick(close::RATE_LIMITED, "too many requests after rate_limited replies: slow down");
+        }
+    }
+
+    /// Takes a request token; the error to answer with when there is none.
+    fn admit_request(&mut self) -> Result<(), ProtocolError> {
+        self.throttle.request(tokio::time::Instant::now()).map_err(|wait| rate_limited("requests", wait))
     }
 
     async fn on_text(&mut self, text: &str) {
         let max = self.shared.config.max_frame_bytes;
-        if text.len() > max {
+        let parsed = if text.len() > max {
             let error =
                 ProtocolError::new(ErrorCode::TooLarge, format!("frame is {} bytes, the limit is {max}", text.len()));
-            return self.reply(Reply::error(None, error)).await;
+            Err((None, error))
+        } else {
+            Request::parse(text, &self.shared.config.limits).map_err(|e| (e.id, e.error))
+        };
+        if let Err(error) = self.admit_request() {
+            let id = parsed.as_ref().map_or_else(|(id, _)| *id, |request| Some(request.id));
+            return self.reply(Reply::error(id, error)).await;
         }
-        let request = match Request::parse(text, &self.shared.config.limits) {
+        let request = match parsed {
             Ok(request) => request,
-            Err(e) => return self.reply(Reply::error(e.id, e.error)).await,
+            Err((id, error)) => return self.reply(Reply::error(id, error)).await,
         };
         let id = Some(request.id);
         match request.op {
@@ -471,8 +512,16 @@ impl Handler {
         }
     }
 
-    async fn publish(&self, channel: &str, fields: &[String], maxlen: Option<u64>) -> Result<OkBody, ProtocolError> {
+    async fn publish(
+        &mut self,
+        channel: &str,
+        fields: &[String],
+        maxlen: Option<u64>,
+    ) -> Result<OkBody, ProtocolError> {
         let verdict = self.permit(channel, AccessOp::Publish)?;
+        self.throttle
+            .publish(verdict.publish_rate, tokio::time::Instant::now())
+            .map_err(|wait| rate_limited("publishes", wait))?;
         let maxlen = match (maxlen, verdict.maxlen) {
             (Some(_), _) if !verdict.client_maxlen => {
                 return Err(ProtocolError::new(

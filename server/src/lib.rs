@@ -22,7 +22,7 @@
 //! ```
 //!
 //! # Layout
-//! - [`config`]: settings. [`access`]: tokens, channel rules, protected mode and origins, checked
+//! - [`config`]: settings; [`rate`]: per-connection rate limits. [`access`]: tokens, channel rules, protected mode and origins, checked
 //!   before [`hooks`], the application's say (permissions, filtering).
 //! - `listener` accepts TCP (and TLS) into `slots`, `http` routes `/healthz`, the WebSocket upgrade and
 //!   `static_files` (`--static`); `connection` runs one socket, `replay` brings a new subscriber
@@ -40,6 +40,7 @@ pub mod config;
 pub mod engine;
 pub mod groups;
 pub mod hooks;
+pub mod rate;
 
 mod connection;
 mod error;

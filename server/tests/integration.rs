@@ -3,6 +3,7 @@
 mod access;
 mod conformance;
 mod groups;
+mod limits;
 mod support;
 
 use redistribute::protocol::{Entry, Start};

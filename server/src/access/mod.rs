@@ -57,6 +57,7 @@ impl Access {
                     authenticated: Ops::NONE,
                     maxlen: None,
                     client_maxlen: true,
+                    publish_rate: None,
                 }])
             } else {
                 Policy::new(config.rules.clone())
@@ -120,7 +121,7 @@ impl Access {
     /// What a connection with `identity` may do on `channel`.
     pub(crate) fn verdict(&self, channel: &str, identity: Option<&Identity>) -> Verdict {
         match &self.policy {
-            None => Verdict { ops: Ops::ALL, maxlen: None, client_maxlen: true },
+            None => Verdict { ops: Ops::ALL, maxlen: None, client_maxlen: true, publish_rate: None },
             Some(policy) => policy.verdict(channel, identity.map(|i| i.grants.as_slice())),
         }
     }

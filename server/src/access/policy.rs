@@ -3,10 +3,11 @@
 //!
 //! The first rule whose pattern matches a channel applies. It lists the ops allowed to anyone
 //! (`anonymous`), the ops any authenticated connection gets on top (`authenticated`), and the
-//! channel's trim (`maxlen`, and whether a client may ask for its own). A token's own grants add
+//! channel's trim (`maxlen`, and whether a client may ask for its own) and publish rate. A token's own grants add
 //! more, first matching grant wins. A channel that matches no rule allows nothing.
 
 use super::glob::{Glob, GlobError};
+use crate::rate::Rate;
 use serde::Deserialize;
 use std::fmt;
 
@@ -106,6 +107,9 @@ pub struct ChannelRule {
     pub maxlen: Option<u64>,
     /// Whether a client's own `maxlen` is honoured (otherwise it is refused).
     pub client_maxlen: bool,
+    /// Publishes per connection to these channels (all of them together), on top of the
+    /// server-wide publish rate.
+    pub publish_rate: Option<Rate>,
 }
 
 /// A token's grant: ops on the channels matching a pattern.
@@ -136,6 +140,8 @@ pub struct Verdict {
     pub maxlen: Option<u64>,
     /// Whether a client's own `maxlen` is honoured.
     pub client_maxlen: bool,
+    /// The rule's publish rate, with the rule's index (which names its bucket).
+    pub publish_rate: Option<(usize, Rate)>,
 }
 
 /// The channel rules of a deployment, in order.
@@ -157,8 +163,8 @@ impl Policy {
 
     /// What a connection with `grants` (`None`: not authenticated) may do on `channel`.
     pub fn verdict(&self, channel: &str, grants: Option<&[Grant]>) -> Verdict {
-        let Some(rule) = self.rules.iter().find(|rule| rule.pattern.matches(channel)) else {
-            return Verdict { ops: Ops::NONE, maxlen: None, client_maxlen: false };
+        let Some((index, rule)) = self.rules.iter().enumerate().find(|(_, rule)| rule.pattern.matches(channel)) else {
+            return Verdict { ops: Ops::NONE, maxlen: None, client_maxlen: false, publish_rate: None };
         };
         let ops = match grants {
             None => rule.anonymous,
@@ -167,7 +173,8 @@ impl Policy {
                 rule.anonymous.union(rule.authenticated).union(own)
             }
         };
-        Verdict { ops, maxlen: rule.maxlen, client_maxlen: rule.client_maxlen }
+        let publish_rate = rule.publish_rate.map(|rate| (index, rate));
+        Verdict { ops, maxlen: rule.maxlen, client_maxlen: rule.client_maxlen, publish_rate }
     }
 }
 
@@ -182,6 +189,7 @@ mod tests {
             authenticated: authenticated.iter().copied().collect(),
             maxlen: None,
             client_maxlen: false,
+            publish_rate: None,
         }
     }
 

@@ -32,6 +32,7 @@ fn rule(pattern: &str, anonymous: &[Op], authenticated: &[Op]) -> ChannelRule {
         authenticated: ops(authenticated),
         maxlen: None,
         client_maxlen: false,
+        publish_rate: None,
     }
 }
 

@@ -12,6 +12,8 @@
 //! authenticated = ["publish"]        # on top of the token's own grants
 //! maxlen = 10000                     # enforced on every publish to these channels
 //! client_maxlen = false              # a client's own maxlen is refused (the default)
+//! publish_rate = 5                   # publishes per second per connection to these channels
+//! publish_burst = 10                 # at once after a pause (default: the rate, at least 1)
 //! ```
 //!
 //! Unknown keys, bad values and bad patterns stop the server at start, naming the line.
@@ -20,6 +22,7 @@ use anyhow::{Context, bail};
 use clap::parser::ValueSource;
 use clap::{ArgAction, ArgMatches, Command};
 use redistribute::access::{ChannelRule, Glob, Ops};
+use redistribute::rate::Rate;
 use serde::Deserialize;
 use std::ffi::OsString;
 use std::path::Path;
@@ -52,6 +55,8 @@ struct ChannelEntry {
     maxlen: Option<u64>,
     #[serde(default)]
     client_maxlen: bool,
+    publish_rate: Option<f64>,
+    publish_burst: Option<u32>,
 }
 
 /// Reads `path`. `command` and `matches` tell which options exist and which were set already.
@@ -90,12 +95,21 @@ fn parse(text: &str, command: &Command, matches: &ArgMatches) -> anyhow::Result<
         if entry.maxlen == Some(0) {
             bail!("line {at}: maxlen must be at least 1");
         }
+        let publish_rate = match (entry.publish_rate, entry.publish_burst) {
+            (Some(rate), burst) => {
+                let burst = burst.unwrap_or((rate.ceil() as u32).max(1));
+                Some(Rate::new(rate, burst).map_err(|e| anyhow::anyhow!("line {at}: publish_rate: {e}"))?)
+            }
+            (None, Some(_)) => bail!("line {at}: publish_burst needs a publish_rate"),
+            (None, None) => None,
+        };
         settings.channels.push(ChannelRule {
             pattern,
             anonymous: entry.anonymous,
             authenticated: entry.authenticated,
             maxlen: entry.maxlen,
             client_maxlen: entry.client_maxlen,
+            publish_rate,
         });
     }
     Ok(settings)
@@ -186,6 +200,7 @@ match = "public:*"
 anonymous = ["subscribe", "history"]
 authenticated = ["publish"]
 maxlen = 100
+publish_rate = 0.5
 
 [[channels]]
 match = "*"
@@ -197,7 +212,9 @@ match = "*"
         assert_eq!(public.anonymous.to_string(), "[subscribe, history]");
         assert_eq!(public.maxlen, Some(100));
         assert!(!public.client_maxlen);
+        assert_eq!(public.publish_rate, Some(Rate::new(0.5, 1).unwrap()), "the burst defaults to the rate, at least 1");
         assert_eq!(settings.channels[1].anonymous, Ops::NONE);
+        assert_eq!(settings.channels[1].publish_rate, None);
     }
 
     #[test]
@@ -213,6 +230,8 @@ match = "*"
         );
         assert!(error("[[channels]]\nmatch = \"a\"\nallow = []\n").contains("unknown field"));
         assert!(error("config = \"other.toml\"\n").contains("cannot name another"));
+        assert!(error("[[channels]]\nmatch = \"a\"\npublish_rate = 0\n").contains("line 2: publish_rate"));
+        assert!(error("[[channels]]\nmatch = \"a\"\npublish_burst = 3\n").contains("needs a publish_rate"));
         assert!(error("listen = [").contains("line 1"));
     }
 }

@@ -7,6 +7,7 @@ mod config_file;
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser};
 use redistribute::access::{AccessConfig, ChannelRule, TokenVerifier};
+use redistribute::rate::{Rate, RateLimits};
 use redistribute::{Config, Engine, ListenOptions, Server};
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -136,6 +137,27 @@ struct Args {
     /// the longest one frame may take to arrive (e.g. `60s`).
     #[arg(long, env = "REDISTRIBUTE_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     idle_timeout: Duration,
+
+    /// Requests (frames of any kind) per second per connection; 0 turns the limit off. Over it,
+    /// requests get `rate_limited` with a `retry_after_ms`.
+    #[arg(long, env = "REDISTRIBUTE_REQUEST_RATE", default_value_t = 2000.0)]
+    request_rate: f64,
+
+    /// Requests a connection may send at once after a pause.
+    #[arg(long, env = "REDISTRIBUTE_REQUEST_BURST", default_value_t = 4000, value_parser = clap::value_parser!(u32).range(1..))]
+    request_burst: u32,
+
+    /// Publishes per second per connection; 0 turns the limit off (channel rules may set their own).
+    #[arg(long, env = "REDISTRIBUTE_PUBLISH_RATE", default_value_t = 1000.0)]
+    publish_rate: f64,
+
+    /// Publishes a connection may send at once after a pause.
+    #[arg(long, env = "REDISTRIBUTE_PUBLISH_BURST", default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..))]
+    publish_burst: u32,
+
+    /// `rate_limited` replies in a row after which a connection is closed with code 4003.
+    #[arg(long, env = "REDISTRIBUTE_RATE_LIMIT_STRIKES", default_value_t = 100)]
+    rate_limit_strikes: u32,
 
     /// Replays read history in pages of about this many bytes (at most --batch entries).
     #[arg(long, env = "REDISTRIBUTE_REPLAY_PAGE_BYTES", default_value_t = 1 << 20)]
@@ -271,6 +293,17 @@ impl Args {
         config.ping_interval = self.ping_interval;
         config.idle_timeout = self.idle_timeout;
         config.replay_page_bytes = self.replay_page_bytes;
+        let rate = |per_second: f64, burst: u32| -> anyhow::Result<Option<Rate>> {
+            if per_second == 0.0 {
+                return Ok(None);
+            }
+            Rate::new(per_second, burst).map(Some).map_err(|e| anyhow::anyhow!(e))
+        };
+        config.rate_limits = RateLimits {
+            requests: rate(self.request_rate, self.request_burst).context("--request-rate")?,
+            publishes: rate(self.publish_rate, self.publish_burst).context("--publish-rate")?,
+            strikes: self.rate_limit_strikes,
+        };
         config.join_buffer = self.join_buffer;
         config.readers_per_target = self.readers;
         config.read_count = self.batch;

@@ -1,0 +1,196 @@
+//! Per-connection rate limits: token buckets for requests, publishes and the publishes of
+//! channel rules that set their own rate, and the count of refusals in a row after which a
+//! client that ignores `rate_limited` is closed (4003). Pure logic: the caller passes the time.
+
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// A sustained rate with a burst allowance.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    /// Tokens added per second.
+    pub per_second: f64,
+    /// Tokens the bucket holds when full: how many may go at once after a quiet spell.
+    pub burst: u32,
+}
+
+// Rates are checked to be finite and positive (`Rate::new`), so equality is total.
+impl Eq for Rate {}
+
+impl Rate {
+    /// A rate of `per_second` with `burst` at once.
+    ///
+    /// # Errors
+    /// When the rate is not a positive finite number or the burst is zero.
+    pub fn new(per_second: f64, burst: u32) -> Result<Rate, String> {
+        if !(per_second.is_finite() && per_second > 0.0) {
+            return Err(format!("rate {per_second} must be a positive number"));
+        }
+        if burst == 0 {
+            return Err("burst must be at least 1".into());
+        }
+        Ok(Rate { per_second, burst })
+    }
+}
+
+/// The server-wide per-connection limits; `None` turns a limit off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimits {
+    /// Requests of any kind (frames), per connection.
+    pub requests: Option<Rate>,
+    /// Publishes, per connection (on top of the request limit).
+    pub publishes: Option<Rate>,
+    /// `rate_limited` replies in a row after which the connection is closed with 4003.
+    pub strikes: u32,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            requests: Some(Rate { per_second: 2000.0, burst: 4000 }),
+            publishes: Some(Rate { per_second: 1000.0, burst: 2000 }),
+            strikes: 100,
+        }
+    }
+}
+
+/// One token bucket.
+#[derive(Debug, Clone)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn full(rate: Rate, now: Instant) -> Bucket {
+        Bucket { tokens: f64::from(rate.burst), at: now }
+    }
+
+    /// Takes a token, or says how long until one is there.
+    fn take(&mut self, rate: Rate, now: Instant) -> Result<(), Duration> {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate.per_second).min(f64::from(rate.burst));
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - self.tokens) / rate.per_second))
+        }
+    }
+}
+
+/// One connection's buckets, and its refusals in a row.
+#[derive(Debug)]
+pub(crate) struct Throttle {
+    limits: RateLimits,
+    requests: Option<Bucket>,
+    publishes: Option<Bucket>,
+    /// Buckets of channel rules with their own publish rate, by rule index (bounded by the
+    /// number of rules).
+    per_rule: HashMap<usize, Bucket>,
+    strikes: u32,
+}
+
+impl Throttle {
+    pub(crate) fn new(limits: RateLimits, now: Instant) -> Throttle {
+        Throttle {
+            limits,
+            requests: limits.requests.map(|rate| Bucket::full(rate, now)),
+            publishes: limits.publishes.map(|rate| Bucket::full(rate, now)),
+            per_rule: HashMap::new(),
+            strikes: 0,
+        }
+    }
+
+    /// Admits one request (any frame), or says how long until one would be.
+    pub(crate) fn request(&mut self, now: Instant) -> Result<(), Duration> {
+        match (&mut self.requests, self.limits.requests) {
+            (Some(bucket), Some(rate)) => bucket.take(rate, now),
+            _ => Ok(()),
+        }
+    }
+
+    /// Admits one publish: the connection's publish bucket, then the bucket of the channel rule
+    /// (`rule`: its index and rate) if it sets one.
+    pub(crate) fn publish(&mut self, rule: Option<(usize, Rate)>, now: Instant) -> Result<(), Duration> {
+        if let (Some(bucket), Some(rate)) = (&mut self.publishes, self.limits.publishes) {
+            bucket.take(rate, now)?;
+        }
+        match rule {
+            Some((index, rate)) => {
+                self.per_rule.entry(index).or_insert_with(|| Bucket::full(rate, now)).take(rate, now)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Counts a `rate_limited` reply; true once the client has ignored more than the allowed
+    /// number in a row (close it).
+    pub(crate) fn strike(&mut self) -> bool {
+        self.strikes = self.strikes.saturating_add(1);
+        self.strikes > self.limits.strikes
+    }
+
+    /// Any other reply: the client slowed down.
+    pub(crate) fn forgive(&mut self) {
+        self.strikes = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(requests: Option<Rate>, publishes: Option<Rate>, strikes: u32) -> RateLimits {
+        RateLimits { requests, publishes, strikes }
+    }
+
+    #[test]
+    fn a_burst_then_the_sustained_rate() {
+        let start = Instant::now();
+        let rate = Rate::new(10.0, 3).unwrap();
+        let mut throttle = Throttle::new(limits(Some(rate), None, 100), start);
+        for _ in 0..3 {
+            assert!(throttle.request(start).is_ok());
+        }
+        assert_eq!(throttle.request(start), Err(Duration::from_millis(100)));
+        assert!(throttle.request(start + Duration::from_millis(100)).is_ok(), "one token per 100 ms");
+        assert!(throttle.request(start + Duration::from_millis(150)).is_err());
+        // A long pause refills to the burst, no more.
+        let later = start + Duration::from_secs(60);
+        assert_eq!((0..5).filter(|_| throttle.request(later).is_ok()).count(), 3);
+    }
+
+    #[test]
+    fn rule_rates_apply_on_top_of_the_connection_rate() {
+        let start = Instant::now();
+        let mut throttle = Throttle::new(limits(None, Some(Rate::new(100.0, 100).unwrap()), 100), start);
+        let slow = Some((0, Rate::new(0.5, 1).unwrap()));
+        assert!(throttle.publish(slow, start).is_ok());
+        assert_eq!(throttle.publish(slow, start), Err(Duration::from_secs(2)), "one per two seconds");
+        assert!(throttle.publish(Some((1, Rate::new(0.5, 1).unwrap())), start).is_ok(), "another rule's own bucket");
+        assert!(throttle.publish(None, start).is_ok(), "channels without a rule rate");
+        let mut tight = Throttle::new(limits(None, Some(Rate::new(1.0, 1).unwrap()), 100), start);
+        assert!(tight.publish(None, start).is_ok());
+        assert!(tight.publish(None, start).is_err(), "the connection's publish rate");
+    }
+
+    #[test]
+    fn ignoring_refusals_closes_and_any_other_reply_forgives() {
+        let start = Instant::now();
+        let mut throttle = Throttle::new(limits(None, None, 3), start);
+        assert_eq!((0..4).map(|_| throttle.strike()).collect::<Vec<_>>(), [false, false, false, true]);
+        throttle.forgive();
+        assert!(!throttle.strike());
+    }
+
+    #[test]
+    fn unlimited_when_off_and_bad_rates_are_refused() {
+        let start = Instant::now();
+        let mut throttle = Throttle::new(limits(None, None, 0), start);
+        assert!((0..100_000).all(|_| throttle.request(start).is_ok() && throttle.publish(None, start).is_ok()));
+        assert!(Rate::new(0.0, 1).is_err() && Rate::new(f64::NAN, 1).is_err() && Rate::new(1.0, 0).is_err());
+    }
+}

@@ -1,0 +1,76 @@
+//! Limits under abuse, against a real Redis: request and publish rates, and the close of a
+//! client that ignores them.
+
+use crate::support::{Redis, TestServer, config, connect};
+use redistribute::access::{AccessConfig, ChannelRule, Glob, Ops};
+use redistribute::rate::{Rate, RateLimits};
+use serde_json::json;
+use std::time::Duration;
+
+fn open_rule(pattern: &str, publish_rate: Option<Rate>) -> ChannelRule {
+    ChannelRule {
+        pattern: Glob::new(pattern).unwrap(),
+        anonymous: Ops::ALL,
+        authenticated: Ops::NONE,
+        maxlen: None,
+        client_maxlen: true,
+        publish_rate,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_over_the_rates_get_rate_limited_with_a_retry_time() {
+    let redis = Redis::start();
+    let mut cfg = config(&redis);
+    cfg.rate_limits = RateLimits { requests: None, publishes: Some(Rate::new(10.0, 5).unwrap()), strikes: 100 };
+    let rules = vec![open_rule("slow:*", Some(Rate::new(0.5, 1).unwrap())), open_rule("*", None)];
+    cfg.access = AccessConfig { rules, ..AccessConfig::default() };
+    let server = TestServer::start(cfg).await;
+    let mut client = connect(&server.url()).await;
+    let publish = |channel: &str| json!({"op": "publish", "channel": channel, "fields": ["k", "v"]});
+    for _ in 0..5 {
+        assert!(client.request(publish("c")).await["ok"]["offset"].is_string(), "the burst");
+    }
+    let refused = client.request(publish("c")).await;
+    assert_eq!(refused["error"]["code"], "rate_limited", "{refused}");
+    let wait = refused["error"]["retry_after_ms"].as_u64().unwrap();
+    assert!((1..=100).contains(&wait), "one token per 100 ms: {wait}");
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+    assert!(client.request(publish("c")).await["ok"]["offset"].is_string(), "after the retry time");
+    assert_eq!(redis.xrange_after("c", "0").len(), 6, "refused publishes stored nothing");
+
+    // A rule's own rate, per connection: another connection has its own bucket.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(client.request(publish("slow:a")).await["ok"].is_object());
+    let refused = client.request(publish("slow:b")).await;
+    assert_eq!(refused["error"]["code"], "rate_limited", "the rule's rate covers all its channels");
+    assert!(refused["error"]["retry_after_ms"].as_u64().unwrap() > 1000);
+    let mut other = connect(&server.url()).await;
+    assert!(other.request(publish("slow:a")).await["ok"].is_object());
+    assert!(client.request(json!({"op": "ping"})).await["ok"].is_object(), "other requests are not limited");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_ignores_rate_limited_is_closed_with_4003() {
+    let redis = Redis::start();
+    let mut cfg = config(&redis);
+    cfg.rate_limits = RateLimits { requests: Some(Rate::new(1.0, 10).unwrap()), publishes: None, strikes: 20 };
+    let server = TestServer::start(cfg).await;
+    let mut client = connect(&server.url()).await;
+    let mut bystander = connect(&server.url()).await;
+    for id in 0..40 {
+        client.send_text(&json!({"id": id, "op": "ping"}).to_string()).await;
+    }
+    let mut codes = Vec::new();
+    for _ in 0..30 {
+        let reply = client.reply().await;
+        codes.push(reply["error"]["code"].as_str().unwrap_or("ok").to_owned());
+    }
+    assert_eq!(codes[..10], vec!["ok"; 10], "the burst");
+    assert_eq!(codes[10..], vec!["rate_limited"; 20], "then refusals, each with its id");
+    let (code, reason) = client.closed().await;
+    assert_eq!(code, 4003, "{reason}");
+    assert!(bystander.request(json!({"op": "ping"})).await["ok"].is_object(), "others are unaffected");
+    server.stop().await;
+}
