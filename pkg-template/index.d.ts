@@ -39,7 +39,7 @@ export interface DeliveryInfo {
 /** Codes carried by errors (`err.code`): the server's, and the client's own. */
 export type ErrorCode =
   | 'bad_request' | 'unknown_op' | 'forbidden' | 'unauthorized' | 'conflict' | 'too_large' | 'limit_exceeded'
-  | 'unavailable' | 'internal'
+  | 'rate_limited' | 'unavailable' | 'unknown_outcome' | 'internal'
   | 'invalid_argument' | 'disconnected' | 'closed' | 'queue_full' | 'unsubscribed' | 'truncated' | 'protocol'
   | 'storage_quota' | 'storage_corrupt' | 'storage_failed';
 

@@ -30,6 +30,10 @@ pub(crate) fn client_error(e: &EngineError) -> ProtocolError {
         EngineError::Unavailable { .. } => {
             ProtocolError::new(ErrorCode::Unavailable, "storage is unavailable right now; retry later")
         }
+        EngineError::UnknownOutcome { .. } => ProtocolError::new(
+            ErrorCode::UnknownOutcome,
+            "storage did not answer in time: the entry may or may not have been stored",
+        ),
         EngineError::WrongType { channel } => {
             ProtocolError::bad_request(format!("the Redis key of channel {channel:?} is not a stream"))
         }

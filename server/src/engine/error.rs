@@ -18,6 +18,16 @@ pub enum EngineError {
         #[source]
         source: redis::RedisError,
     },
+    /// A write was sent, but no answer came (a timeout, or the connection broke while waiting):
+    /// it may or may not have been applied, so a retry may apply it twice.
+    #[error("storage did not answer ({target}): the write may or may not have been applied")]
+    UnknownOutcome {
+        /// The Redis target (password removed).
+        target: String,
+        /// What failed.
+        #[source]
+        source: redis::RedisError,
+    },
     /// The channel's key exists but does not hold a stream.
     #[error("the key for channel {channel:?} holds a value that is not a stream")]
     WrongType {

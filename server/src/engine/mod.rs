@@ -63,8 +63,9 @@ impl Engine {
     /// Appends an entry; returns its ID.
     ///
     /// # Errors
-    /// [`EngineError::Unavailable`] when the storage is unreachable; [`EngineError::WrongType`]
-    /// when the key holds something else.
+    /// [`EngineError::Unavailable`] when the storage is unreachable (not stored);
+    /// [`EngineError::UnknownOutcome`] when Redis got the command but did not answer in time;
+    /// [`EngineError::WrongType`] when the key holds something else.
     pub async fn publish(
         &self,
         channel: &str,

@@ -1,5 +1,5 @@
-//! Limits under abuse, against a real Redis: request and publish rates, and the close of a
-//! client that ignores them.
+//! Limits under abuse and honest answers under faults, against a real Redis: request and
+//! publish rates, the close of a client that ignores them, and publishes whose outcome is unknown.
 
 use crate::support::{Redis, TestServer, config, connect};
 use redistribute::access::{AccessConfig, ChannelRule, Glob, Ops};
@@ -72,5 +72,27 @@ async fn a_client_that_ignores_rate_limited_is_closed_with_4003() {
     let (code, reason) = client.closed().await;
     assert_eq!(code, 4003, "{reason}");
     assert!(bystander.request(json!({"op": "ping"})).await["ok"].is_object(), "others are unaffected");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_redis_does_not_answer_in_time_is_unknown_outcome_not_unavailable() {
+    let redis = Redis::start();
+    let mut cfg = config(&redis);
+    cfg.redis_timeout = Duration::from_millis(300);
+    let server = TestServer::start(cfg).await;
+    let mut client = connect(&server.url()).await;
+    client.publish("slow", &["n", "first"]).await;
+    let mut admin = redis.conn();
+    // Writes wait while Redis is paused; the server gives up after its 300 ms timeout.
+    redis::cmd("CLIENT").arg("PAUSE").arg(1500).arg("WRITE").exec(&mut admin).unwrap();
+    let reply = client.request(json!({"op": "publish", "channel": "slow", "fields": ["n", "second"]})).await;
+    assert_eq!(reply["error"]["code"], "unknown_outcome", "{reply}");
+    redis::cmd("CLIENT").arg("UNPAUSE").exec(&mut admin).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Redis ran the command once it woke: "unavailable" (not stored) would have been a lie.
+    let stored: Vec<String> =
+        redis.xrange_after("slow", "0").into_iter().map(|(_, fields)| fields[1].clone()).collect();
+    assert_eq!(stored, ["first", "second"]);
     server.stop().await;
 }

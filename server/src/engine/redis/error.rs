@@ -46,6 +46,17 @@ pub(crate) fn classify(e: RedisError, at: &Context<'_>) -> EngineError {
     }
 }
 
+/// Classifies the failure of a write that is not safe to repeat (`XADD`): once the command may
+/// have reached Redis, a timeout or a broken connection leaves its outcome unknown. Only a
+/// refused connection, or an error Redis itself answered with, says it was not applied.
+pub(crate) fn classify_write(e: RedisError, at: &Context<'_>) -> EngineError {
+    let sent = server_code(&e).is_none() && !e.is_connection_refusal();
+    match classify(e, at) {
+        EngineError::Unavailable { target, source } if sent => EngineError::UnknownOutcome { target, source },
+        other => other,
+    }
+}
+
 /// A deadline the server put on a command passed.
 pub(crate) fn timed_out(target: &str, what: String) -> EngineError {
     let io = std::io::Error::new(std::io::ErrorKind::TimedOut, what);
@@ -68,5 +79,17 @@ mod tests {
         assert!(timed_out("redis://h", "XREAD".into()).is_unavailable());
         let parse = RedisError::from((ErrorKind::Parse, "bad"));
         assert!(matches!(classify(parse, &at()), EngineError::Refused(_)));
+    }
+
+    #[test]
+    fn a_write_that_may_have_reached_redis_has_an_unknown_outcome() {
+        let refused = RedisError::from(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "no"));
+        assert!(classify_write(refused, &at()).is_unavailable(), "never sent");
+        let timeout = RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "slow"));
+        assert!(matches!(classify_write(timeout, &at()), EngineError::UnknownOutcome { .. }));
+        let reset = RedisError::from(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset"));
+        assert!(matches!(classify_write(reset, &at()), EngineError::UnknownOutcome { .. }));
+        let loading = RedisError::from((ErrorKind::Server(redis::ServerErrorKind::BusyLoading), "loading"));
+        assert!(classify_write(loading, &at()).is_unavailable(), "Redis answered: not applied");
     }
 }

@@ -13,7 +13,7 @@ pub(super) mod follow;
 pub(super) mod groups;
 pub(crate) mod reply;
 
-use self::error::{Context, classify};
+use self::error::{Context, classify, classify_write};
 use super::{EngineError, HistoryPage, StreamState};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Client, Value};
@@ -148,8 +148,9 @@ impl RedisEngine {
     /// Appends an entry; returns its ID. `maxlen` trims approximately (`MAXLEN ~`).
     ///
     /// # Errors
-    /// [`EngineError::Unavailable`] when Redis is down; [`EngineError::WrongType`] when the key
-    /// is not a stream.
+    /// [`EngineError::Unavailable`] when Redis is down (not stored);
+    /// [`EngineError::UnknownOutcome`] when the command was sent but not answered in time;
+    /// [`EngineError::WrongType`] when the key is not a stream.
     pub async fn publish(
         &self,
         channel: &str,
@@ -164,7 +165,7 @@ impl RedisEngine {
         }
         cmd.arg("*").arg(fields);
         let id: Value =
-            cmd.query_async(&mut target.commands()).await.map_err(|e| classify(e, &target.at(channel, None)))?;
+            cmd.query_async(&mut target.commands()).await.map_err(|e| classify_write(e, &target.at(channel, None)))?;
         reply::stream_id(&id)
     }
 
