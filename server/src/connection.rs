@@ -8,6 +8,7 @@
 use crate::access::{Identity, Op as AccessOp, Verdict};
 use crate::error::client_error;
 use crate::hooks::{ConnInfo, Decision};
+use crate::log_gate::LogEvent;
 use crate::membership::ConsumerLease;
 use crate::outbox::{Outbox, Queue, QueueState};
 use crate::progress::Progress;
@@ -43,9 +44,18 @@ where
         let _ = sink.send(close_message(close::POLICY_VIOLATION, &reason)).await;
         return;
     }
-    let (outbox, queue) = Outbox::new(shared.config.send_queue_bytes);
+    let metrics = &shared.metrics;
+    metrics.websockets_open.inc();
+    let (outbox, queue) = Outbox::new(shared.config.send_queue_bytes, metrics.send_queue_bytes.clone());
     let state = queue.state().clone();
-    let writer = Writer { sink, queue, state, progress, config: &shared.config, shutdown: shared.shutdown.clone() };
+    let writer = Writer {
+        sink,
+        queue,
+        state: state.clone(),
+        progress,
+        config: &shared.config,
+        shutdown: shared.shutdown.clone(),
+    };
     let mut handler = Handler {
         shared: shared.clone(),
         conn: conn.clone(),
@@ -64,6 +74,15 @@ where
         ended
     };
     let (closed, ended) = tokio::join!(writer.run(), reader);
+    let kick = state.kick().reason().or_else(|| {
+        (ended == Ended::ByServer && shared.shutdown.is_cancelled()).then(|| (close::GOING_AWAY, String::new()))
+    });
+    if let Some((code, reason)) = kick {
+        metrics.closes.with_label_values(&[&code.to_string()]).inc();
+        if code != close::GOING_AWAY && shared.log_gate.allow(LogEvent::Closed) {
+            info!(conn = conn.id, peer = %conn.peer, code, %reason, "closed by the server");
+        }
+    }
     if closed && ended == Ended::ByServer {
         // Read on until the client answers the close (or gives up), discarding what it sends.
         let _ = tokio::time::timeout(CLOSE_LINGER, async {
@@ -75,6 +94,7 @@ where
         })
         .await;
     }
+    metrics.websockets_open.dec();
     shared.hooks.on_disconnect(&conn).await;
 }
 
@@ -298,6 +318,9 @@ impl Handler {
     }
 
     async fn reply(&mut self, reply: Reply) {
+        if let Outcome::Error(e) = &reply.outcome {
+            self.shared.metrics.errors.with_label_values(&[e.code.as_str()]).inc();
+        }
         let limited = matches!(&reply.outcome, Outcome::Error(e) if e.code == ErrorCode::RateLimited);
         let ignored_limits = if limited {
             self.throttle.strike()
@@ -308,7 +331,6 @@ impl Handler {
         // A closed outbox means the connection is ending; there is no one left to tell.
         let _ = self.outbox.send(reply.to_json().into()).await;
         if ignored_limits {
-            info!(conn = self.conn.id, peer = %self.conn.peer, "closed for ignoring rate limits");
             self.outbox.kick(close::RATE_LIMITED, "too many requests after rate_limited replies: slow down");
         }
     }
@@ -343,6 +365,7 @@ impl Handler {
                     self.reply(Reply::ok(id, body)).await;
                     let replay = self.shared.tasks.spawn(plan.run());
                     self.subscriptions.insert(channel, Subscription { replay });
+                    self.shared.metrics.subscriptions.inc();
                 }
                 Err(error) => self.reply(Reply::error(id, error)).await,
             },
@@ -370,6 +393,7 @@ impl Handler {
                         let consumer = lease.consumer().to_owned();
                         let task = self.shared.tasks.spawn(task.run(member));
                         self.groups.insert((channel, group), Member { task, consumer, _lease: lease });
+                        self.shared.metrics.group_members.inc();
                     }
                     Err(error) => self.reply(Reply::error(id, error)).await,
                 }
@@ -378,6 +402,7 @@ impl Handler {
                 if let Some(member) = self.groups.remove(&(channel, group)) {
                     member.task.abort();
                     let _ = member.task.await;
+                    self.shared.metrics.group_members.dec();
                 }
                 self.reply(Reply::ok(id, OkBody::default())).await;
             }
@@ -506,6 +531,7 @@ impl Handler {
 
     async fn unsubscribe(&mut self, channel: &str) {
         if let Some(subscription) = self.subscriptions.remove(channel) {
+            self.shared.metrics.subscriptions.dec();
             subscription.replay.abort();
             let _ = subscription.replay.await;
             self.shared.partition_of(channel).leave(channel, self.conn.id);
@@ -539,6 +565,7 @@ impl Handler {
             return Err(ProtocolError::new(ErrorCode::Forbidden, reason));
         }
         let offset = self.shared.engine.publish(channel, fields, maxlen).await.map_err(|e| client_error(&e))?;
+        self.shared.metrics.publishes.inc();
         Ok(OkBody { offset: Some(offset), ..OkBody::default() })
     }
 
@@ -590,6 +617,7 @@ impl Handler {
         }
         for (_, member) in self.groups.drain() {
             // Unacknowledged entries stay pending: claimed by others after the idle time.
+            self.shared.metrics.group_members.dec();
             member.task.abort();
             let _ = member.task.await;
         }

@@ -7,6 +7,7 @@
 
 use crate::engine::Chain;
 use crate::hooks::ConnInfo;
+use crate::log_gate::LogEvent;
 use crate::progress::Tracked;
 use crate::slots::Refusal;
 use crate::{Shared, connection, static_files};
@@ -76,6 +77,10 @@ where
             Ok(Err(e)) => respond(&mut io, "503 Service Unavailable", &format!("{}\n", Chain(&e)), &[]).await,
             Err(_) => respond(&mut io, "503 Service Unavailable", "storage did not answer in time\n", &[]).await,
         },
+        ("GET", "/metrics", false, _) => {
+            let body = shared.render_metrics();
+            respond_with(&mut io, "200 OK", "text/plain; version=0.0.4; charset=utf-8", body.as_bytes(), &[]).await
+        }
         (.., Some(Refusal::Full)) => {
             let body = "the server is at its connection limit; retry shortly or use another instance\n";
             respond(&mut io, "503 Service Unavailable", body, &[("Retry-After", RETRY_AFTER_SECS)]).await
@@ -183,11 +188,17 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send,
 {
     if let Some(reason) = shared.access.refuse_peer(peer.ip()) {
-        info!(%peer, "refused a WebSocket from a non-loopback peer (open mode)");
+        shared.metrics.connections_refused.with_label_values(&["peer"]).inc();
+        if shared.log_gate.allow(LogEvent::Refused) {
+            info!(%peer, "refused a WebSocket from a non-loopback peer (open mode)");
+        }
         return respond(&mut io, "403 Forbidden", &format!("{reason}\n"), &[]).await;
     }
     if let Some(reason) = shared.access.refuse_origin(head.header("origin"), head.header("host")) {
-        info!(%peer, origin = head.header("origin"), "refused a WebSocket from another origin");
+        shared.metrics.connections_refused.with_label_values(&["origin"]).inc();
+        if shared.log_gate.allow(LogEvent::Refused) {
+            info!(%peer, origin = head.header("origin"), "refused a WebSocket from another origin");
+        }
         return respond(&mut io, "403 Forbidden", &format!("{reason}\n"), &[]).await;
     }
     if head.header("sec-websocket-version") != Some("13") {

@@ -268,17 +268,18 @@ impl Partition {
     /// it is released, so a slow [`crate::Hooks::on_stream_event`] never stalls joins, leaves or
     /// the reader's bookkeeping. Only the partition's reader calls this, so batches of one
     /// channel still reach each subscriber in order.
-    pub(crate) fn deliver(&self, channel: &str, from: StreamId, entries: Vec<Entry>) {
+    /// Returns how many entries were queued, counting one per subscriber.
+    pub(crate) fn deliver(&self, channel: &str, from: StreamId, entries: Vec<Entry>) -> usize {
         if entries.is_empty() {
-            return;
+            return 0;
         }
         let batch = Arc::new(Batch::new(channel, entries));
         let mut live = Vec::new();
         {
             let mut channels = self.lock();
-            let Some(entry) = channels.get_mut(channel) else { return };
+            let Some(entry) = channels.get_mut(channel) else { return 0 };
             if entry.cursor != from {
-                return;
+                return 0;
             }
             entry.cursor = batch.last();
             for subscriber in entry.subscribers.values_mut() {
@@ -304,13 +305,16 @@ impl Partition {
                 }
             }
         }
+        let mut queued = 0;
         for (outbox, conn, after) in live {
             // A full queue kicks the subscriber; it is marked dead on the next delivery.
             if let Some(frame) = render(&*self.hooks, &conn, channel, &batch.entries, after, false, Some(&batch.frame))
+                && outbox.push(frame)
             {
-                outbox.push(frame);
+                queued += batch.entries.len() - batch.entries.partition_point(|e| e.offset <= after);
             }
         }
+        queued
     }
 
     /// Forgets a channel that can no longer be followed, closing its subscribers' connections
@@ -368,8 +372,8 @@ mod tests {
     #[test]
     fn shares_one_encoding_among_live_subscribers() {
         let part = Partition::new(0, Arc::new(AllowAll), 100);
-        let (a, mut rx_a) = Outbox::new(1 << 20);
-        let (b, mut rx_b) = Outbox::new(1 << 20);
+        let (a, mut rx_a) = Outbox::new(1 << 20, crate::outbox::tests::total());
+        let (b, mut rx_b) = Outbox::new(1 << 20, crate::outbox::tests::total());
         assert!(part.join("c", &conn(1), &a, StreamId::ZERO));
         assert!(part.join("c", &conn(2), &b, StreamId::ZERO));
         assert!(!part.join("c", &conn(2), &b, StreamId::ZERO), "second subscribe of one connection");
@@ -384,7 +388,7 @@ mod tests {
     #[test]
     fn joining_parks_batches_then_hands_over_without_duplicates() {
         let part = Partition::new(0, Arc::new(AllowAll), 100);
-        let (a, mut rx) = Outbox::new(1 << 20);
+        let (a, mut rx) = Outbox::new(1 << 20, crate::outbox::tests::total());
         part.join("c", &conn(1), &a, StreamId::ZERO);
         part.deliver("c", StreamId::ZERO, vec![entry(1, "a"), entry(2, "b")]);
         part.deliver("c", StreamId::new(2, 0), vec![entry(3, "c")]);
@@ -407,7 +411,7 @@ mod tests {
     #[test]
     fn stale_reads_are_ignored_and_live_skips_what_was_sent() {
         let part = Partition::new(0, Arc::new(AllowAll), 100);
-        let (a, mut rx) = Outbox::new(1 << 20);
+        let (a, mut rx) = Outbox::new(1 << 20, crate::outbox::tests::total());
         part.join("c", &conn(1), &a, StreamId::new(5, 0));
         part.take_buffer("c", 1, StreamId::new(6, 0));
         part.deliver("c", StreamId::new(1, 0), vec![entry(9, "stale")]);
@@ -418,7 +422,7 @@ mod tests {
     #[test]
     fn overflowing_join_buffer_kicks() {
         let part = Partition::new(0, Arc::new(AllowAll), 2);
-        let (a, rx) = Outbox::new(1 << 20);
+        let (a, rx) = Outbox::new(1 << 20, crate::outbox::tests::total());
         part.join("c", &conn(1), &a, StreamId::ZERO);
         part.deliver("c", StreamId::ZERO, vec![entry(1, "a"), entry(2, "b"), entry(3, "c")]);
         assert_eq!(rx.state().kick().reason().unwrap().0, close::LAGGING);
@@ -427,7 +431,7 @@ mod tests {
     #[test]
     fn leaving_forgets_empty_channels() {
         let part = Partition::new(0, Arc::new(AllowAll), 2);
-        let (a, _rx) = Outbox::new(1 << 20);
+        let (a, _rx) = Outbox::new(1 << 20, crate::outbox::tests::total());
         let g = part.generation();
         part.join("c", &conn(1), &a, StreamId::ZERO);
         assert_eq!(part.generation(), g + 1);

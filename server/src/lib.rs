@@ -47,7 +47,9 @@ mod error;
 mod http;
 mod hub;
 mod listener;
+mod log_gate;
 mod membership;
+mod metrics;
 mod outbox;
 mod progress;
 mod reader;
@@ -86,6 +88,9 @@ pub(crate) struct Shared {
     pub(crate) consumers: Arc<membership::ConsumerLeases>,
     /// Connection slots, shared by every listener.
     pub(crate) slots: slots::Slots,
+    pub(crate) metrics: metrics::Metrics,
+    /// Keeps events clients can cause at will from flooding the log.
+    pub(crate) log_gate: log_gate::LogGate,
     maxlen: RwLock<HashMap<String, u64>>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tasks: TaskTracker,
@@ -113,6 +118,17 @@ impl Shared {
     pub(crate) fn configured_maxlen(&self, channel: &str) -> Option<u64> {
         let per_channel = self.maxlen.read().unwrap_or_else(|p| p.into_inner());
         per_channel.get(channel).copied().or(self.config.default_maxlen)
+    }
+
+    /// The metrics in Prometheus text, with the gauges that describe state brought up to date.
+    pub(crate) fn render_metrics(&self) -> String {
+        let metrics = &self.metrics;
+        metrics.connections_open.set(self.slots.held() as i64);
+        if let Engine::Memory(memory) = &self.engine {
+            metrics.memory_bytes.set(memory.bytes() as i64);
+            metrics.memory_entries.set(memory.entries() as i64);
+        }
+        metrics.render()
     }
 
     pub(crate) fn next_conn_id(&self) -> u64 {
@@ -152,6 +168,10 @@ impl ServerBuilder {
             .collect::<Vec<_>>();
         let access = Access::new(&config.access);
         let slots = slots::Slots::new(config.max_connections, config.max_connections_per_ip);
+        let metrics = metrics::Metrics::new(match &engine {
+            Engine::Redis(redis) => vec![Box::new(redis.command_latency().clone())],
+            Engine::Memory(_) => Vec::new(),
+        });
         let shared = Arc::new(Shared {
             maxlen: RwLock::new(config.maxlen.clone()),
             config,
@@ -161,6 +181,8 @@ impl ServerBuilder {
             access,
             consumers: Arc::default(),
             slots,
+            metrics,
+            log_gate: log_gate::LogGate::default(),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             next_conn_id: AtomicU64::new(0),
@@ -245,7 +267,9 @@ impl Server {
         if flat.is_empty() {
             return Err(protocol::ProtocolError::bad_request("publish needs at least one field/value pair").into());
         }
-        Ok(self.shared.engine.publish(channel, &flat, maxlen).await?)
+        let offset = self.shared.engine.publish(channel, &flat, maxlen).await?;
+        self.shared.metrics.publishes.inc();
+        Ok(offset)
     }
 
     /// Sets the default `MAXLEN ~` of `channel` for later publishes. It applies to this

@@ -2,6 +2,7 @@
 //! once, not left waiting), TCP keepalive, optional TLS, and a task per connection tracked for
 //! graceful shutdown.
 
+use crate::log_gate::LogEvent;
 use crate::slots::Admission;
 use crate::{Error, Shared, http, tls};
 use socket2::{SockRef, TcpKeepalive};
@@ -97,14 +98,24 @@ impl Listener {
                 },
                 () = shared.shutdown.cancelled() => break,
             };
+            let metrics = &shared.metrics;
             let (slot, refusal) = match shared.slots.admit(peer.ip()) {
-                Admission::Admitted(slot) => (Some(slot), None),
+                Admission::Admitted(slot) => {
+                    metrics.connections_accepted.inc();
+                    (Some(slot), None)
+                }
                 Admission::Refused(refusal, permit) => {
-                    debug!(%peer, reason = refusal.as_str(), "no connection slot");
+                    metrics.connections_refused.with_label_values(&[refusal.as_str()]).inc();
+                    if shared.log_gate.allow(LogEvent::Refused) {
+                        info!(%peer, reason = refusal.as_str(), "no connection slot: answered 503/429");
+                    }
                     (None, Some((refusal, permit)))
                 }
                 Admission::Dropped(refusal) => {
-                    debug!(%peer, reason = refusal.as_str(), "no connection slot and no room to say so: closed");
+                    metrics.connections_refused.with_label_values(&[refusal.as_str()]).inc();
+                    if shared.log_gate.allow(LogEvent::Refused) {
+                        warn!(%peer, reason = refusal.as_str(), "no connection slot and no room to answer: closed");
+                    }
                     continue;
                 }
             };

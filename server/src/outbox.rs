@@ -14,6 +14,7 @@ use redistribute_protocol::close;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use prometheus::IntGauge;
 use tokio::sync::Notify;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
@@ -45,6 +46,8 @@ pub(crate) struct QueueState {
     limit: usize,
     /// Wakes senders waiting for room once the writer takes frames out.
     room: Notify,
+    /// The server-wide total of queued bytes (a metric).
+    total: IntGauge,
 }
 
 /// The "close this connection" signal, shared by the queue's senders and the connection's writer.
@@ -93,11 +96,13 @@ impl QueueState {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
                 (queued == 0 || queued + cost <= self.limit).then_some(queued + cost)
             })
+            .inspect(|_| self.total.add(cost as i64))
             .is_ok()
     }
 
     fn release(&self, cost: usize) {
         self.bytes.fetch_sub(cost, Ordering::AcqRel);
+        self.total.sub(cost as i64);
         self.room.notify_waiters();
     }
 
@@ -114,11 +119,11 @@ impl QueueState {
 
 impl Outbox {
     /// A queue holding at most `limit` bytes, and its receiving half (for the connection's
-    /// writer).
-    pub(crate) fn new(limit: usize) -> (Outbox, Queue) {
+    /// writer). `total` adds up the bytes of every queue (a metric).
+    pub(crate) fn new(limit: usize, total: IntGauge) -> (Outbox, Queue) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let state =
-            Arc::new(QueueState { kick: Kick::default(), bytes: AtomicUsize::new(0), limit, room: Notify::new() });
+        let bytes = AtomicUsize::new(0);
+        let state = Arc::new(QueueState { kick: Kick::default(), bytes, limit, room: Notify::new(), total });
         (Outbox { tx, state: state.clone() }, Queue { rx, state })
     }
 
@@ -212,29 +217,36 @@ impl Drop for Queue {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn text(len: usize) -> Utf8Bytes {
         "x".repeat(len).into()
     }
 
+    pub(crate) fn total() -> IntGauge {
+        IntGauge::new("queued", "bytes").unwrap()
+    }
+
     #[tokio::test]
     async fn a_full_queue_kicks_with_lagging_and_counts_bytes() {
-        let (outbox, mut queue) = Outbox::new(1000);
+        let total = total();
+        let (outbox, mut queue) = Outbox::new(1000, total.clone());
         assert!(outbox.push(text(500)));
         assert_eq!(queue.state().bytes(), 500 + FRAME_OVERHEAD);
+        assert_eq!(total.get(), (500 + FRAME_OVERHEAD) as i64, "the server-wide total follows");
         assert!(!outbox.push(text(500)), "500 more bytes do not fit in 1000");
         assert!(outbox.is_kicked());
         assert_eq!(queue.state().kick().reason().unwrap().0, close::LAGGING);
         assert!(outbox.send("c".into()).await.is_err());
         assert_eq!(queue.recv().await.map(|m| m.len()), Some(500));
         assert_eq!(queue.state().bytes(), 0);
+        assert_eq!(total.get(), 0);
     }
 
     #[tokio::test]
     async fn one_frame_larger_than_the_budget_goes_out_alone() {
-        let (outbox, mut queue) = Outbox::new(100);
+        let (outbox, mut queue) = Outbox::new(100, total());
         assert!(outbox.push(text(5000)));
         assert!(!outbox.push(text(1)));
         assert_eq!(queue.try_recv().map(|m| m.len()), Some(5000));
@@ -242,7 +254,7 @@ mod tests {
 
     #[tokio::test]
     async fn send_waits_for_room_and_fails_when_the_writer_is_gone() {
-        let (outbox, mut queue) = Outbox::new(1000);
+        let (outbox, mut queue) = Outbox::new(1000, total());
         outbox.send(text(800)).await.unwrap();
         let waiting = tokio::spawn({
             let outbox = outbox.clone();
@@ -263,7 +275,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_queue_closes_when_the_senders_are_gone_even_if_the_state_lives() {
-        let (outbox, mut queue) = Outbox::new(1000);
+        let (outbox, mut queue) = Outbox::new(1000, total());
         let state = queue.state().clone();
         drop(outbox);
         assert!(queue.recv().await.is_none());

@@ -82,9 +82,16 @@ async fn connect_and_follow(
             other => other?,
         };
         let cursors: HashMap<&str, StreamId> = streams.iter().map(|(k, id)| (k.as_str(), *id)).collect();
+        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         for (key, entries) in batches {
             if let Some(from) = cursors.get(key.as_str()) {
-                partition.deliver(&key, *from, entries);
+                if let Some(first) = entries.first() {
+                    // The ID's time is when Redis (or the memory engine) stored the entry.
+                    let lag = now_ms.saturating_sub(std::time::Duration::from_millis(first.offset.ms));
+                    shared.metrics.reader_lag.observe(lag.as_secs_f64());
+                }
+                let queued = partition.deliver(&key, *from, entries);
+                shared.metrics.deliveries.inc_by(queued as u64);
             }
         }
     }

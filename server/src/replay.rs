@@ -65,6 +65,7 @@ impl Replay {
             reported = reported.max(loss);
             if let Some(frame) = render(&*shared.hooks, conn, channel, &page.entries, sent, lost, None) {
                 outbox.send(frame).await.ok()?;
+                shared.metrics.replay_pages.inc();
             }
             if let Some(last) = page.entries.last() {
                 sent = last.offset;

@@ -34,7 +34,6 @@ impl Refusal {
 /// The caps, shared by every listener of a server.
 #[derive(Debug)]
 pub(crate) struct Slots {
-    #[cfg_attr(not(test), expect(dead_code, reason = "read by tests until metrics report it"))]
     max: usize,
     total: Arc<Semaphore>,
     per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
@@ -108,7 +107,6 @@ impl Slots {
     }
 
     /// Slots held now.
-    #[cfg(test)]
     pub(crate) fn held(&self) -> usize {
         self.max - self.total.available_permits()
     }

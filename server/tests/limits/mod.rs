@@ -96,3 +96,53 @@ async fn a_publish_redis_does_not_answer_in_time_is_unknown_outcome_not_unavaila
     assert_eq!(stored, ["first", "second"]);
     server.stop().await;
 }
+
+/// The value of the first `/metrics` sample whose line starts with `name` (labels included).
+fn sample(metrics: &str, name: &str) -> f64 {
+    let line = metrics.lines().find(|line| line.starts_with(name)).unwrap_or_else(|| panic!("no {name} in\n{metrics}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_happened() {
+    let redis = Redis::start();
+    let mut cfg = config(&redis);
+    cfg.rate_limits = RateLimits { requests: None, publishes: Some(Rate::new(1.0, 3).unwrap()), strikes: 100 };
+    cfg.max_frame_bytes = 1024;
+    let server = TestServer::start(cfg).await;
+    let mut subscriber = connect(&server.url()).await;
+    let mut publisher = connect(&server.url()).await;
+    subscriber.subscribe("m", "$").await;
+    for n in 0..3 {
+        publisher.publish("m", &["n", &n.to_string()]).await;
+    }
+    let refused = publisher.request(json!({"op": "publish", "channel": "m", "fields": ["n", "3"]})).await;
+    assert_eq!(refused["error"]["code"], "rate_limited");
+    assert_eq!(subscriber.entries("m", 3).await.len(), 3);
+    let mut oversized = connect(&server.url()).await;
+    oversized.send_text(&"x".repeat(200 << 10)).await;
+    assert_eq!(oversized.closed().await.0, 1009);
+
+    let mut metrics = String::new();
+    // The 1009 close is counted as its connection ends, just after the client saw the close.
+    for _ in 0..50 {
+        metrics = server.http("GET /metrics HTTP/1.1\r\n\r\n").await;
+        if metrics.contains("redistribute_closes_total{code=\"1009\"} 1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(metrics.starts_with("HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4"), "{metrics}");
+    assert_eq!(sample(&metrics, "redistribute_closes_total{code=\"1009\"}"), 1.0);
+    assert_eq!(sample(&metrics, "redistribute_websockets_open "), 2.0);
+    assert_eq!(sample(&metrics, "redistribute_subscriptions "), 1.0);
+    assert_eq!(sample(&metrics, "redistribute_publishes_total "), 3.0);
+    assert_eq!(sample(&metrics, "redistribute_deliveries_total "), 3.0);
+    assert_eq!(sample(&metrics, "redistribute_errors_total{code=\"rate_limited\"}"), 1.0);
+    assert_eq!(sample(&metrics, "redistribute_redis_command_seconds_count{command=\"XADD\"}"), 3.0);
+    let batches = sample(&metrics, "redistribute_reader_lag_seconds_count ");
+    assert!((1.0..=3.0).contains(&batches), "one lag sample per batch read: {batches}");
+    assert!(sample(&metrics, "redistribute_connections_accepted_total ") >= 4.0, "3 sockets and the scrapes");
+    assert_eq!(sample(&metrics, "redistribute_send_queue_bytes "), 0.0, "everything was read");
+    server.stop().await;
+}

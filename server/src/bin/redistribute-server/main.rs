@@ -205,6 +205,17 @@ struct Args {
     /// `warn,redistribute=debug`).
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log: String,
+
+    /// Log lines as human-readable `text`, or `json` (one object per line, for log pipelines).
+    #[arg(long, env = "REDISTRIBUTE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 /// What to do instead of serving.
@@ -344,7 +355,11 @@ async fn run() -> anyhow::Result<()> {
         return Ok(());
     }
     let filter: Targets = args.log.parse().context("invalid --log filter")?;
-    tracing_subscriber::registry().with(tracing_subscriber::fmt::layer()).with(filter).init();
+    let registry = tracing_subscriber::registry().with(filter);
+    match args.log_format {
+        LogFormat::Text => registry.with(tracing_subscriber::fmt::layer()).init(),
+        LogFormat::Json => registry.with(tracing_subscriber::fmt::layer().json().flatten_event(true)).init(),
+    }
 
     let config = args.config(channels)?;
     log_access(&config.access);

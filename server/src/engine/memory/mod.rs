@@ -255,6 +255,11 @@ impl MemoryEngine {
         self.lock().bytes
     }
 
+    /// Number of entries held, all channels together.
+    pub fn entries(&self) -> usize {
+        self.lock().map.values().map(|stream| stream.entries.len()).sum()
+    }
+
     /// Number of channels held.
     pub fn channels(&self) -> usize {
         self.lock().map.len()

@@ -15,6 +15,7 @@ pub(crate) mod reply;
 
 use self::error::{Context, classify, classify_write};
 use super::{EngineError, HistoryPage, StreamState};
+use prometheus::HistogramVec;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Client, Value};
 use redistribute_protocol::{Entry, StreamId};
@@ -31,6 +32,8 @@ pub struct Target {
     client: Client,
     commands: ConnectionManager,
     timeout: Duration,
+    /// Latency of commands by name, shared by every target of the engine.
+    latency: HistogramVec,
 }
 
 impl std::fmt::Debug for Target {
@@ -58,6 +61,14 @@ impl Target {
     /// The error context of a command on this target for `channel` (and `group`).
     pub(crate) fn at<'a>(&'a self, channel: &'a str, group: Option<&'a str>) -> Context<'a> {
         Context { target: &self.display, channel, group }
+    }
+
+    /// Runs `command` (its future), recording its latency under `name`.
+    pub(crate) async fn timed<T>(&self, name: &str, command: impl std::future::Future<Output = T>) -> T {
+        let started = std::time::Instant::now();
+        let out = command.await;
+        self.latency.with_label_values(&[name]).observe(started.elapsed().as_secs_f64());
+        out
     }
 
     /// The shared command connection (multiplexed: never block on it).
@@ -97,6 +108,7 @@ impl Target {
 #[derive(Clone, Debug)]
 pub struct RedisEngine {
     targets: Vec<Target>,
+    latency: HistogramVec,
 }
 
 impl RedisEngine {
@@ -108,6 +120,7 @@ impl RedisEngine {
     /// When the list is empty or a URI cannot be parsed.
     pub fn new(uris: &[String], timeout: Duration, key_prefix: &str) -> Result<Self, crate::Error> {
         let prefix: Arc<str> = Arc::from(key_prefix);
+        let latency = crate::metrics::command_latency();
         if uris.is_empty() {
             return Err(crate::Error::Config("at least one Redis target is required".into()));
         }
@@ -123,10 +136,16 @@ impl RedisEngine {
                     .set_max_delay(Duration::from_millis(500));
                 let commands = ConnectionManager::new_lazy_with_config(client.clone(), config)
                     .map_err(|e| crate::Error::Config(format!("Redis target {:?}: {e}", redact(uri))))?;
-                Ok(Target { display: redact(uri), prefix: prefix.clone(), client, commands, timeout })
+                let latency = latency.clone();
+                Ok(Target { display: redact(uri), prefix: prefix.clone(), client, commands, timeout, latency })
             })
             .collect::<Result<_, crate::Error>>()?;
-        Ok(RedisEngine { targets })
+        Ok(RedisEngine { targets, latency })
+    }
+
+    /// The histogram of command latencies (`redistribute_redis_command_seconds`).
+    pub(crate) fn command_latency(&self) -> &HistogramVec {
+        &self.latency
     }
 
     /// All targets, in configuration order.
@@ -164,8 +183,10 @@ impl RedisEngine {
             cmd.arg("MAXLEN").arg("~").arg(n);
         }
         cmd.arg("*").arg(fields);
-        let id: Value =
-            cmd.query_async(&mut target.commands()).await.map_err(|e| classify_write(e, &target.at(channel, None)))?;
+        let id: Value = target
+            .timed("XADD", cmd.query_async(&mut target.commands()))
+            .await
+            .map_err(|e| classify_write(e, &target.at(channel, None)))?;
         reply::stream_id(&id)
     }
 
@@ -175,11 +196,9 @@ impl RedisEngine {
     /// As for [`RedisEngine::publish`].
     pub async fn state(&self, channel: &str) -> Result<StreamState, EngineError> {
         let target = self.target(channel);
-        let info = redis::cmd("XINFO")
-            .arg("STREAM")
-            .arg(target.key(channel))
-            .query_async::<Value>(&mut target.commands())
-            .await;
+        let mut info = redis::cmd("XINFO");
+        info.arg("STREAM").arg(target.key(channel));
+        let info = target.timed("XINFO", info.query_async::<Value>(&mut target.commands())).await;
         match info {
             Ok(value) => reply::stream_state(&value),
             Err(e) if e.detail().is_some_and(is_no_such_key) => Ok(StreamState::default()),
@@ -203,8 +222,10 @@ impl RedisEngine {
         let key = target.key(channel);
         pipe.cmd("XINFO").arg("STREAM").arg(&key);
         pipe.cmd("XRANGE").arg(&key).arg(format!("({after}")).arg("+").arg("COUNT").arg(count);
-        let results: Vec<Value> =
-            pipe.query_async(&mut target.commands()).await.map_err(|e| classify(e, &target.at(channel, None)))?;
+        let results: Vec<Value> = target
+            .timed("XRANGE", pipe.query_async(&mut target.commands()))
+            .await
+            .map_err(|e| classify(e, &target.at(channel, None)))?;
         let [info, range] = results.as_slice() else {
             return Err(EngineError::Reply(format!("MULTI returned {} results", results.len())));
         };
