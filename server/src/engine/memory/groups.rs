@@ -1,7 +1,7 @@
 //! Consumer groups in the memory engine, kept the way Redis keeps them: per group the last
 //! entry handed out and the pending entries list (consumer, delivery time, delivery count).
 
-use super::{MemoryEngine, Stream};
+use super::{MemoryEngine, Stream, alloc};
 use crate::engine::EngineError;
 use redistribute_protocol::{Entry, Start, StreamId};
 use std::collections::BTreeMap;
@@ -23,6 +23,16 @@ struct Pending {
     count: u64,
 }
 
+/// What a group costs: its record (twice, for the map's spare room) and name.
+fn group_cost(name: &str) -> usize {
+    2 * size_of::<(String, Group)>() + alloc(name.len())
+}
+
+/// What a pending entry costs: its node share in the list and its consumer's name.
+fn pending_cost(consumer: &str) -> usize {
+    2 * size_of::<(StreamId, Pending)>() + alloc(consumer.len())
+}
+
 /// One group member of the memory engine (the counterpart of a Redis member's connection).
 #[derive(Debug)]
 pub struct MemoryMember {
@@ -41,7 +51,7 @@ impl MemoryMember {
         consumer: &str,
         start: Start,
     ) -> MemoryMember {
-        engine.group_create(channel, group, start);
+        engine.group_join(channel, group, start);
         MemoryMember {
             engine: engine.clone(),
             channel: channel.to_owned(),
@@ -88,22 +98,39 @@ impl MemoryMember {
     }
 }
 
+impl Drop for MemoryMember {
+    /// The member left. Its group stays, as in Redis, but once the channel holds no entries and
+    /// no member it may be trimmed (as of its last ID) when the budget needs room.
+    fn drop(&mut self) {
+        self.engine.lock().change(&self.channel, |stream| {
+            stream.members -= 1;
+            ((), 0, 0)
+        });
+    }
+}
+
 impl MemoryEngine {
     /// Creates consumer group `group` at `start` (`$`: the last generated ID), creating the
     /// channel if needed; an existing group is left as it is (like `XGROUP CREATE … MKSTREAM`
-    /// answering `BUSYGROUP`).
-    pub(crate) fn group_create(&self, channel: &str, group: &str, start: Start) {
+    /// answering `BUSYGROUP`). Counts a member in, which keeps the channel until it leaves.
+    fn group_join(&self, channel: &str, group: &str, start: Start) {
         let mut streams = self.lock();
-        let streams = &mut *streams;
-        if !streams.map.contains_key(channel) {
-            streams.bytes += channel.len();
-        }
-        let stream = streams.map.entry(channel.to_owned()).or_default();
-        let last_delivered = match start {
-            Start::Latest => stream.last_generated,
-            Start::After(id) => id,
-        };
-        stream.groups.entry(group.to_owned()).or_insert_with(|| Group { last_delivered, pending: BTreeMap::new() });
+        streams.open(channel);
+        streams.change(channel, |stream| {
+            stream.members += 1;
+            if stream.groups.contains_key(group) {
+                return ((), 0, 0);
+            }
+            let last_delivered = match start {
+                Start::Latest => stream.last_generated,
+                Start::After(id) => id,
+            };
+            stream.groups.insert(group.to_owned(), Group { last_delivered, pending: BTreeMap::new() });
+            stream.group_bytes += group_cost(group);
+            ((), group_cost(group), 0)
+        });
+        let limits = self.inner.limits;
+        streams.trim_to(limits.max_bytes);
     }
 
     fn with_group<T>(
@@ -112,12 +139,23 @@ impl MemoryEngine {
         group: &str,
         f: impl FnOnce(&mut Stream, &str) -> T,
     ) -> Result<T, EngineError> {
+        let no_group = || EngineError::NoGroup { channel: channel.to_owned(), group: group.to_owned() };
         let mut streams = self.lock();
-        let stream = streams.map.get_mut(channel).filter(|s| s.groups.contains_key(group));
-        match stream {
-            Some(stream) => Ok(f(stream, group)),
-            None => Err(EngineError::NoGroup { channel: channel.to_owned(), group: group.to_owned() }),
+        if !streams.map.get(channel).is_some_and(|s| s.groups.contains_key(group)) {
+            return Err(no_group());
         }
+        // The pending lists change size: the difference goes to the budget.
+        let out = streams
+            .change(channel, |stream| {
+                let before = stream.group_bytes;
+                let out = f(stream, group);
+                let after = stream.group_bytes;
+                (out, after.saturating_sub(before), before.saturating_sub(after))
+            })
+            .ok_or_else(no_group)?;
+        let limits = self.inner.limits;
+        streams.trim_to(limits.max_bytes);
+        Ok(out)
     }
 
     /// `XREADGROUP`: with `after`, this consumer's own pending entries after it (delivered again,
@@ -186,7 +224,10 @@ impl MemoryEngine {
             let now = Instant::now();
             for entry in &fresh {
                 state.last_delivered = entry.offset;
-                state.pending.insert(entry.offset, Pending { consumer: consumer.to_owned(), delivered: now, count: 1 });
+                let pending = Pending { consumer: consumer.to_owned(), delivered: now, count: 1 };
+                if state.pending.insert(entry.offset, pending).is_none() {
+                    stream.group_bytes += pending_cost(consumer);
+                }
             }
             fresh.into_iter().map(|e| (e, 1)).collect()
         })
@@ -209,7 +250,7 @@ impl MemoryEngine {
     ) -> Result<(StreamId, Vec<(Entry, u64)>), EngineError> {
         let now = Instant::now();
         self.with_group(channel, group, |stream, group| {
-            let Stream { entries, groups, .. } = stream;
+            let Stream { entries, groups, group_bytes, .. } = stream;
             let state = groups.get_mut(group).expect("checked by with_group");
             let mut out = Vec::new();
             let mut gone = Vec::new();
@@ -225,6 +266,7 @@ impl MemoryEngine {
                 let at = entries.partition_point(|e| e.offset < *id);
                 match entries.get(at).filter(|e| e.offset == *id) {
                     Some(entry) => {
+                        *group_bytes = *group_bytes + pending_cost(consumer) - pending_cost(&pending.consumer);
                         pending.consumer = consumer.to_owned();
                         pending.delivered = now;
                         pending.count += 1;
@@ -234,7 +276,9 @@ impl MemoryEngine {
                 }
             }
             for id in gone {
-                state.pending.remove(&id);
+                if let Some(pending) = state.pending.remove(&id) {
+                    *group_bytes -= pending_cost(&pending.consumer);
+                }
             }
             (next, out)
         })
@@ -270,7 +314,9 @@ impl MemoryEngine {
     pub(crate) fn group_ack(&self, channel: &str, group: &str, offsets: &[StreamId]) -> Result<u64, EngineError> {
         self.with_group(channel, group, |stream, group| {
             let state = stream.groups.get_mut(group).expect("checked by with_group");
-            offsets.iter().filter(|id| state.pending.remove(id).is_some()).count() as u64
+            let acked: Vec<Pending> = offsets.iter().filter_map(|id| state.pending.remove(id)).collect();
+            stream.group_bytes -= acked.iter().map(|p| pending_cost(&p.consumer)).sum::<usize>();
+            acked.len() as u64
         })
     }
 }

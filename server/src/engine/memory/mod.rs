@@ -9,10 +9,15 @@
 //! counts that grow on every delivery, re-reads included, as in Redis).
 //!
 //! It is bounded. Each channel keeps at most `max_entries_per_channel` entries (or less with
-//! `maxlen`), and all channels together at most `max_bytes` (entry fields plus channel names):
-//! past that, the oldest entries across all channels (by ID, i.e. by time) are trimmed first. A
-//! channel whose last entry is trimmed is forgotten entirely, so channels nobody publishes to any
-//! more are the first to go and do not pile up (with its groups: an emptied channel forgets them).
+//! `maxlen`), and everything together at most `max_bytes`, counted as the allocator really hands
+//! it out: entries with their field strings and queue slots, channel names and records, consumer
+//! groups and their pending entries. Past the budget, the oldest entries across all channels (by
+//! ID, i.e. by time) are trimmed first, found through an index of each channel's oldest entry
+//! (`O(log n)` per entry). A channel whose last entry is trimmed is forgotten, with its groups,
+//! unless a group member is connected. A channel holding only groups nobody is connected to is
+//! kept (as Redis keeps a group), but trimmed by the same rule, as of its last ID, when the budget
+//! needs room. Offsets stay unique forever: a channel
+//! created, or created again after being forgotten, starts above every ID the engine generated.
 //! Data lives as long as the process: one instance only, no persistence.
 
 mod groups;
@@ -21,7 +26,7 @@ pub use self::groups::MemoryMember;
 
 use super::{EngineError, HistoryPage, StreamState};
 use redistribute_protocol::{Entry, StreamId};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -45,10 +50,13 @@ impl Default for MemoryLimits {
 #[derive(Debug, Default)]
 struct Stream {
     entries: VecDeque<Entry>,
-    bytes: usize,
     last_generated: StreamId,
     entries_added: u64,
     groups: HashMap<String, groups::Group>,
+    /// Bytes of the groups' bookkeeping (groups and pending entries), part of the budget.
+    group_bytes: usize,
+    /// Group members connected now: a channel they use is never forgotten.
+    members: usize,
 }
 
 impl Stream {
@@ -67,21 +75,128 @@ impl Stream {
         self.entries.range(start..).take(count).cloned().collect()
     }
 
-    fn pop_oldest(&mut self) -> usize {
-        let size = self.entries.pop_front().map_or(0, |e| entry_size(&e));
-        self.bytes -= size;
-        size
+    /// Where the channel stands in the trimming order: its oldest entry, or for an empty
+    /// channel its last ID; `None` while it is empty and in use (never trimmed then).
+    fn trim_key(&self) -> Option<StreamId> {
+        match self.entries.front() {
+            Some(entry) => Some(entry.offset),
+            None if self.members == 0 => Some(self.last_generated),
+            None => None,
+        }
     }
 }
 
-fn entry_size(entry: &Entry) -> usize {
-    entry.fields.iter().map(String::len).sum::<usize>() + 16
+/// What the allocator hands out for a request of `n` bytes (glibc: an 8-byte header, 16-byte
+/// steps, 32 bytes at least); nothing for none.
+pub(super) fn alloc(n: usize) -> usize {
+    if n == 0 { 0 } else { (n + 8).div_ceil(16).max(2) * 16 }
+}
+
+/// What an entry costs: its queue slot (twice, as the queue grows by doubling), its field list
+/// and each field's string.
+fn entry_cost(entry: &Entry) -> usize {
+    2 * size_of::<Entry>()
+        + alloc(size_of::<String>() * entry.fields.len())
+        + entry.fields.iter().map(|f| alloc(f.len())).sum::<usize>()
+}
+
+/// What a channel costs beyond its entries: its record in the map (twice, for the map's spare
+/// room), its name there and in the trimming index, and the index's node.
+fn channel_cost(name: &str) -> usize {
+    2 * size_of::<(String, Stream)>() + 2 * alloc(name.len()) + 2 * size_of::<(StreamId, String)>()
 }
 
 #[derive(Debug, Default)]
 struct Streams {
     map: HashMap<String, Stream>,
+    /// Every trimmable channel by [`Stream::trim_key`], oldest first.
+    trim_order: BTreeSet<(StreamId, String)>,
     bytes: usize,
+    entries: usize,
+    /// The largest ID generated so far, on any channel.
+    high_water: StreamId,
+}
+
+impl Streams {
+    /// The channel, created if needed (charged, and starting above every ID generated so far).
+    fn open(&mut self, channel: &str) -> &mut Stream {
+        if !self.map.contains_key(channel) {
+            self.bytes += channel_cost(channel);
+            let stream = Stream { last_generated: self.high_water, ..Stream::default() };
+            self.trim_order.insert((stream.last_generated, channel.to_owned()));
+            self.map.insert(channel.to_owned(), stream);
+        }
+        self.map.get_mut(channel).expect("just inserted")
+    }
+
+    /// Runs `change` on an existing channel, keeping the trimming index and the byte count
+    /// right (`change` returns the bytes it added and removed).
+    fn change<T>(&mut self, channel: &str, change: impl FnOnce(&mut Stream) -> (T, usize, usize)) -> Option<T> {
+        let stream = self.map.get_mut(channel)?;
+        let before = stream.trim_key();
+        let (out, added, removed) = change(stream);
+        let after = stream.trim_key();
+        self.bytes = self.bytes + added - removed;
+        if before != after {
+            if let Some(key) = before {
+                self.trim_order.remove(&(key, channel.to_owned()));
+            }
+            if let Some(key) = after {
+                self.trim_order.insert((key, channel.to_owned()));
+            }
+        }
+        Some(out)
+    }
+
+    fn append(&mut self, channel: &str, fields: Vec<String>, cap: u64, now: u64) -> StreamId {
+        self.open(channel);
+        let high_water = self.high_water;
+        let (id, trimmed) = self
+            .change(channel, |stream| {
+                let id = next_id(stream.last_generated.max(high_water), now);
+                let entry = Entry { offset: id, fields };
+                let added = entry_cost(&entry);
+                stream.entries.push_back(entry);
+                stream.last_generated = id;
+                stream.entries_added += 1;
+                let (mut trimmed, mut removed) = (0, 0);
+                while stream.entries.len() as u64 > cap {
+                    removed += stream.entries.pop_front().map_or(0, |e| entry_cost(&e));
+                    trimmed += 1;
+                }
+                ((id, trimmed), added, removed)
+            })
+            .expect("just opened");
+        self.entries = self.entries + 1 - trimmed;
+        self.high_water = id;
+        id
+    }
+
+    /// Trims the oldest entries (and forgets emptied, unused channels) until the budget holds.
+    fn trim_to(&mut self, max_bytes: usize) {
+        while self.bytes > max_bytes {
+            let Some((_, channel)) = self.trim_order.first().cloned() else { break };
+            let popped = self
+                .change(&channel, |stream| match stream.entries.pop_front() {
+                    Some(entry) => (true, 0, entry_cost(&entry)),
+                    None => (false, 0, 0),
+                })
+                .expect("indexed channels exist");
+            self.entries -= usize::from(popped);
+            self.forget_if_unused(&channel);
+        }
+    }
+
+    /// Forgets an empty channel no member is connected to, with its groups.
+    fn forget_if_unused(&mut self, channel: &str) {
+        let Some(stream) = self.map.get(channel) else { return };
+        if !stream.entries.is_empty() || stream.members > 0 {
+            return;
+        }
+        let stream = self.map.remove(channel).expect("just found");
+        self.trim_order.remove(&(stream.last_generated, channel.to_owned()));
+        self.bytes -= channel_cost(channel) + stream.group_bytes;
+    }
 }
 
 #[derive(Debug)]
@@ -151,40 +266,10 @@ impl MemoryEngine {
 
     fn append(&self, channel: &str, fields: Vec<String>, maxlen: Option<u64>, now: u64) -> StreamId {
         let limits = self.inner.limits;
-        let mut streams = self.lock();
-        let streams = &mut *streams;
-        if !streams.map.contains_key(channel) {
-            streams.bytes += channel.len();
-        }
-        let stream = streams.map.entry(channel.to_owned()).or_default();
-        let id = next_id(stream.last_generated, now);
-        let entry = Entry { offset: id, fields };
-        let size = entry_size(&entry);
-        stream.entries.push_back(entry);
-        stream.bytes += size;
-        stream.last_generated = id;
-        stream.entries_added += 1;
-        streams.bytes += size;
         let cap = maxlen.unwrap_or(u64::MAX).min(limits.max_entries_per_channel).max(1);
-        while stream.entries.len() as u64 > cap {
-            streams.bytes -= stream.pop_oldest();
-        }
-        // Over the global budget: trim the oldest entries of all channels first.
-        while streams.bytes > limits.max_bytes {
-            let oldest = streams
-                .map
-                .iter()
-                .filter_map(|(k, s)| Some((s.entries.front()?.offset, k)))
-                .min()
-                .map(|(_, k)| k.clone());
-            let Some(oldest) = oldest else { break };
-            let stream = streams.map.get_mut(&oldest).expect("just found");
-            streams.bytes -= stream.pop_oldest();
-            if stream.entries.is_empty() {
-                streams.map.remove(&oldest);
-                streams.bytes -= oldest.len();
-            }
-        }
+        let mut streams = self.lock();
+        let id = streams.append(channel, fields, cap, now);
+        streams.trim_to(limits.max_bytes);
         id
     }
 
@@ -250,14 +335,14 @@ impl MemoryEngine {
         blocked
     }
 
-    /// Bytes currently accounted (entry fields and channel names).
+    /// Bytes currently accounted against the budget.
     pub fn bytes(&self) -> usize {
         self.lock().bytes
     }
 
     /// Number of entries held, all channels together.
     pub fn entries(&self) -> usize {
-        self.lock().map.values().map(|stream| stream.entries.len()).sum()
+        self.lock().entries
     }
 
     /// Number of channels held.
@@ -285,19 +370,58 @@ mod tests {
 
     #[test]
     fn the_budget_trims_the_oldest_entries_and_forgets_emptied_channels() {
-        let engine = MemoryEngine::new(MemoryLimits { max_bytes: 2_000, max_entries_per_channel: 1_000 });
+        let engine = MemoryEngine::new(MemoryLimits { max_bytes: 40_000, max_entries_per_channel: 1_000 });
         for i in 0..100 {
             engine.append(&format!("once-{i}"), vec!["k".into(), "v".repeat(10)], None, 1);
         }
-        for i in 0..200 {
+        for i in 0..400 {
             engine.append("busy", vec!["k".into(), "v".repeat(20)], None, 10 + i);
         }
-        assert!(engine.bytes() <= 2_000, "{} bytes", engine.bytes());
+        assert!(engine.bytes() <= 40_000, "{} bytes", engine.bytes());
         let busy = engine.lock().map["busy"].entries.len();
-        assert!(busy > 30, "the active channel keeps its newest entries ({busy})");
+        assert!(busy > 100, "the active channel keeps its newest entries ({busy})");
         assert_eq!(engine.channels(), 1, "stale channels went first and were forgotten");
+        assert_eq!(engine.entries(), busy);
         // Trimmed channels report the loss like Redis 7.0 does.
         let state = engine.lock().map["busy"].state();
         assert!(state.lost_after(StreamId::ZERO));
+        // The books balance: forgetting everything leaves nothing charged.
+        engine.lock().trim_to(0);
+        assert_eq!((engine.bytes(), engine.entries(), engine.channels()), (0, 0, 0));
+        assert!(engine.lock().trim_order.is_empty());
+    }
+
+    #[test]
+    fn offsets_stay_unique_after_a_channel_is_forgotten() {
+        let engine = MemoryEngine::new(MemoryLimits { max_bytes: 1 << 20, max_entries_per_channel: 1_000 });
+        let first = engine.append("a", vec!["k".into(), "1".into()], None, 5);
+        engine.lock().trim_to(0);
+        assert_eq!(engine.channels(), 0, "forgotten");
+        // The same millisecond again: a restarted sequence would hand out 5-0 a second time.
+        let again = engine.append("a", vec!["k".into(), "2".into()], None, 5);
+        assert!(again > first, "{again} after {first}");
+        assert!(engine.append("b", vec!["k".into(), "3".into()], None, 1) > again, "even with a clock behind");
+    }
+
+    #[tokio::test]
+    async fn groups_joined_and_left_on_new_names_do_not_pile_up() {
+        let budget = 1 << 20;
+        let engine = MemoryEngine::new(MemoryLimits { max_bytes: budget, max_entries_per_channel: 1_000 });
+        let start = redistribute_protocol::Start::Latest;
+        for i in 0..20_000 {
+            drop(MemoryMember::join(&engine, &format!("c{i}"), "g", "worker", start));
+        }
+        assert!(engine.bytes() <= budget, "charged and bounded: {}", engine.bytes());
+        assert!(engine.channels() < 10_000, "the oldest left-behind groups were trimmed: {}", engine.channels());
+        // Room is made from the stale groups, not from what is published now.
+        engine.publish("news", &["k".into(), "v".into()], None).await.unwrap();
+        assert_eq!(engine.history_page("news", StreamId::ZERO, 10).await.unwrap().entries.len(), 1);
+        // A member that stays keeps its (empty) channel and group.
+        let member = MemoryMember::join(&engine, "jobs", "g", "w", start);
+        engine.lock().trim_to(0);
+        assert_eq!(engine.channels(), 1, "in use: kept");
+        drop(member);
+        engine.lock().trim_to(0);
+        assert_eq!((engine.channels(), engine.bytes()), (0, 0));
     }
 }
