@@ -65,6 +65,8 @@ pub struct Config {
     pub group_claim_idle: Duration,
     /// Consumer groups: deliveries after which an entry goes to `<channel>:dead`.
     pub group_max_deliveries: u64,
+    /// Consumer groups: `MAXLEN ~` of the dead-letter streams.
+    pub dead_letter_maxlen: u64,
     /// Prepended to channel names to make Redis keys: channel `chat` is key `rd:chat` by default,
     /// so clients can only reach keys under it. Empty: channel names are keys (any key a client
     /// names, including other applications' data, can then be read, written and trimmed).
@@ -102,6 +104,7 @@ impl Default for Config {
             static_dir: None,
             group_claim_idle: Duration::from_secs(30),
             group_max_deliveries: 5,
+            dead_letter_maxlen: 10_000,
             key_prefix: "rd:".to_owned(),
             access: crate::access::AccessConfig::default(),
         }
@@ -177,6 +180,7 @@ impl Config {
             .values()
             .copied()
             .chain(self.default_maxlen)
+            .chain([self.dead_letter_maxlen])
             .chain(self.access.rules.iter().filter_map(|r| r.maxlen));
         if let Some(n) = maxlens.into_iter().find(|n| *n == 0 || *n > max) {
             return Err(crate::Error::Config(format!("maxlen {n} is out of range: 1 to {max}")));

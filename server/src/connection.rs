@@ -8,6 +8,7 @@
 use crate::access::{Identity, Op as AccessOp, Verdict};
 use crate::error::client_error;
 use crate::hooks::{ConnInfo, Decision};
+use crate::hub::Watch;
 use crate::log_gate::LogEvent;
 use crate::membership::ConsumerLease;
 use crate::outbox::{Outbox, Queue, QueueState};
@@ -231,6 +232,8 @@ struct Member {
     consumer: String,
     /// Holds the consumer name on this instance until the membership ends.
     _lease: ConsumerLease,
+    /// Keeps the stream reader signalling the member about new entries.
+    _watch: Watch,
 }
 
 struct Handler {
@@ -382,7 +385,7 @@ impl Handler {
             }
             Op::GroupSubscribe { channel, group, consumer, start } => {
                 match self.join_group(&channel, &group, &consumer, start).await {
-                    Ok((member, lease)) => {
+                    Ok((member, lease, watch)) => {
                         self.reply(Reply::ok(id, OkBody::default())).await;
                         let task = membership::Membership {
                             shared: self.shared.clone(),
@@ -392,7 +395,7 @@ impl Handler {
                         };
                         let consumer = lease.consumer().to_owned();
                         let task = self.shared.tasks.spawn(task.run(member));
-                        self.groups.insert((channel, group), Member { task, consumer, _lease: lease });
+                        self.groups.insert((channel, group), Member { task, consumer, _lease: lease, _watch: watch });
                         self.shared.metrics.group_members.inc();
                     }
                     Err(error) => self.reply(Reply::error(id, error)).await,
@@ -499,7 +502,7 @@ impl Handler {
         group: &str,
         consumer: &str,
         start: Start,
-    ) -> Result<(groups::Consumer, ConsumerLease), ProtocolError> {
+    ) -> Result<(groups::Consumer, ConsumerLease, Watch), ProtocolError> {
         if self.groups.contains_key(&(channel.to_owned(), group.to_owned())) {
             return Err(ProtocolError::bad_request(format!(
                 "already in group {group:?} of {channel:?} on this connection"
@@ -520,13 +523,19 @@ impl Handler {
             claim_idle: config.group_claim_idle,
             max_deliveries: config.group_max_deliveries,
             dead_letter: None,
+            dead_letter_maxlen: Some(config.dead_letter_maxlen),
             batch: config.read_count.min(config.limits.max_offsets),
             block: config.block,
         };
-        let member = groups::Consumer::join(&self.shared.engine, channel, group, lease.consumer(), options)
+        let engine = &self.shared.engine;
+        let mut member = groups::Consumer::join(engine, channel, group, lease.consumer(), options)
             .await
             .map_err(|e| client_error(&e))?;
-        Ok((member, lease))
+        // The stream reader signals the member about new entries: no blocking connection each.
+        let state = engine.state(channel).await.map_err(|e| client_error(&e))?;
+        let watch = self.shared.partition_of(channel).watch(channel, state.last_generated);
+        member.wake_on(watch.signal());
+        Ok((member, lease, watch))
     }
 
     async fn unsubscribe(&mut self, channel: &str) {

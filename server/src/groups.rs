@@ -13,13 +13,17 @@
 //! deliveries in stream order within one batch, but across consumers and redeliveries there is no
 //! global order; an entry is delivered at most `max_deliveries` times, then dead-lettered.
 //!
-//! This module holds only the policy; the storage primitives are [`crate::engine::Member`]'s (on
-//! Redis each member holds one dedicated connection, since its blocking reads would stall a
-//! shared one; the embedded memory engine keeps groups the same way in process).
+//! This module holds only the policy; the storage primitives are [`crate::engine::Member`]'s. On
+//! Redis, members use the target's shared connection; to wait for new entries, a member of the
+//! server waits on a signal from the stream reader ([`Consumer::wake_on`]), so Redis sees no more
+//! connections however many members join. A member with no signal (library use) blocks on a
+//! connection of its own. The embedded memory engine keeps groups the same way in process.
 
 use crate::engine::{Engine, EngineError, Member};
 use redistribute_protocol::{Entry, Start, StreamId};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// Tunables of a consumer.
@@ -34,6 +38,8 @@ pub struct GroupOptions {
     pub max_deliveries: u64,
     /// Dead-letter stream; `None` means `<channel>:dead`.
     pub dead_letter: Option<String>,
+    /// `MAXLEN ~` of the dead-letter stream.
+    pub dead_letter_maxlen: Option<u64>,
     /// Entries per read.
     pub batch: usize,
     /// Longest blocking read.
@@ -47,6 +53,7 @@ impl Default for GroupOptions {
             claim_idle: Duration::from_secs(30),
             max_deliveries: 5,
             dead_letter: None,
+            dead_letter_maxlen: Some(10_000),
             batch: 100,
             block: Duration::from_secs(5),
         }
@@ -77,6 +84,8 @@ pub struct Consumer {
     group: String,
     name: String,
     options: GroupOptions,
+    /// What wakes the member for new entries, kept across rejoins.
+    wake: Option<Arc<Notify>>,
     phase: Phase,
     next_claim: Instant,
     claim_cursor: StreamId,
@@ -106,7 +115,16 @@ impl Consumer {
             next_claim: Instant::now(),
             claim_cursor: StreamId::ZERO,
             options,
+            wake: None,
         })
+    }
+
+    /// Waits on `signal` for new entries instead of a blocking read on a connection of its own
+    /// (on Redis, each blocking member would otherwise hold one). Whoever follows the channel
+    /// (the server's stream reader) signals it whenever entries arrive.
+    pub fn wake_on(&mut self, signal: Arc<Notify>) {
+        self.member.wake_on(signal.clone());
+        self.wake = Some(signal);
     }
 
     /// Joins again on a fresh connection (after a connection failure, or if the group was
@@ -115,7 +133,11 @@ impl Consumer {
     /// # Errors
     /// As for [`Consumer::join`].
     pub async fn rejoin(&mut self, engine: &Engine) -> Result<(), EngineError> {
+        let wake = self.wake.take();
         *self = Consumer::join(engine, &self.channel, &self.group, &self.name, self.options.clone()).await?;
+        if let Some(signal) = wake {
+            self.wake_on(signal);
+        }
         Ok(())
     }
 
@@ -189,7 +211,7 @@ impl Consumer {
             "dead-letter-deliveries".to_owned(),
             deliveries.to_string(),
         ]);
-        self.member.dead_letter(&stream, &fields, entry.offset).await
+        self.member.dead_letter(&stream, &fields, entry.offset, self.options.dead_letter_maxlen).await
     }
 
     /// Acknowledges entries of this consumer's group. Returns how many were pending.

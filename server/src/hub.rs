@@ -86,6 +86,34 @@ fn encode(channel: &str, messages: Cow<'_, [Entry]>, truncated: bool) -> Option<
     Some(push.to_json().into())
 }
 
+/// A consumer group member's interest in a channel's new entries; dropping it ends the watch.
+#[derive(Debug)]
+pub(crate) struct Watch {
+    partition: Arc<Partition>,
+    channel: String,
+    id: u64,
+    signal: Arc<Notify>,
+}
+
+impl Watch {
+    /// What the reader signals: holds a permit when entries came while nobody waited.
+    pub(crate) fn signal(&self) -> Arc<Notify> {
+        self.signal.clone()
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let mut channels = self.partition.lock();
+        if let Some(entry) = channels.get_mut(&self.channel) {
+            entry.watchers.remove(&self.id);
+            if entry.unused() {
+                channels.remove(&self.channel);
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 enum SubState {
     /// Replaying history; live batches wait here.
@@ -108,6 +136,19 @@ struct Channel {
     /// Last ID the reader fanned out for this channel; the next read starts after it.
     cursor: StreamId,
     subscribers: HashMap<u64, Subscriber>,
+    /// Consumer group members waiting for new entries, by watch id: each is signalled (with a
+    /// permit that waits for it) when the reader sees entries.
+    watchers: HashMap<u64, Arc<Notify>>,
+}
+
+impl Channel {
+    fn new(cursor: StreamId) -> Channel {
+        Channel { cursor, subscribers: HashMap::new(), watchers: HashMap::new() }
+    }
+
+    fn unused(&self) -> bool {
+        self.subscribers.is_empty() && self.watchers.is_empty()
+    }
 }
 
 /// How a partition and its reader and waker tasks signal each other, so that a channel added
@@ -136,6 +177,7 @@ pub(crate) struct Partition {
     hooks: Arc<dyn DynHooks>,
     join_buffer_limit: usize,
     signal: ReaderSignal,
+    next_watch: AtomicU64,
 }
 
 impl std::fmt::Debug for Partition {
@@ -146,7 +188,14 @@ impl std::fmt::Debug for Partition {
 
 impl Partition {
     pub(crate) fn new(target: usize, hooks: Arc<dyn DynHooks>, join_buffer_limit: usize) -> Self {
-        Partition { target, channels: Mutex::default(), hooks, join_buffer_limit, signal: ReaderSignal::default() }
+        Partition {
+            target,
+            channels: Mutex::default(),
+            hooks,
+            join_buffer_limit,
+            signal: ReaderSignal::default(),
+            next_watch: AtomicU64::new(0),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Channel>> {
@@ -205,9 +254,7 @@ impl Partition {
     pub(crate) fn join(&self, channel: &str, conn: &Arc<ConnInfo>, outbox: &Outbox, stream_last: StreamId) -> bool {
         let mut channels = self.lock();
         let added = !channels.contains_key(channel);
-        let entry = channels
-            .entry(channel.to_owned())
-            .or_insert_with(|| Channel { cursor: stream_last, subscribers: HashMap::new() });
+        let entry = channels.entry(channel.to_owned()).or_insert_with(|| Channel::new(stream_last));
         if entry.subscribers.contains_key(&conn.id) {
             return false;
         }
@@ -215,11 +262,36 @@ impl Partition {
         entry.subscribers.insert(conn.id, Subscriber { outbox: outbox.clone(), conn: conn.clone(), state });
         drop(channels);
         if added {
-            self.signal.generation.fetch_add(1, Ordering::AcqRel);
-            self.signal.idle.notify_one();
-            self.signal.wake.notify_one();
+            self.channel_added();
         }
         true
+    }
+
+    /// Wakes the reader to follow a channel added to the set.
+    fn channel_added(&self) {
+        self.signal.generation.fetch_add(1, Ordering::AcqRel);
+        self.signal.idle.notify_one();
+        self.signal.wake.notify_one();
+    }
+
+    /// Signals the returned [`Watch`] whenever the reader sees entries of `channel` (a channel
+    /// new to the partition starts at `stream_last`, as in [`Partition::join`]). Consumer group
+    /// members wait on it instead of holding a blocking Redis connection each.
+    pub(crate) fn watch(self: &Arc<Self>, channel: &str, stream_last: StreamId) -> Watch {
+        let id = self.next_watch.fetch_add(1, Ordering::Relaxed);
+        let signal = Arc::new(Notify::new());
+        let mut channels = self.lock();
+        let added = !channels.contains_key(channel);
+        channels
+            .entry(channel.to_owned())
+            .or_insert_with(|| Channel::new(stream_last))
+            .watchers
+            .insert(id, signal.clone());
+        drop(channels);
+        if added {
+            self.channel_added();
+        }
+        Watch { partition: self.clone(), channel: channel.to_owned(), id, signal }
     }
 
     /// Ends a subscriber's replay. If live batches were parked meanwhile, returns them (to be sent
@@ -246,7 +318,7 @@ impl Partition {
         let mut channels = self.lock();
         if let Some(entry) = channels.get_mut(channel) {
             entry.subscribers.remove(&conn_id);
-            if entry.subscribers.is_empty() {
+            if entry.unused() {
                 channels.remove(channel);
             }
         }
@@ -282,6 +354,9 @@ impl Partition {
                 return 0;
             }
             entry.cursor = batch.last();
+            for watcher in entry.watchers.values() {
+                watcher.notify_one();
+            }
             for subscriber in entry.subscribers.values_mut() {
                 if subscriber.outbox.is_kicked() {
                     subscriber.state = SubState::Dead;

@@ -81,7 +81,7 @@ use tokio_util::task::TaskTracker;
 pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) engine: Engine,
-    pub(crate) partitions: Vec<Partition>,
+    pub(crate) partitions: Vec<Arc<Partition>>,
     pub(crate) hooks: Arc<dyn DynHooks>,
     pub(crate) access: Access,
     /// Consumer names held by this instance's connections.
@@ -100,7 +100,7 @@ pub(crate) struct Shared {
 impl Shared {
     /// The partition (and so the reader) that follows `channel`: its target's share, then a
     /// second hash over that target's readers.
-    pub(crate) fn partition_of(&self, channel: &str) -> &Partition {
+    pub(crate) fn partition_of(&self, channel: &str) -> &Arc<Partition> {
         let readers = self.config.readers_per_target;
         let target = self.engine.target_of(channel);
         let within = (engine::channel_hash(channel).rotate_left(32) % readers as u64) as usize;
@@ -164,7 +164,7 @@ impl ServerBuilder {
         };
         let partitions = (0..engine.target_count())
             .flat_map(|target| (0..config.readers_per_target).map(move |_| target))
-            .map(|target| Partition::new(target, self.hooks.clone(), config.join_buffer))
+            .map(|target| Arc::new(Partition::new(target, self.hooks.clone(), config.join_buffer)))
             .collect::<Vec<_>>();
         let access = Access::new(&config.access);
         let slots = slots::Slots::new(config.max_connections, config.max_connections_per_ip);

@@ -301,14 +301,29 @@ impl Member {
         }
     }
 
-    /// Appends `fields` to the dead-letter `stream` and acknowledges `offset` in the group.
+    /// Appends `fields` to the dead-letter `stream` (trimmed to `maxlen`, approximately) and
+    /// acknowledges `offset` in the group.
     ///
     /// # Errors
     /// As for [`Member::read_own_pending`].
-    pub async fn dead_letter(&mut self, stream: &str, fields: &[String], offset: StreamId) -> Result<(), EngineError> {
+    pub async fn dead_letter(
+        &mut self,
+        stream: &str,
+        fields: &[String],
+        offset: StreamId,
+        maxlen: Option<u64>,
+    ) -> Result<(), EngineError> {
         match self {
-            Member::Redis(redis) => redis.dead_letter(stream, fields, offset).await,
-            Member::Memory(memory) => memory.dead_letter(stream, fields, offset).await,
+            Member::Redis(redis) => redis.dead_letter(stream, fields, offset, maxlen).await,
+            Member::Memory(memory) => memory.dead_letter(stream, fields, offset, maxlen).await,
+        }
+    }
+
+    /// Waits on `signal` for new entries rather than holding a blocking connection (Redis; the
+    /// memory engine needs no connection either way). The server's stream reader signals it.
+    pub fn wake_on(&mut self, signal: std::sync::Arc<tokio::sync::Notify>) {
+        if let Member::Redis(redis) = self {
+            redis.wake_on(signal);
         }
     }
 

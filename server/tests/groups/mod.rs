@@ -164,4 +164,79 @@ mod over_the_wire {
 
         server.stop().await;
     }
+
+    fn redis_clients(redis: &Redis) -> u64 {
+        let info: String = redis::cmd("INFO").arg("clients").query(&mut redis.conn()).unwrap();
+        let line = info.lines().find(|l| l.starts_with("connected_clients:")).unwrap();
+        line["connected_clients:".len()..].trim().parse().unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn members_share_redis_connections_and_still_get_work_at_once() {
+        let redis = Redis::start();
+        let server = TestServer::start(config(&redis)).await;
+        // Warm up: the reader, the shared command connection and the test's own connection.
+        let mut first = connect(&server.url()).await;
+        first
+            .request(json!({"op": "subscribe", "channel": "jobs-0", "group": "g", "consumer": "w", "offset": "$"}))
+            .await;
+        let before = redis_clients(&redis);
+        let mut clients = Vec::new();
+        for c in 0..50 {
+            let mut client = connect(&server.url()).await;
+            for g in 0..10 {
+                let channel = format!("jobs-{}", 1 + c * 10 + g);
+                let ok = client
+                    .request(
+                        json!({"op": "subscribe", "channel": channel, "group": "g", "consumer": "w", "offset": "$"}),
+                    )
+                    .await;
+                assert_eq!(ok["ok"], json!({}), "{ok}");
+            }
+            clients.push(client);
+        }
+        let after = redis_clients(&redis);
+        assert!(after <= before + 1, "500 members: Redis clients went from {before} to {after}");
+        // The members wait without blocking reads, and the stream reader wakes them.
+        let mut publisher = connect(&server.url()).await;
+        let offset = publisher.publish("jobs-137", &["task", "x"]).await;
+        let push = clients[13].push().await;
+        assert_eq!(push["channel"], "jobs-137");
+        assert_eq!(push["messages"][0]["offset"], json!(offset));
+        server.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pending_entries_trimmed_away_are_acknowledged_never_handed_out_empty() {
+        let redis = Redis::start();
+        let server = TestServer::start(config(&redis)).await;
+        fill(&redis, "trimmed", 5);
+        let mut worker = connect(&server.url()).await;
+        worker
+            .request(json!({"op": "subscribe", "channel": "trimmed", "group": "g", "consumer": "w", "offset": "0"}))
+            .await;
+        assert_eq!(worker.push().await["messages"].as_array().unwrap().len(), 5, "delivered, never acknowledged");
+        drop(worker);
+        let _: () = redis::cmd("XTRIM")
+            .arg(crate::support::key("trimmed"))
+            .arg("MAXLEN")
+            .arg(0)
+            .query(&mut redis.conn())
+            .unwrap();
+        let fresh = redis.xadd("trimmed", &[("n", "fresh")]);
+        // The same consumer comes back: its own pending entries are re-read first.
+        let mut again = connect(&server.url()).await;
+        again
+            .request(json!({"op": "subscribe", "channel": "trimmed", "group": "g", "consumer": "w", "offset": "0"}))
+            .await;
+        let push = again.push().await;
+        let messages = push["messages"].as_array().unwrap();
+        assert_eq!(messages.len(), 1, "only real work: {push}");
+        assert_eq!(
+            (messages[0]["offset"].as_str().unwrap(), &messages[0]["fields"]),
+            (fresh.as_str(), &json!(["n", "fresh"]))
+        );
+        assert_eq!(pending(&redis, "trimmed", "g"), 1, "the trimmed five were acknowledged");
+        server.stop().await;
+    }
 }

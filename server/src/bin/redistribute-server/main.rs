@@ -191,6 +191,10 @@ struct Args {
     #[arg(long, env = "REDISTRIBUTE_GROUP_MAX_DELIVERIES", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     group_max_deliveries: u64,
 
+    /// Consumer groups: most entries kept in each dead-letter stream (`XADD MAXLEN ~`).
+    #[arg(long, env = "REDISTRIBUTE_DEAD_LETTER_MAXLEN", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    dead_letter_maxlen: u64,
+
     /// Seconds to wait for connections to close on shutdown.
     #[arg(long, env = "REDISTRIBUTE_SHUTDOWN_GRACE", default_value_t = 10)]
     shutdown_grace: u64,
@@ -325,6 +329,7 @@ impl Args {
         config.static_dir = self.static_dir.clone();
         config.group_claim_idle = Duration::from_millis(self.group_claim_idle_ms);
         config.group_max_deliveries = self.group_max_deliveries;
+        config.dead_letter_maxlen = self.dead_letter_maxlen;
         config.key_prefix = self.key_prefix.clone();
         config.access = AccessConfig {
             tokens: self.tokens()?,

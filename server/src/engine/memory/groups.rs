@@ -86,8 +86,9 @@ impl MemoryMember {
         stream: &str,
         fields: &[String],
         offset: StreamId,
+        maxlen: Option<u64>,
     ) -> Result<(), EngineError> {
-        self.engine.publish(stream, fields, None).await?;
+        self.engine.publish(stream, fields, maxlen).await?;
         self.engine.group_ack(&self.channel, &self.group, &[offset])?;
         Ok(())
     }

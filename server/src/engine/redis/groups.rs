@@ -9,12 +9,19 @@ use redis::Value;
 use redis::aio::MultiplexedConnection;
 use redistribute_protocol::{Entry, Start, StreamId};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Notify;
 
-/// One group member's dedicated connection (its blocking reads would stall a shared one).
+/// One group member. Its commands go over the target's shared connection. To wait for new
+/// entries it either waits on a wake signal (the server's stream reader signals it: no Redis
+/// connection of its own) or, without one, blocks in `XREADGROUP … BLOCK` on a dedicated
+/// connection opened for that (a blocking read would stall the shared one).
 #[derive(Debug)]
 pub struct RedisMember {
-    conn: MultiplexedConnection,
+    /// Opened on the first blocking read, when the member has no wake signal.
+    blocking: Option<MultiplexedConnection>,
+    wake: Option<Arc<Notify>>,
     target: Target,
     channel: String,
     /// The channel's key.
@@ -36,14 +43,13 @@ impl RedisMember {
         consumer: &str,
         start: Start,
     ) -> Result<RedisMember, EngineError> {
-        let mut conn = target.dedicated_connection().await?;
         let created: Result<(), _> = redis::cmd("XGROUP")
             .arg("CREATE")
             .arg(target.key(channel))
             .arg(group)
             .arg(start.to_string())
             .arg("MKSTREAM")
-            .query_async(&mut conn)
+            .query_async(&mut target.commands())
             .await;
         match created {
             Ok(()) => {}
@@ -51,7 +57,8 @@ impl RedisMember {
             Err(e) => return Err(classify(e, &target.at(channel, Some(group)))),
         }
         Ok(RedisMember {
-            conn,
+            blocking: None,
+            wake: None,
             target: target.clone(),
             channel: channel.to_owned(),
             key: target.key(channel),
@@ -64,6 +71,11 @@ impl RedisMember {
         self.target.at(&self.channel, Some(&self.group))
     }
 
+    /// Waits on `signal` for new entries instead of a blocking read (see [`RedisMember`]).
+    pub(crate) fn wake_on(&mut self, signal: Arc<Notify>) {
+        self.wake = Some(signal);
+    }
+
     /// `XREADGROUP`: this consumer's own pending entries after `after`, or new entries (`>`,
     /// waiting up to `block`) when `after` is `None`. Entries come with their delivery counts.
     pub(crate) async fn read(
@@ -72,18 +84,68 @@ impl RedisMember {
         count: usize,
         block: Option<Duration>,
     ) -> Result<Vec<(Entry, u64)>, EngineError> {
+        let (Some(block), None) = (block, after) else { return self.read_now(after, count).await };
+        let Some(wake) = self.wake.clone() else { return self.read_blocking(count, block).await };
+        let fresh = self.read_now(None, count).await?;
+        if !fresh.is_empty() {
+            return Ok(fresh);
+        }
+        // Entries that came since the read left a permit: no wake is missed.
+        let _ = tokio::time::timeout(block, wake.notified()).await;
+        self.read_now(None, count).await
+    }
+
+    /// One `XREADGROUP` without blocking, on the shared connection.
+    async fn read_now(&mut self, after: Option<StreamId>, count: usize) -> Result<Vec<(Entry, u64)>, EngineError> {
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP").arg(&self.group).arg(&self.consumer).arg("COUNT").arg(count);
-        if let Some(block) = block {
-            cmd.arg("BLOCK").arg(block.as_millis() as u64);
-        }
         cmd.arg("STREAMS").arg(&self.key).arg(after.map_or_else(|| ">".to_owned(), |id| id.to_string()));
-        let value: Value = cmd.query_async(&mut self.conn).await.map_err(|e| classify(e, &self.at()))?;
+        let value: Value = self
+            .target
+            .timed("XREADGROUP", cmd.query_async(&mut self.target.commands()))
+            .await
+            .map_err(|e| classify(e, &self.at()))?;
         let entries: Vec<Entry> = reply::streams(&value)?.into_iter().flat_map(|(_, entries)| entries).collect();
         match after {
             None => Ok(entries.into_iter().map(|e| (e, 1)).collect()),
-            Some(_) => self.counted(entries).await,
+            Some(_) => {
+                let entries = self.drop_trimmed(entries).await?;
+                self.counted(entries).await
+            }
         }
+    }
+
+    /// `XREADGROUP … BLOCK` on the member's own connection (opened now if needed).
+    async fn read_blocking(&mut self, count: usize, block: Duration) -> Result<Vec<(Entry, u64)>, EngineError> {
+        if self.blocking.is_none() {
+            self.blocking = Some(self.target.dedicated_connection().await?);
+        }
+        let conn = self.blocking.as_mut().expect("just opened");
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP").arg(&self.group).arg(&self.consumer).arg("COUNT").arg(count);
+        cmd.arg("BLOCK").arg(block.as_millis() as u64);
+        cmd.arg("STREAMS").arg(&self.key).arg(">");
+        let value: Value = cmd.query_async(conn).await.map_err(|e| classify(e, &self.at()))?;
+        let entries: Vec<Entry> = reply::streams(&value)?.into_iter().flat_map(|(_, entries)| entries).collect();
+        Ok(entries.into_iter().map(|e| (e, 1)).collect())
+    }
+
+    /// Pending entries whose data was trimmed (or deleted) come back without fields: they are
+    /// acknowledged (there is no work left to do) and logged, never handed out as empty work.
+    async fn drop_trimmed(&mut self, entries: Vec<Entry>) -> Result<Vec<Entry>, EngineError> {
+        let (gone, entries): (Vec<Entry>, Vec<Entry>) = entries.into_iter().partition(|e| e.fields.is_empty());
+        if !gone.is_empty() {
+            let offsets: Vec<StreamId> = gone.iter().map(|e| e.offset).collect();
+            self.ack(&offsets).await?;
+            tracing::warn!(
+                channel = self.channel,
+                group = self.group,
+                trimmed = offsets.len(),
+                first = %offsets[0],
+                "pending entries were trimmed before they were acknowledged: acknowledged without delivery"
+            );
+        }
+        Ok(entries)
     }
 
     /// `XAUTOCLAIM`: entries pending longer than `min_idle`, from `cursor`; returns where to go
@@ -102,12 +164,15 @@ impl RedisMember {
             .arg(cursor.to_string())
             .arg("COUNT")
             .arg(count)
-            .query_async(&mut self.conn)
+            .query_async(&mut self.target.commands())
             .await
             .map_err(|e| classify(e, &self.at()))?;
         let Value::Array(parts) = &value else { return Err(EngineError::Reply(format!("XAUTOCLAIM: {value:?}"))) };
         let next = parts.first().map(reply::stream_id).transpose()?.unwrap_or(StreamId::ZERO);
+        // Redis 7 leaves trimmed entries out (and drops them from the pending list); 6.2 returns
+        // them without fields.
         let entries = parts.get(1).map(reply::entries).transpose()?.unwrap_or_default();
+        let entries = self.drop_trimmed(entries).await?;
         Ok((next, self.counted(entries).await?))
     }
 
@@ -121,7 +186,7 @@ impl RedisMember {
             .arg(last.offset.to_string())
             .arg(entries.len())
             .arg(&self.consumer)
-            .query_async(&mut self.conn)
+            .query_async(&mut self.target.commands())
             .await
             .map_err(|e| classify(e, &self.at()))?;
         let counts: HashMap<String, u64> = pending.into_iter().map(|(id, _, _, count)| (id, count)).collect();
@@ -140,12 +205,17 @@ impl RedisMember {
         stream: &str,
         fields: &[String],
         offset: StreamId,
+        maxlen: Option<u64>,
     ) -> Result<(), EngineError> {
         let mut pipe = redis::pipe();
         pipe.atomic();
-        pipe.cmd("XADD").arg(self.target.key(stream)).arg("*").arg(fields).ignore();
+        let add = pipe.cmd("XADD").arg(self.target.key(stream));
+        if let Some(n) = maxlen {
+            add.arg("MAXLEN").arg("~").arg(n);
+        }
+        add.arg("*").arg(fields).ignore();
         pipe.cmd("XACK").arg(&self.key).arg(&self.group).arg(offset.to_string()).ignore();
-        pipe.query_async::<()>(&mut self.conn).await.map_err(|e| classify(e, &self.at()))
+        pipe.query_async::<()>(&mut self.target.commands()).await.map_err(|e| classify(e, &self.at()))
     }
 
     /// `XACK`: returns how many of `offsets` were pending.
@@ -155,7 +225,7 @@ impl RedisMember {
             .arg(&self.key)
             .arg(&self.group)
             .arg(&ids)
-            .query_async(&mut self.conn)
+            .query_async(&mut self.target.commands())
             .await
             .map_err(|e| classify(e, &self.at()))
     }
