@@ -2,6 +2,7 @@
 
 mod access;
 mod conformance;
+mod fuzz;
 mod groups;
 mod limits;
 mod support;

@@ -236,6 +236,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         }
     }
 
+    /// The next text frame, parsed, or what ended the connection instead.
+    pub async fn recv_frame_or_close(&mut self) -> Result<Value, String> {
+        loop {
+            let next =
+                tokio::time::timeout(PATIENCE, self.ws.next()).await.map_err(|_| "no frame in time".to_owned())?;
+            match next {
+                Some(Ok(Message::Text(text))) => {
+                    return serde_json::from_str(&text).map_err(|e| format!("unparseable frame {text:?}: {e}"));
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => return Err(format!("{other:?}")),
+            }
+        }
+    }
+
     /// Waits for the close frame; returns its code and reason.
     pub async fn closed(&mut self) -> (u16, String) {
         loop {
