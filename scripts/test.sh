@@ -32,7 +32,9 @@ suite "tools the suites need (scripts/setup.sh test)" bash scripts/setup.sh test
 suite "clippy on the wasm32 target" \
   cargo clippy --quiet --locked -p redistribute-client --target wasm32-unknown-unknown --all-targets -- -D warnings
 suite "Rust unit and integration tests (real redis-server per test)" cargo test --locked --workspace
-suite "server binary for the browser suites" cargo build --quiet --locked --bin redistribute-server
+suite "server and chaos binaries" cargo build --quiet --locked --bin redistribute-server --bin redistribute-chaos
+suite "chaos: 3 servers on one Redis, 8,000 publishes through kills, restarts, cuts and stalls" \
+  target/debug/redistribute-chaos --seed 7 --messages 8000 --fault-every-ms 200 --timeout 300
 suite "npm package redistribute-client" bash scripts/build-client.sh
 suite "TypeScript declarations of the package" npx tsc -p tests/types
 suite "client in headless Chromium (wasm-bindgen-test, real servers)" \
