@@ -90,7 +90,7 @@ impl Default for Config {
             write_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(25),
             idle_timeout: Duration::from_secs(60),
-            replay_page_bytes: 1 << 20,
+            replay_page_bytes: 256 << 10,
             rate_limits: crate::rate::RateLimits::default(),
             join_buffer: 100_000,
             history_page: 1000,

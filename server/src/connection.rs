@@ -158,17 +158,19 @@ impl<W: Sink<Message, Error = WsError> + Unpin> Writer<'_, W> {
                 },
                 _ = ping.tick() => Message::Ping(Default::default()),
             };
-            let mut burst = vec![first];
-            while burst.len() < MAX_BURST
-                && let Some(message) = self.queue.try_recv()
-            {
-                burst.push(message);
-            }
-            for message in burst {
+            // Frames are taken out of the queue one at a time, as the socket accepts them, so
+            // that the queue's byte bound covers all but the one being written.
+            let mut next = Some(first);
+            let mut written = 0;
+            while let Some(message) = next.take() {
                 match self.watched(|sink| sink.feed(message)).await {
                     Write::Done => {}
                     Write::Failed => return false,
                     Write::Kicked => continue 'frames,
+                }
+                written += 1;
+                if written < MAX_BURST {
+                    next = self.queue.try_recv();
                 }
             }
             match self.watched(|sink| sink.flush()).await {

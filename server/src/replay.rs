@@ -17,6 +17,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::warn;
 
+/// Entries in a replay's first page, before the entries' size is known.
+const FIRST_PAGE: usize = 16;
+
 /// A replay waiting to run once the subscribe reply is queued.
 pub(crate) struct Replay {
     pub(crate) shared: Arc<Shared>,
@@ -40,7 +43,8 @@ impl Replay {
     /// went away).
     async fn history(&self) -> Option<StreamId> {
         let Replay { shared, conn, outbox, channel, .. } = self;
-        let mut page_size = shared.config.history_page;
+        // The first page is a probe: entry sizes are unknown until one page is read.
+        let mut page_size = shared.config.history_page.min(FIRST_PAGE);
         let mut sent = self.after;
         let mut reported = self.reported_loss;
         let mut retry = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));

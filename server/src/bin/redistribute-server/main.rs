@@ -160,7 +160,7 @@ struct Args {
     rate_limit_strikes: u32,
 
     /// Replays read history in pages of about this many bytes (at most --batch entries).
-    #[arg(long, env = "REDISTRIBUTE_REPLAY_PAGE_BYTES", default_value_t = 1 << 20)]
+    #[arg(long, env = "REDISTRIBUTE_REPLAY_PAGE_BYTES", default_value_t = 256 << 10)]
     replay_page_bytes: usize,
 
     /// Live entries parked per subscriber during its replay before it is closed with code 4000.
