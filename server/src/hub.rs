@@ -17,21 +17,26 @@ use redistribute_protocol::{Entry, Push, StreamId, close};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-/// Entries read together for one channel, with their encoding shared by all subscribers.
+/// Entries read together for one channel, with their encoding shared by all subscribers (made
+/// when the first needs it: a channel followed only for group members is never encoded).
 #[derive(Debug)]
 pub(crate) struct Batch {
     pub(crate) entries: Vec<Entry>,
-    pub(crate) frame: Utf8Bytes,
+    frame: OnceLock<Utf8Bytes>,
 }
 
 impl Batch {
-    pub(crate) fn new(channel: &str, entries: Vec<Entry>) -> Batch {
-        let frame = Push::messages(channel, &entries).to_json().into();
-        Batch { entries, frame }
+    pub(crate) fn new(entries: Vec<Entry>) -> Batch {
+        Batch { entries, frame: OnceLock::new() }
+    }
+
+    /// The push of all the entries, encoded once.
+    pub(crate) fn frame(&self, channel: &str) -> &Utf8Bytes {
+        self.frame.get_or_init(|| Push::messages(channel, &self.entries).to_json().into())
     }
 
     fn last(&self) -> StreamId {
@@ -345,7 +350,7 @@ impl Partition {
         if entries.is_empty() {
             return 0;
         }
-        let batch = Arc::new(Batch::new(channel, entries));
+        let batch = Arc::new(Batch::new(entries));
         let mut live = Vec::new();
         {
             let mut channels = self.lock();
@@ -383,7 +388,8 @@ impl Partition {
         let mut queued = 0;
         for (outbox, conn, after) in live {
             // A full queue kicks the subscriber; it is marked dead on the next delivery.
-            if let Some(frame) = render(&*self.hooks, &conn, channel, &batch.entries, after, false, Some(&batch.frame))
+            if let Some(frame) =
+                render(&*self.hooks, &conn, channel, &batch.entries, after, false, Some(batch.frame(channel)))
                 && outbox.push(frame)
             {
                 queued += batch.entries.len() - batch.entries.partition_point(|e| e.offset <= after);
@@ -473,7 +479,7 @@ mod tests {
         assert_eq!(parked.len(), 2);
         let mut last = StreamId::new(2, 0);
         for batch in &parked {
-            if let Some(frame) = render(&AllowAll, &conn(1), "c", &batch.entries, last, false, Some(&batch.frame)) {
+            if let Some(frame) = render(&AllowAll, &conn(1), "c", &batch.entries, last, false, Some(batch.frame("c"))) {
                 a.push(frame);
             }
             last = last.max(batch.last());

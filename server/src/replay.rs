@@ -89,7 +89,7 @@ impl Replay {
         while let Some(batches) = partition.take_buffer(channel, conn.id, sent) {
             for batch in batches {
                 if let Some(frame) =
-                    render(&*shared.hooks, conn, channel, &batch.entries, sent, false, Some(&batch.frame))
+                    render(&*shared.hooks, conn, channel, &batch.entries, sent, false, Some(batch.frame(channel)))
                     && outbox.send(frame).await.is_err()
                 {
                     return;
