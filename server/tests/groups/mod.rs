@@ -196,6 +196,7 @@ mod over_the_wire {
             clients.push(client);
         }
         let after = redis_clients(&redis);
+        eprintln!("Redis connected_clients: {before} before 500 group members joined, {after} after");
         assert!(after <= before + 1, "500 members: Redis clients went from {before} to {after}");
         // The members wait without blocking reads, and the stream reader wakes them.
         let mut publisher = connect(&server.url()).await;
