@@ -1,9 +1,11 @@
 //! One WebSocket connection: requests in, replies and pushes out.
 //!
 //! The socket is split in two halves run side by side: the *handler* reads frames and answers
-//! them one at a time (so one client's publishes keep their order), and the *writer* drains the
-//! connection's [`Outbox`], batching frames into as few flushes as possible. Both are generic over
-//! `Stream`/`Sink`, so the protocol handling tests without a network.
+//! them in order, and the *writer* drains the connection's [`Outbox`], batching frames into as few
+//! flushes as possible. Publishes that arrive back to back are stored together, in one round trip
+//! to Redis that keeps their order (a pipelining client is not held to one publish per round
+//! trip). Both halves are generic over `Stream`/`Sink`, so the protocol handling tests without a
+//! network.
 
 use crate::access::{Identity, Op as AccessOp, Verdict};
 use crate::error::client_error;
@@ -15,7 +17,7 @@ use crate::outbox::{Outbox, Queue, QueueState};
 use crate::progress::Progress;
 use crate::rate::Throttle;
 use crate::{Shared, groups, membership, replay};
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use redistribute_protocol::frame::{OkBody, Outcome};
 use redistribute_protocol::{ErrorCode, Op, ProtocolError, Reply, Request, Start, close};
 use std::collections::HashMap;
@@ -106,6 +108,25 @@ fn rate_limited(what: &str, wait: Duration) -> ProtocolError {
 
 fn close_message(code: u16, reason: &str) -> Message {
     Message::Close(Some(CloseFrame { code: CloseCode::from(code), reason: Utf8Bytes::from(reason) }))
+}
+
+/// Most publishes stored in one round trip.
+const MAX_PUBLISH_BATCH: usize = 64;
+
+/// A publish read from the socket, not yet stored.
+struct PendingPublish {
+    id: u64,
+    channel: String,
+    fields: Vec<String>,
+    maxlen: Option<u64>,
+}
+
+/// What reading ahead for publishes met, to be handled next.
+enum Stashed {
+    /// A frame other than a text frame (or the end of the stream).
+    Frame(Option<Result<Message, WsError>>),
+    /// A text frame that is not a publish, already accepted (or refused).
+    Accepted(Result<Request, Reply>),
 }
 
 /// Why the read loop ended.
@@ -261,7 +282,20 @@ impl Handler {
         let idle_timeout = self.shared.config.idle_timeout;
         // Every frame counts as a sign of life, pongs included; a frame still arriving does not.
         let mut heard = tokio::time::Instant::now();
+        let mut stashed: Option<Stashed> = None;
         loop {
+            let stashed_frame = match stashed.take() {
+                Some(Stashed::Accepted(Ok(request))) => {
+                    self.on_request(request).await;
+                    continue;
+                }
+                Some(Stashed::Accepted(Err(reply))) => {
+                    self.reply(reply).await;
+                    continue;
+                }
+                Some(Stashed::Frame(frame)) => Some(frame),
+                None => None,
+            };
             let expiry = self.expiry;
             let expired = async move {
                 match expiry {
@@ -269,25 +303,29 @@ impl Handler {
                     None => std::future::pending().await,
                 }
             };
-            let next = tokio::select! {
-                biased;
-                () = self.outbox.kicked() => return Ended::ByServer,
-                () = self.shared.shutdown.cancelled() => return Ended::ByServer,
-                () = expired => {
-                    self.outbox.kick(close::TOKEN_EXPIRED, "token expired: authenticate again with a fresh token");
-                    return Ended::ByServer;
+            let next = if let Some(frame) = stashed_frame {
+                frame
+            } else {
+                tokio::select! {
+                    biased;
+                    () = self.outbox.kicked() => return Ended::ByServer,
+                    () = self.shared.shutdown.cancelled() => return Ended::ByServer,
+                    () = expired => {
+                        self.outbox.kick(close::TOKEN_EXPIRED, "token expired: authenticate again with a fresh token");
+                        return Ended::ByServer;
+                    }
+                    () = tokio::time::sleep_until(heard + idle_timeout) => {
+                        debug!(conn = self.conn.id, "idle timeout");
+                        let reason = format!("nothing received for {idle_timeout:?}");
+                        self.outbox.kick(close::IDLE_TIMEOUT, &reason);
+                        return Ended::ByServer;
+                    }
+                    next = stream.next() => next,
                 }
-                () = tokio::time::sleep_until(heard + idle_timeout) => {
-                    debug!(conn = self.conn.id, "idle timeout");
-                    let reason = format!("nothing received for {idle_timeout:?}");
-                    self.outbox.kick(close::IDLE_TIMEOUT, &reason);
-                    return Ended::ByServer;
-                }
-                next = stream.next() => next,
             };
             heard = tokio::time::Instant::now();
             match next {
-                Some(Ok(Message::Text(text))) => self.on_text(&text).await,
+                Some(Ok(Message::Text(text))) => stashed = self.on_text(&text, stream).await,
                 Some(Ok(Message::Binary(_))) => {
                     let error = self.admit_request().err().unwrap_or_else(|| {
                         ProtocolError::bad_request("binary frames are not supported: send JSON text frames")
@@ -345,7 +383,9 @@ impl Handler {
         self.throttle.request(tokio::time::Instant::now()).map_err(|wait| rate_limited("requests", wait))
     }
 
-    async fn on_text(&mut self, text: &str) {
+    /// A text frame as a request, or the error reply it gets (too large, malformed, over the
+    /// request rate).
+    fn accept(&mut self, text: &str) -> Result<Request, Reply> {
         let max = self.shared.config.max_frame_bytes;
         let parsed = if text.len() > max {
             let error =
@@ -356,12 +396,53 @@ impl Handler {
         };
         if let Err(error) = self.admit_request() {
             let id = parsed.as_ref().map_or_else(|(id, _)| *id, |request| Some(request.id));
-            return self.reply(Reply::error(id, error)).await;
+            return Err(Reply::error(id, error));
         }
-        let request = match parsed {
+        parsed.map_err(|(id, error)| Reply::error(id, error))
+    }
+
+    /// Answers a text frame. Publishes already waiting behind it on the socket are taken along
+    /// and stored in one round trip (see [`Handler::publish_batch`]); the first other frame met
+    /// is returned, to be handled next.
+    async fn on_text<R>(&mut self, text: &str, stream: &mut R) -> Option<Stashed>
+    where
+        R: Stream<Item = Result<Message, WsError>> + Unpin,
+    {
+        let first = match self.accept(text) {
             Ok(request) => request,
-            Err((id, error)) => return self.reply(Reply::error(id, error)).await,
+            Err(reply) => {
+                self.reply(reply).await;
+                return None;
+            }
         };
+        let Request { id, op: Op::Publish { channel, fields, maxlen } } = first else {
+            self.on_request(first).await;
+            return None;
+        };
+        let mut batch = vec![PendingPublish { id, channel, fields, maxlen }];
+        let mut stashed = None;
+        while batch.len() < MAX_PUBLISH_BATCH {
+            // Only what has arrived already: waiting here would delay the publishes in hand.
+            let Some(next) = stream.next().now_or_never() else { break };
+            let Some(Ok(Message::Text(text))) = next else {
+                stashed = Some(Stashed::Frame(next));
+                break;
+            };
+            match self.accept(&text) {
+                Ok(Request { id, op: Op::Publish { channel, fields, maxlen } }) => {
+                    batch.push(PendingPublish { id, channel, fields, maxlen });
+                }
+                other => {
+                    stashed = Some(Stashed::Accepted(other));
+                    break;
+                }
+            }
+        }
+        self.publish_batch(batch).await;
+        stashed
+    }
+
+    async fn on_request(&mut self, request: Request) {
         let id = Some(request.id);
         match request.op {
             Op::Subscribe { channel, start } => match self.subscribe(&channel, start).await {
@@ -379,11 +460,7 @@ impl Handler {
                 self.reply(Reply::ok(id, OkBody::default())).await;
             }
             Op::Publish { channel, fields, maxlen } => {
-                let reply = match self.publish(&channel, &fields, maxlen).await {
-                    Ok(body) => Reply::ok(id, body),
-                    Err(error) => Reply::error(id, error),
-                };
-                self.reply(reply).await;
+                self.publish_batch(vec![PendingPublish { id: request.id, channel, fields, maxlen }]).await;
             }
             Op::GroupSubscribe { channel, group, consumer, start } => {
                 match self.join_group(&channel, &group, &consumer, start).await {
@@ -549,12 +626,45 @@ impl Handler {
         }
     }
 
-    async fn publish(
+    /// Stores publishes in one round trip (consecutive publishes of one connection, in order)
+    /// and answers each, in request order. Each is checked first (permissions, rates, hook);
+    /// refused ones are answered without being stored.
+    async fn publish_batch(&mut self, batch: Vec<PendingPublish>) {
+        let mut checked = Vec::with_capacity(batch.len());
+        for publish in &batch {
+            checked.push(self.check_publish(&publish.channel, &publish.fields, publish.maxlen).await);
+        }
+        let writes: Vec<(&str, &[String], Option<u64>)> = batch
+            .iter()
+            .zip(&checked)
+            .filter_map(|(p, check)| {
+                check.as_ref().ok().map(|maxlen| (p.channel.as_str(), p.fields.as_slice(), *maxlen))
+            })
+            .collect();
+        let mut stored = self.shared.engine.publish_many(&writes).await.into_iter();
+        for (publish, check) in batch.iter().zip(checked) {
+            let id = Some(publish.id);
+            let reply = match check {
+                Err(error) => Reply::error(id, error),
+                Ok(_) => match stored.next().expect("one outcome per write") {
+                    Ok(offset) => {
+                        self.shared.metrics.publishes.inc();
+                        Reply::ok(id, OkBody { offset: Some(offset), ..OkBody::default() })
+                    }
+                    Err(e) => Reply::error(id, client_error(&e)),
+                },
+            };
+            self.reply(reply).await;
+        }
+    }
+
+    /// Whether the connection may publish to `channel` now; the trim to store it with.
+    async fn check_publish(
         &mut self,
         channel: &str,
         fields: &[String],
         maxlen: Option<u64>,
-    ) -> Result<OkBody, ProtocolError> {
+    ) -> Result<Option<u64>, ProtocolError> {
         let verdict = self.permit(channel, AccessOp::Publish)?;
         self.throttle
             .publish(verdict.publish_rate, tokio::time::Instant::now())
@@ -575,9 +685,7 @@ impl Handler {
         if let Decision::Deny(reason) = self.shared.hooks.on_publish(&self.conn, channel, fields).await {
             return Err(ProtocolError::new(ErrorCode::Forbidden, reason));
         }
-        let offset = self.shared.engine.publish(channel, fields, maxlen).await.map_err(|e| client_error(&e))?;
-        self.shared.metrics.publishes.inc();
-        Ok(OkBody { offset: Some(offset), ..OkBody::default() })
+        Ok(maxlen)
     }
 
     /// Checks that the connection may do `op` on `channel`; returns the channel's rule.

@@ -832,3 +832,46 @@ async fn library_publish_and_broadcast() {
     assert_eq!(server.server.broadcast("nobody-listens", json!(1)), 0);
     server.stop().await;
 }
+
+/// Publishes sent back to back are stored in one round trip: their order, and the order and
+/// content of the replies, are those of the requests, refused ones included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_publishes_keep_their_order_and_each_gets_its_reply() {
+    let redis = Redis::start();
+    let server = TestServer::start(config(&redis)).await;
+    let _: () = redis::cmd("SET").arg(key("not-a-stream")).arg("x").query(&mut redis.conn()).unwrap();
+    let mut client = connect(&server.url()).await;
+    let mut expected = Vec::new();
+    for id in 1..=300u64 {
+        let frame = match id {
+            100 => json!({"id": id, "op": "publish", "channel": "a", "fields": ["odd"]}),
+            150 => json!({"id": id, "op": "ping"}),
+            200 => json!({"id": id, "op": "publish", "channel": "not-a-stream", "fields": ["k", "v"]}),
+            _ => {
+                json!({"id": id, "op": "publish", "channel": if id % 2 == 0 { "a" } else { "b" }, "fields": ["n", id.to_string()]})
+            }
+        };
+        expected.push(id);
+        client.send_text(&frame.to_string()).await;
+    }
+    let mut offsets: std::collections::HashMap<&str, Vec<String>> = Default::default();
+    for id in expected {
+        let reply = client.reply().await;
+        assert_eq!(reply["id"], id, "replies in request order");
+        match id {
+            100 | 200 => assert_eq!(reply["error"]["code"], "bad_request", "{reply}"),
+            150 => assert_eq!(reply["ok"], json!({})),
+            _ => {
+                let channel = if id % 2 == 0 { "a" } else { "b" };
+                offsets.entry(channel).or_default().push(reply["ok"]["offset"].as_str().unwrap().to_owned());
+            }
+        }
+    }
+    for (channel, mine) in offsets {
+        let stored: Vec<(String, Vec<String>)> = redis.xrange_after(channel, "0");
+        assert_eq!(stored.iter().map(|(o, _)| o.clone()).collect::<Vec<_>>(), mine, "stored in request order");
+        let ns: Vec<u64> = stored.iter().map(|(_, f)| f[1].parse().unwrap()).collect();
+        assert!(ns.windows(2).all(|w| w[0] < w[1]), "{channel}: {ns:?}");
+    }
+    server.stop().await;
+}

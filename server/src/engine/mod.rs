@@ -78,6 +78,15 @@ impl Engine {
         }
     }
 
+    /// Appends several entries (`(channel, fields, maxlen)`), in order, in one round trip per
+    /// Redis target; returns each one's outcome, as [`Engine::publish`] would.
+    pub async fn publish_many(&self, writes: &[(&str, &[String], Option<u64>)]) -> Vec<Result<StreamId, EngineError>> {
+        match self {
+            Engine::Redis(redis) => redis.publish_many(writes).await,
+            Engine::Memory(memory) => memory.publish_many(writes),
+        }
+    }
+
     /// The stream's state; a missing stream is empty.
     ///
     /// # Errors

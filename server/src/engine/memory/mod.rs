@@ -273,6 +273,28 @@ impl MemoryEngine {
         id
     }
 
+    /// Appends several entries, in order, under one lock.
+    pub(crate) fn publish_many(&self, writes: &[(&str, &[String], Option<u64>)]) -> Vec<Result<StreamId, EngineError>> {
+        let limits = self.inner.limits;
+        let now = now_ms();
+        let ids = {
+            let mut streams = self.lock();
+            let ids: Vec<_> = writes
+                .iter()
+                .map(|(channel, fields, maxlen)| {
+                    let cap = maxlen.unwrap_or(u64::MAX).min(limits.max_entries_per_channel).max(1);
+                    Ok(streams.append(channel, fields.to_vec(), cap, now))
+                })
+                .collect();
+            streams.trim_to(limits.max_bytes);
+            ids
+        };
+        if !writes.is_empty() {
+            self.inner.appended.notify_waiters();
+        }
+        ids
+    }
+
     /// The channel's state; a missing channel is empty.
     ///
     /// # Errors
@@ -389,6 +411,19 @@ mod tests {
         engine.lock().trim_to(0);
         assert_eq!((engine.bytes(), engine.entries(), engine.channels()), (0, 0, 0));
         assert!(engine.lock().trim_order.is_empty());
+    }
+
+    #[test]
+    fn publish_many_appends_in_order() {
+        let engine = MemoryEngine::default();
+        let fields = |n: &str| vec!["n".to_owned(), n.to_owned()];
+        let (one, two, three) = (fields("1"), fields("2"), fields("3"));
+        let writes: Vec<(&str, &[String], Option<u64>)> =
+            vec![("a", &one, None), ("b", &two, None), ("a", &three, Some(1))];
+        let ids: Vec<StreamId> = engine.publish_many(&writes).into_iter().map(Result::unwrap).collect();
+        assert!(ids[0] < ids[1] && ids[1] < ids[2], "{ids:?}");
+        let a = engine.lock().map["a"].entries.iter().map(|e| e.fields[1].clone()).collect::<Vec<_>>();
+        assert_eq!(a, ["3"], "each write keeps its own maxlen");
     }
 
     #[test]

@@ -190,6 +190,57 @@ impl RedisEngine {
         reply::stream_id(&id)
     }
 
+    /// Appends several entries in order: one pipeline per target (a round trip for all of them;
+    /// Redis runs one connection's commands in order). Returns each one's outcome.
+    pub(crate) async fn publish_many(
+        &self,
+        writes: &[(&str, &[String], Option<u64>)],
+    ) -> Vec<Result<StreamId, EngineError>> {
+        if let [(channel, fields, maxlen)] = writes {
+            return vec![self.publish(channel, fields, *maxlen).await];
+        }
+        let mut outcomes: Vec<Option<Result<StreamId, EngineError>>> = writes.iter().map(|_| None).collect();
+        for (index, target) in self.targets.iter().enumerate() {
+            let mine: Vec<usize> = (0..writes.len()).filter(|&i| self.target_of(writes[i].0) == index).collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for &i in &mine {
+                let (channel, fields, maxlen) = writes[i];
+                let add = pipe.cmd("XADD").arg(target.key(channel));
+                if let Some(n) = maxlen {
+                    add.arg("MAXLEN").arg("~").arg(n);
+                }
+                add.arg("*").arg(fields);
+            }
+            let replies: Result<Vec<Value>, _> = target.timed("XADD", pipe.query_async(&mut target.commands())).await;
+            match replies {
+                Ok(replies) if replies.len() == mine.len() => {
+                    for (&i, reply) in mine.iter().zip(replies) {
+                        outcomes[i] = Some(match reply {
+                            Value::ServerError(e) => Err(classify_write(e.into(), &target.at(writes[i].0, None))),
+                            id => reply::stream_id(&id),
+                        });
+                    }
+                }
+                Ok(replies) => {
+                    let message = format!("{} replies to {} XADDs", replies.len(), mine.len());
+                    for &i in &mine {
+                        outcomes[i] = Some(Err(EngineError::Reply(message.clone())));
+                    }
+                }
+                Err(e) => {
+                    for &i in &mine {
+                        outcomes[i] = Some(Err(classify_write(e.clone(), &target.at(writes[i].0, None))));
+                    }
+                }
+            }
+        }
+        outcomes.into_iter().map(|o| o.expect("every write belongs to a target")).collect()
+    }
+
     /// The stream's current state; a missing stream is empty (`0-0`, nothing deleted).
     ///
     /// # Errors
