@@ -49,6 +49,19 @@ struct Args {
     /// Channel to use (a fresh one per run by default).
     #[arg(long)]
     channel: Option<String>,
+    /// First run the same scenario against a bare fan-out server (`redistribute-baseline`,
+    /// started next to this binary), and print every figure also as a ratio to it.
+    #[arg(long)]
+    baseline: bool,
+}
+
+/// What one run measured.
+#[derive(Debug, Clone, Copy)]
+struct Report {
+    published_per_s: f64,
+    deliveries_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
 }
 
 fn now_micros() -> u64 {
@@ -190,13 +203,62 @@ async fn main() -> anyhow::Result<()> {
     for url in &args.urls {
         check_loopback(url)?;
     }
+    let Some(baseline) = args.baseline.then(start_baseline).transpose()? else {
+        run(&args, &args.urls).await?;
+        return Ok(());
+    };
+    println!("-- bare fan-out baseline (redistribute-baseline)");
+    let base = run(&args, std::slice::from_ref(&baseline.url)).await;
+    drop(baseline);
+    let base = base?;
+    println!("-- redistribute");
+    let ours = run(&args, &args.urls).await?;
+    println!("-- ratio to the baseline");
+    println!("deliveries/s       {:.2}x", ours.deliveries_per_s / base.deliveries_per_s);
+    println!("published/s        {:.2}x", ours.published_per_s / base.published_per_s);
+    println!("latency p50, p99   {:.2}x, {:.2}x", ours.p50_ms / base.p50_ms, ours.p99_ms / base.p99_ms);
+    Ok(())
+}
+
+/// The baseline server, killed when dropped.
+struct Baseline {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for Baseline {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_baseline() -> anyhow::Result<Baseline> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let binary = std::env::current_exe()?.with_file_name("redistribute-baseline");
+    let child = std::process::Command::new(&binary)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {} (build it with --bins)", binary.display()))?;
+    let baseline = Baseline { child, url: format!("ws://127.0.0.1:{port}/") };
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(baseline);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("the baseline server did not start")
+}
+
+async fn run(args: &Arc<Args>, urls: &[String]) -> anyhow::Result<Report> {
     let channel = args.channel.clone().unwrap_or_else(|| format!("load-{}", now_micros()));
     let ready = Arc::new(Barrier::new(args.subscribers + 1));
     let (expected, expected_rx) = watch::channel(None);
     let connecting = Instant::now();
     let mut subscribers = Vec::with_capacity(args.subscribers);
     for i in 0..args.subscribers {
-        let url = args.urls[i % args.urls.len()].clone();
+        let url = urls[i % urls.len()].clone();
         subscribers.push(tokio::spawn(subscriber(url, channel.clone(), ready.clone(), expected_rx.clone(), i < 10)));
         if i % 100 == 99 {
             tokio::task::yield_now().await;
@@ -208,9 +270,7 @@ async fn main() -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let publishing = Instant::now();
     let publishers: Vec<_> = (0..args.publishers)
-        .map(|i| {
-            tokio::spawn(publisher(args.urls[i % args.urls.len()].clone(), channel.clone(), args.clone(), stop.clone()))
-        })
+        .map(|i| tokio::spawn(publisher(urls[i % urls.len()].clone(), channel.clone(), args.clone(), stop.clone())))
         .collect();
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
     stop.store(true, Ordering::Release);
@@ -260,5 +320,10 @@ async fn main() -> anyhow::Result<()> {
     if short > 0 || out_of_order > 0 {
         bail!("some subscribers missed or reordered entries");
     }
-    Ok(())
+    Ok(Report {
+        published_per_s: published as f64 / publish_time.as_secs_f64(),
+        deliveries_per_s: total as f64 / delivery_time.as_secs_f64(),
+        p50_ms: percentile(&latencies, 0.5),
+        p99_ms: percentile(&latencies, 0.99),
+    })
 }
