@@ -20,6 +20,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 /// Bare WebSocket fan-out server: the baseline of Redistribute's benchmarks.
@@ -77,7 +78,12 @@ fn select_protocol(_: &Request, mut response: Response) -> Result<Response, Erro
 
 async fn serve(socket: TcpStream, channels: Arc<Channels>) {
     let _ = socket.set_nodelay(true);
-    let Ok(ws) = tokio_tungstenite::accept_hdr_async(socket, select_protocol).await else { return };
+    // The same small read buffer as Redistribute's (the default is 128 KiB per connection), so
+    // that memory comparisons measure the rest.
+    let config = WebSocketConfig::default().read_buffer_size(4 << 10);
+    let Ok(ws) = tokio_tungstenite::accept_hdr_async_with_config(socket, select_protocol, Some(config)).await else {
+        return;
+    };
     let (sink, mut stream) = ws.split();
     let (replies, queue) = mpsc::channel::<Utf8Bytes>(1024);
     let (subscribe, subscriptions) = mpsc::channel::<broadcast::Receiver<Utf8Bytes>>(16);

@@ -1,6 +1,6 @@
 //! `redistribute-load`: a load generator for Redistribute servers, on loopback only.
 //!
-//! It connects `--subscribers` WebSockets (spread over every `--url`) to one channel, then
+//! It connects `--subscribers` WebSockets (spread over every `--url`) to `--channels` channels, then
 //! `--publishers` connections publish for `--seconds` (each keeping `--window` requests in
 //! flight), and reports publishes per second, deliveries per second, delivery latency, and
 //! whether every subscriber received every entry exactly once, in order.
@@ -49,10 +49,18 @@ struct Args {
     /// Channel to use (a fresh one per run by default).
     #[arg(long)]
     channel: Option<String>,
+    /// Channels: subscribers are spread over them, and publishers publish to each in turn
+    /// (`<channel>-0`, `<channel>-1`, …).
+    #[arg(long, default_value_t = 1)]
+    channels: usize,
     /// First run the same scenario against a bare fan-out server (`redistribute-baseline`,
     /// started next to this binary), and print every figure also as a ratio to it.
     #[arg(long)]
     baseline: bool,
+    /// The server's process ID: its RSS is reported once the subscribers are connected (with
+    /// `--baseline`, the baseline's is reported too).
+    #[arg(long)]
+    server_pid: Option<u32>,
 }
 
 /// What one run measured.
@@ -62,6 +70,16 @@ struct Report {
     deliveries_per_s: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// The server's RSS once the subscribers were connected, if its PID is known.
+    rss_mib: Option<f64>,
+}
+
+/// A process's resident memory, from `/proc`.
+fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 =
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib / 1024.0)
 }
 
 fn now_micros() -> u64 {
@@ -94,11 +112,14 @@ struct Tally {
     latencies_us: Vec<u64>,
 }
 
+/// How many entries each channel got, once publishing is over.
+type Expected = watch::Receiver<Option<Arc<Vec<u64>>>>;
+
 async fn subscriber(
     url: String,
-    channel: String,
+    (index, channel): (usize, String),
     ready: Arc<Barrier>,
-    mut expected: watch::Receiver<Option<u64>>,
+    mut expected: Expected,
     sample: bool,
 ) -> anyhow::Result<Tally> {
     let mut ws = connect(&url).await?;
@@ -112,7 +133,7 @@ async fn subscriber(
     let mut tally = Tally::default();
     let mut last = redistribute::StreamId::ZERO;
     loop {
-        if expected.borrow().is_some_and(|goal| tally.received >= goal) {
+        if expected.borrow().as_ref().is_some_and(|goal| tally.received >= goal[index]) {
             return Ok(tally);
         }
         let next = tokio::select! {
@@ -146,25 +167,34 @@ async fn subscriber(
     }
 }
 
-async fn publisher(url: String, channel: String, args: Arc<Args>, stop: Arc<AtomicBool>) -> anyhow::Result<u64> {
+/// Publishes to `channels` in turn; returns how many were acknowledged on each.
+async fn publisher(
+    url: String,
+    channels: Arc<Vec<String>>,
+    args: Arc<Args>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<Vec<u64>> {
     let mut ws = connect(&url).await?;
     let payload = "x".repeat(args.payload);
     let per_publisher_rate = if args.rate == 0 { 0 } else { (args.rate / args.publishers as u64).max(1) };
     let started = Instant::now();
     let mut in_flight = VecDeque::new();
-    let (mut sent, mut acked, mut id) = (0u64, 0u64, 0u64);
+    let (mut sent, mut id) = (0u64, 0u64);
+    let mut acked = vec![0u64; channels.len()];
     loop {
         let stopping = stop.load(Ordering::Acquire);
         let paced =
             per_publisher_rate == 0 || sent < (started.elapsed().as_secs_f64() * per_publisher_rate as f64) as u64;
         if !stopping && in_flight.len() < args.window && paced {
             id += 1;
+            let index = (id as usize) % channels.len();
+            let channel = &channels[index];
             let frame = format!(
                 r#"{{"id":{id},"op":"publish","channel":"{channel}","fields":["t","{}","p","{payload}"]}}"#,
                 now_micros()
             );
             ws.feed(Message::Text(frame.into())).await?;
-            in_flight.push_back(id);
+            in_flight.push_back(index);
             sent += 1;
             continue;
         }
@@ -181,8 +211,8 @@ async fn publisher(url: String, channel: String, args: Arc<Args>, stop: Arc<Atom
                 if !reply.contains("\"ok\"") {
                     bail!("publish failed: {reply}");
                 }
-                in_flight.pop_front();
-                acked += 1;
+                let index = in_flight.pop_front().expect("a reply answers a request in flight");
+                acked[index] += 1;
             }
             Some(Ok(_)) => {}
             other => bail!("publisher connection ended: {other:?}"),
@@ -204,19 +234,22 @@ async fn main() -> anyhow::Result<()> {
         check_loopback(url)?;
     }
     let Some(baseline) = args.baseline.then(start_baseline).transpose()? else {
-        run(&args, &args.urls).await?;
+        run(&args, &args.urls, args.server_pid).await?;
         return Ok(());
     };
     println!("-- bare fan-out baseline (redistribute-baseline)");
-    let base = run(&args, std::slice::from_ref(&baseline.url)).await;
+    let base = run(&args, std::slice::from_ref(&baseline.url), Some(baseline.child.id())).await;
     drop(baseline);
     let base = base?;
     println!("-- redistribute");
-    let ours = run(&args, &args.urls).await?;
+    let ours = run(&args, &args.urls, args.server_pid).await?;
     println!("-- ratio to the baseline");
     println!("deliveries/s       {:.2}x", ours.deliveries_per_s / base.deliveries_per_s);
     println!("published/s        {:.2}x", ours.published_per_s / base.published_per_s);
     println!("latency p50, p99   {:.2}x, {:.2}x", ours.p50_ms / base.p50_ms, ours.p99_ms / base.p99_ms);
+    if let (Some(ours), Some(base)) = (ours.rss_mib, base.rss_mib) {
+        println!("server RSS         {:.2}x", ours / base);
+    }
     Ok(())
 }
 
@@ -251,50 +284,65 @@ fn start_baseline() -> anyhow::Result<Baseline> {
     bail!("the baseline server did not start")
 }
 
-async fn run(args: &Arc<Args>, urls: &[String]) -> anyhow::Result<Report> {
-    let channel = args.channel.clone().unwrap_or_else(|| format!("load-{}", now_micros()));
+async fn run(args: &Arc<Args>, urls: &[String], server_pid: Option<u32>) -> anyhow::Result<Report> {
+    let base = args.channel.clone().unwrap_or_else(|| format!("load-{}", now_micros()));
+    let channels: Vec<String> = match args.channels {
+        0 | 1 => vec![base.clone()],
+        n => (0..n).map(|k| format!("{base}-{k}")).collect(),
+    };
+    let channels = Arc::new(channels);
     let ready = Arc::new(Barrier::new(args.subscribers + 1));
     let (expected, expected_rx) = watch::channel(None);
     let connecting = Instant::now();
     let mut subscribers = Vec::with_capacity(args.subscribers);
     for i in 0..args.subscribers {
         let url = urls[i % urls.len()].clone();
-        subscribers.push(tokio::spawn(subscriber(url, channel.clone(), ready.clone(), expected_rx.clone(), i < 10)));
+        let channel = (i % channels.len(), channels[i % channels.len()].clone());
+        subscribers.push(tokio::spawn(subscriber(url, channel, ready.clone(), expected_rx.clone(), i < 10)));
         if i % 100 == 99 {
             tokio::task::yield_now().await;
         }
     }
     ready.wait().await;
     eprintln!("{} subscribers connected in {:.1?}", args.subscribers, connecting.elapsed());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss = server_pid.and_then(rss_mib);
+    if let Some(rss) = rss {
+        println!("server RSS         {rss:.1} MiB with {} subscribers connected", args.subscribers);
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     let publishing = Instant::now();
     let publishers: Vec<_> = (0..args.publishers)
-        .map(|i| tokio::spawn(publisher(urls[i % urls.len()].clone(), channel.clone(), args.clone(), stop.clone())))
+        .map(|i| tokio::spawn(publisher(urls[i % urls.len()].clone(), channels.clone(), args.clone(), stop.clone())))
         .collect();
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
     stop.store(true, Ordering::Release);
-    let mut published = 0;
+    let mut per_channel = vec![0u64; channels.len()];
     for p in publishers {
-        published += p.await??;
+        for (total, acked) in per_channel.iter_mut().zip(p.await??) {
+            *total += acked;
+        }
     }
+    let published: u64 = per_channel.iter().sum();
     let publish_time = publishing.elapsed();
-    expected.send_replace(Some(published));
+    let per_channel = Arc::new(per_channel);
+    expected.send_replace(Some(per_channel.clone()));
 
     let mut total = 0u64;
     let mut short = 0usize;
     let mut out_of_order = 0u64;
     let mut latencies = Vec::new();
-    for s in subscribers {
+    for (i, s) in subscribers.into_iter().enumerate() {
         let tally = s.await??;
         total += tally.received;
-        short += usize::from(tally.received != published);
+        short += usize::from(tally.received != per_channel[i % channels.len()]);
         out_of_order += tally.out_of_order;
         latencies.extend(tally.latencies_us);
     }
     let delivery_time = publishing.elapsed();
     latencies.sort_unstable();
-    println!("channel            {channel}");
+    println!("channels           {} ({base}…)", channels.len());
     println!("subscribers        {}", args.subscribers);
     println!(
         "published          {published} in {:.2?} ({:.0}/s)",
@@ -313,7 +361,7 @@ async fn run(args: &Arc<Args>, urls: &[String]) -> anyhow::Result<Report> {
         percentile(&latencies, 1.0)
     );
     println!(
-        "complete           {} of {} subscribers got all {published}; {out_of_order} out of order",
+        "complete           {} of {} subscribers got all of their channel's entries; {out_of_order} out of order",
         args.subscribers - short,
         args.subscribers
     );
@@ -325,5 +373,6 @@ async fn run(args: &Arc<Args>, urls: &[String]) -> anyhow::Result<Report> {
         deliveries_per_s: total as f64 / delivery_time.as_secs_f64(),
         p50_ms: percentile(&latencies, 0.5),
         p99_ms: percentile(&latencies, 0.99),
+        rss_mib: rss,
     })
 }
