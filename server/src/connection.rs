@@ -325,7 +325,9 @@ impl Handler {
             };
             heard = tokio::time::Instant::now();
             match next {
-                Some(Ok(Message::Text(text))) => stashed = self.on_text(&text, stream).await,
+                // Boxed: the handling of a frame takes room only while it runs, not in every idle
+                // connection's task.
+                Some(Ok(Message::Text(text))) => stashed = Box::pin(self.on_text(&text, stream)).await,
                 Some(Ok(Message::Binary(_))) => {
                     let error = self.admit_request().err().unwrap_or_else(|| {
                         ProtocolError::bad_request("binary frames are not supported: send JSON text frames")

@@ -89,7 +89,8 @@ where
             let body = "too many connections from your address\n";
             respond(&mut io, "429 Too Many Requests", body, &[("Retry-After", RETRY_AFTER_SECS)]).await
         }
-        ("GET", "/", true, None) => upgrade_to_websocket(shared, io, peer, head, &buf).await,
+        // The buffer moves in, so that it is freed once the upgrade is done.
+        ("GET", "/", true, None) => Box::pin(upgrade_to_websocket(shared, io, peer, head, buf)).await,
         ("GET" | "HEAD", path, false, None) if shared.config.static_dir.is_some() => {
             let dir = shared.config.static_dir.as_deref().expect("checked by the guard");
             serve_file(&mut io, dir, path, head.method == "HEAD").await
@@ -183,7 +184,7 @@ async fn respond_with<IO: AsyncWrite + Unpin>(
     let _ = io.shutdown().await;
 }
 
-async fn upgrade_to_websocket<IO>(shared: Arc<Shared>, mut io: IO, peer: SocketAddr, head: Head, buf: &[u8])
+async fn upgrade_to_websocket<IO>(shared: Arc<Shared>, mut io: IO, peer: SocketAddr, head: Head, buf: Vec<u8>)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -236,6 +237,7 @@ where
         .max_message_size(Some(config.hard_frame_limit()))
         .max_frame_size(Some(config.hard_frame_limit()));
     let leftover = buf[head.len..].to_vec();
+    drop(buf);
     let (io, progress) = Tracked::new(io);
     let socket = WebSocketStream::from_partially_read(io, leftover, Role::Server, Some(ws_config)).await;
     let conn = Arc::new(ConnInfo::new(shared.next_conn_id(), peer, head.target, head.headers));
