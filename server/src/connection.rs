@@ -1,7 +1,7 @@
 //! One WebSocket connection: requests in, replies and pushes out.
 //!
 //! The socket is split in two halves run side by side: the *handler* reads frames and answers
-//! them in order, and the *writer* drains the connection's [`Outbox`], batching frames into as few
+//! them in order, and the *writer* (`crate::writer`) drains the connection's [`Outbox`], batching frames into as few
 //! flushes as possible. Publishes that arrive back to back are stored together, in one round trip
 //! to Redis that keeps their order (a pipelining client is not held to one publish per round
 //! trip). Both halves are generic over `Stream`/`Sink`, so the protocol handling tests without a
@@ -13,9 +13,10 @@ use crate::hooks::{ConnInfo, Decision};
 use crate::hub::Watch;
 use crate::log_gate::LogEvent;
 use crate::membership::ConsumerLease;
-use crate::outbox::{Outbox, Queue, QueueState};
+use crate::outbox::{Outbox, QueueState};
 use crate::progress::Progress;
 use crate::rate::Throttle;
+use crate::writer::{Writer, close_message};
 use crate::{Shared, groups, membership, replay};
 use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use redistribute_protocol::frame::{OkBody, Outcome};
@@ -24,10 +25,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
-use tokio_util::sync::CancellationToken;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::{debug, info};
 
 /// How long a closing connection keeps reading for the client's close reply, so that requests
@@ -56,7 +54,8 @@ where
         queue,
         state: state.clone(),
         progress,
-        config: &shared.config,
+        write_timeout: shared.config.write_timeout,
+        ping_interval: shared.config.ping_interval,
         shutdown: shared.shutdown.clone(),
     };
     let mut handler = Handler {
@@ -77,37 +76,45 @@ where
         ended
     };
     let (closed, ended) = tokio::join!(writer.run(), reader);
-    let kick = state.kick().reason().or_else(|| {
-        (ended == Ended::ByServer && shared.shutdown.is_cancelled()).then(|| (close::GOING_AWAY, String::new()))
-    });
-    if let Some((code, reason)) = kick {
-        metrics.closes.with_label_values(&[&code.to_string()]).inc();
-        if code != close::GOING_AWAY && shared.log_gate.allow(LogEvent::Closed) {
-            info!(conn = conn.id, peer = %conn.peer, code, %reason, "closed by the server");
-        }
-    }
+    record_close(&shared, &conn, &state, ended);
     if closed && ended == Ended::ByServer {
-        // Read on until the client answers the close (or gives up), discarding what it sends.
-        let _ = tokio::time::timeout(CLOSE_LINGER, async {
-            while let Some(Ok(message)) = stream.next().await {
-                if message.is_close() {
-                    break;
-                }
-            }
-        })
-        .await;
+        linger(&mut stream).await;
     }
     metrics.websockets_open.dec();
     shared.hooks.on_disconnect(&conn).await;
 }
 
+/// Counts (and logs, within the log gate's allowance) a close the server made.
+fn record_close(shared: &Shared, conn: &ConnInfo, state: &QueueState, ended: Ended) {
+    let going_away = ended == Ended::ByServer && shared.shutdown.is_cancelled();
+    let kick = state.kick().reason().or_else(|| going_away.then(|| (close::GOING_AWAY, String::new())));
+    if let Some((code, reason)) = kick {
+        shared.metrics.closes.with_label_values(&[&code.to_string()]).inc();
+        if code != close::GOING_AWAY && shared.log_gate.allow(LogEvent::Closed) {
+            info!(conn = conn.id, peer = %conn.peer, code, %reason, "closed by the server");
+        }
+    }
+}
+
+/// After the server's close frame: reads on until the client answers it (or gives up),
+/// discarding what it sends, so that requests still in flight do not turn the close into a reset.
+async fn linger<R>(stream: &mut R)
+where
+    R: Stream<Item = Result<Message, WsError>> + Unpin,
+{
+    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        while let Some(Ok(message)) = stream.next().await {
+            if message.is_close() {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 fn rate_limited(what: &str, wait: Duration) -> ProtocolError {
     let message = format!("too many {what}: retry after {} ms", wait.as_millis().max(1));
     ProtocolError::new(ErrorCode::RateLimited, message).retry_after(wait)
-}
-
-fn close_message(code: u16, reason: &str) -> Message {
-    Message::Close(Some(CloseFrame { code: CloseCode::from(code), reason: Utf8Bytes::from(reason) }))
 }
 
 /// Most publishes stored in one round trip.
@@ -130,118 +137,12 @@ enum Stashed {
 }
 
 /// Why the read loop ended.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ended {
     /// The client closed, left or broke the socket.
     ByClient,
     /// The server closes: a kick, the idle timeout or a shutdown.
     ByServer,
-}
-
-/// The writing half of a connection: drains the queue into the socket, pings the client, and
-/// ends with a close frame when the connection is kicked or the server shuts down.
-struct Writer<'a, W> {
-    sink: W,
-    queue: Queue,
-    state: Arc<QueueState>,
-    progress: Arc<Progress>,
-    config: &'a crate::Config,
-    shutdown: CancellationToken,
-}
-
-/// How one socket write went.
-enum Write {
-    Done,
-    /// The socket failed; nothing more can be written.
-    Failed,
-    /// The connection was kicked while the write waited.
-    Kicked,
-}
-
-impl<W: Sink<Message, Error = WsError> + Unpin> Writer<'_, W> {
-    /// Returns whether a close frame went out.
-    async fn run(mut self) -> bool {
-        // Frames already queued are written in one go, then flushed once.
-        const MAX_BURST: usize = 256;
-        let state = self.state.clone();
-        let kick = state.kick();
-        let mut ping = tokio::time::interval(self.config.ping_interval);
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ping.tick().await; // the first tick is immediate
-        let closing = 'frames: loop {
-            let first = tokio::select! {
-                biased;
-                () = kick.kicked() => break kick.reason().map(|(code, reason)| close_message(code, &reason)),
-                () = self.shutdown.cancelled() => break Some(close_message(close::GOING_AWAY, "server shutting down")),
-                next = self.queue.recv() => match next {
-                    Some(message) => message,
-                    None => break None,
-                },
-                _ = ping.tick() => Message::Ping(Default::default()),
-            };
-            // Frames are taken out of the queue one at a time, as the socket accepts them, so
-            // that the queue's byte bound covers all but the one being written.
-            let mut next = Some(first);
-            let mut written = 0;
-            while let Some(message) = next.take() {
-                match self.watched(|sink| sink.feed(message)).await {
-                    Write::Done => {}
-                    Write::Failed => return false,
-                    Write::Kicked => continue 'frames,
-                }
-                written += 1;
-                if written < MAX_BURST {
-                    next = self.queue.try_recv();
-                }
-            }
-            match self.watched(|sink| sink.flush()).await {
-                Write::Done => {}
-                Write::Failed => return false,
-                Write::Kicked => continue 'frames,
-            }
-        };
-        // Frames queued before the close go out first (the replies a client is owed), unless the
-        // backlog itself is the reason: then it is freed now, not after the close.
-        if kick.reason().is_some_and(|(code, _)| code != close::LAGGING) || self.shutdown.is_cancelled() {
-            while let Some(message) = self.queue.try_recv() {
-                if !matches!(self.watched(|sink| sink.feed(message)).await, Write::Done) {
-                    return false;
-                }
-            }
-        }
-        self.queue.discard();
-        let Some(message) = closing else {
-            let _ = self.sink.close().await;
-            return false;
-        };
-        // A client that reads nothing cannot take the close frame either: bounded like any write.
-        let sent = matches!(self.watched(|sink| sink.send(message)).await, Write::Done);
-        let _ = tokio::time::timeout(Duration::from_millis(100), self.sink.close()).await;
-        sent
-    }
-
-    /// Runs one write on the socket, giving up when the socket accepts nothing for the write
-    /// timeout (the client is then kicked as lagging: its memory is released whether or not it
-    /// ever reads again) or, before the close frame, when the connection is kicked.
-    async fn watched<'s, F, Fut>(&'s mut self, write: F) -> Write
-    where
-        F: FnOnce(&'s mut W) -> Fut,
-        Fut: std::future::Future<Output = Result<(), WsError>> + 's,
-    {
-        let timeout = self.config.write_timeout;
-        let kick = self.state.kick();
-        let already_kicked = kick.is_kicked();
-        let since = tokio::time::Instant::now();
-        tokio::select! {
-            biased;
-            written = write(&mut self.sink) => if written.is_ok() { Write::Done } else { Write::Failed },
-            () = kick.kicked(), if !already_kicked => Write::Kicked,
-            () = self.progress.stalled(since, timeout) => {
-                kick.kick(close::LAGGING, &format!("the socket accepted nothing for {timeout:?}"));
-                Write::Failed
-            }
-        }
-    }
 }
 
 struct Subscription {

@@ -32,8 +32,8 @@
 //!   target is configured (single instance, zero setup).
 //! - [`groups`]: consumer groups (a fleet of workers sharing a channel): the delivery policy;
 //!   `membership` runs one connection's membership, beside `replay` for subscriptions.
-//! - `outbox` is a connection's send queue, bounded in bytes; `progress` tells a writer whether its
-//!   socket still accepts bytes.
+//! - `outbox` is a connection's send queue, bounded in bytes; `writer` drains it into the socket,
+//!   and `progress` tells it whether the socket still accepts bytes.
 
 pub mod access;
 pub mod config;
@@ -57,6 +57,7 @@ mod replay;
 mod slots;
 mod static_files;
 mod tls;
+mod writer;
 
 pub use config::Config;
 pub use engine::{Engine, MemoryEngine, MemoryLimits, RedisEngine};
