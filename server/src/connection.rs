@@ -1,11 +1,11 @@
 //! One WebSocket connection: requests in, replies and pushes out.
 //!
 //! The socket is split in two halves run side by side: the *handler* reads frames and answers
-//! them in order, and the *writer* (`crate::writer`) drains the connection's [`Outbox`], batching frames into as few
-//! flushes as possible. Publishes that arrive back to back are stored together, in one round trip
-//! to Redis that keeps their order (a pipelining client is not held to one publish per round
-//! trip). Both halves are generic over `Stream`/`Sink`, so the protocol handling tests without a
-//! network.
+//! them in order, and the *writer* (`crate::writer`) drains the connection's [`Outbox`], batching
+//! frames into as few flushes as possible. Publishes that arrive back to back are stored together,
+//! in one round trip to Redis that keeps their order (a pipelining client is not held to one
+//! publish per round trip). Both halves are generic over `Stream`/`Sink`, so the protocol handling
+//! tests without a network.
 
 use crate::access::{Identity, Op as AccessOp, Verdict};
 use crate::error::client_error;
