@@ -167,7 +167,7 @@ impl Config {
                 "idle_timeout must be longer than ping_interval (a live client answers each ping)".into(),
             ));
         }
-        let rates = [self.rate_limits.requests, self.rate_limits.publishes]
+        let rates = [self.rate_limits.requests, self.rate_limits.publishes, self.rate_limits.auths]
             .into_iter()
             .chain(self.access.rules.iter().map(|r| r.publish_rate))
             .flatten();

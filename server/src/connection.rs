@@ -414,7 +414,12 @@ impl Handler {
             }
             Op::Ping => self.reply(Reply::ok(id, OkBody::default())).await,
             Op::Auth { token } => {
-                let reply = match self.authenticate(&token) {
+                let checked = self
+                    .throttle
+                    .auth(tokio::time::Instant::now())
+                    .map_err(|wait| rate_limited("token checks", wait))
+                    .and_then(|()| self.authenticate(&token));
+                let reply = match checked {
                     Ok(body) => Reply::ok(id, body),
                     Err(error) => Reply::error(id, error),
                 };

@@ -1,6 +1,7 @@
-//! Per-connection rate limits: token buckets for requests, publishes and the publishes of
-//! channel rules that set their own rate, and the count of refusals in a row after which a
-//! client that ignores `rate_limited` is closed (4003). Pure logic: the caller passes the time.
+//! Per-connection rate limits: token buckets for requests, publishes, the publishes of channel
+//! rules that set their own rate, and token checks (`auth`: verifying a signature costs tens of
+//! microseconds), and the count of refusals in a row after which a client that ignores
+//! `rate_limited` is closed (4003). Pure logic: the caller passes the time.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -41,6 +42,8 @@ pub struct RateLimits {
     pub requests: Option<Rate>,
     /// Publishes, per connection (on top of the request limit).
     pub publishes: Option<Rate>,
+    /// `auth` requests, per connection (on top of the request limit).
+    pub auths: Option<Rate>,
     /// `rate_limited` replies in a row after which the connection is closed with 4003.
     pub strikes: u32,
 }
@@ -50,6 +53,8 @@ impl Default for RateLimits {
         RateLimits {
             requests: Some(Rate { per_second: 2000.0, burst: 4000 }),
             publishes: Some(Rate { per_second: 1000.0, burst: 2000 }),
+            // A client authenticates once, then refreshes before expiry: a few a minute at most.
+            auths: Some(Rate { per_second: 1.0, burst: 10 }),
             strikes: 100,
         }
     }
@@ -87,6 +92,7 @@ pub(crate) struct Throttle {
     limits: RateLimits,
     requests: Option<Bucket>,
     publishes: Option<Bucket>,
+    auths: Option<Bucket>,
     /// Buckets of channel rules with their own publish rate, by rule index (bounded by the
     /// number of rules).
     per_rule: HashMap<usize, Bucket>,
@@ -99,6 +105,7 @@ impl Throttle {
             limits,
             requests: limits.requests.map(|rate| Bucket::full(rate, now)),
             publishes: limits.publishes.map(|rate| Bucket::full(rate, now)),
+            auths: limits.auths.map(|rate| Bucket::full(rate, now)),
             per_rule: HashMap::new(),
             strikes: 0,
         }
@@ -107,6 +114,14 @@ impl Throttle {
     /// Admits one request (any frame), or says how long until one would be.
     pub(crate) fn request(&mut self, now: Instant) -> Result<(), Duration> {
         match (&mut self.requests, self.limits.requests) {
+            (Some(bucket), Some(rate)) => bucket.take(rate, now),
+            _ => Ok(()),
+        }
+    }
+
+    /// Admits one `auth`.
+    pub(crate) fn auth(&mut self, now: Instant) -> Result<(), Duration> {
+        match (&mut self.auths, self.limits.auths) {
             (Some(bucket), Some(rate)) => bucket.take(rate, now),
             _ => Ok(()),
         }
@@ -144,7 +159,17 @@ mod tests {
     use super::*;
 
     fn limits(requests: Option<Rate>, publishes: Option<Rate>, strikes: u32) -> RateLimits {
-        RateLimits { requests, publishes, strikes }
+        RateLimits { requests, publishes, auths: None, strikes }
+    }
+
+    #[test]
+    fn token_checks_have_their_own_bucket() {
+        let start = Instant::now();
+        let auths = Some(Rate::new(1.0, 2).unwrap());
+        let mut throttle = Throttle::new(RateLimits { auths, ..limits(None, None, 100) }, start);
+        assert!(throttle.auth(start).is_ok() && throttle.auth(start).is_ok());
+        assert_eq!(throttle.auth(start), Err(Duration::from_secs(1)));
+        assert!(throttle.request(start).is_ok(), "other requests are not affected");
     }
 
     #[test]

@@ -73,7 +73,9 @@ async fn tokens_grant_channels_and_bad_tokens_are_refused() {
         ("huge", "a".repeat(9000)),
     ];
     for (what, token) in refused {
-        let reply = client.request(json!({"op": "auth", "token": token})).await;
+        // A connection each: one connection's token checks are rate limited (a burst of 10).
+        let mut probe = connect(&server.url()).await;
+        let reply = probe.request(json!({"op": "auth", "token": token})).await;
         assert_eq!(code(&reply), "unauthorized", "{what}: {reply}");
     }
     // A good token: personal channels by `{sub}`, and nothing beyond the grants.
@@ -392,5 +394,23 @@ async fn channels_live_under_the_key_prefix_and_other_keys_are_out_of_reach() {
     let mut client = connect(&server.url()).await;
     assert_eq!(client.subscribe("events", "0").await["offset"], "0-0");
     assert_eq!(client.entries("events", 11).await.len(), 11);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_checks_are_rate_limited_per_connection() {
+    let redis = Redis::start();
+    let server = guarded(&redis, vec![]).await;
+    let mut client = connect(&server.url()).await;
+    let token = hs256(&claims("ann", json!([])));
+    // The default allows a burst of 10, then one a second: refreshing is rare, guessing is not.
+    for _ in 0..10 {
+        let reply = client.request(json!({"op": "auth", "token": token})).await;
+        assert_eq!(reply["ok"]["user"], "ann", "{reply}");
+    }
+    let refused = client.request(json!({"op": "auth", "token": token})).await;
+    assert_eq!(code(&refused), "rate_limited");
+    assert!(refused["error"]["retry_after_ms"].as_u64().unwrap() <= 1000);
+    assert_eq!(client.request(json!({"op": "ping"})).await["ok"], json!({}), "other requests still pass");
     server.stop().await;
 }

@@ -153,7 +153,7 @@ async fn fuzz(cfg: Config) {
     let seed = env_number("RD_FUZZ_SEED", 1);
     let frames = env_number("RD_FUZZ_FRAMES", 300);
     let mut cfg = cfg;
-    cfg.rate_limits = RateLimits { requests: None, publishes: None, strikes: u32::MAX };
+    cfg.rate_limits = RateLimits { requests: None, publishes: None, auths: None, strikes: u32::MAX };
     cfg.max_frame_bytes = 4096;
     let server = TestServer::start(cfg).await;
     let tasks: Vec<_> =

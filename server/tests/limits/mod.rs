@@ -22,7 +22,8 @@ fn open_rule(pattern: &str, publish_rate: Option<Rate>) -> ChannelRule {
 async fn publishes_over_the_rates_get_rate_limited_with_a_retry_time() {
     let redis = Redis::start();
     let mut cfg = config(&redis);
-    cfg.rate_limits = RateLimits { requests: None, publishes: Some(Rate::new(10.0, 5).unwrap()), strikes: 100 };
+    cfg.rate_limits =
+        RateLimits { requests: None, publishes: Some(Rate::new(10.0, 5).unwrap()), auths: None, strikes: 100 };
     let rules = vec![open_rule("slow:*", Some(Rate::new(0.5, 1).unwrap())), open_rule("*", None)];
     cfg.access = AccessConfig { rules, ..AccessConfig::default() };
     let server = TestServer::start(cfg).await;
@@ -55,7 +56,8 @@ async fn publishes_over_the_rates_get_rate_limited_with_a_retry_time() {
 async fn a_client_that_ignores_rate_limited_is_closed_with_4003() {
     let redis = Redis::start();
     let mut cfg = config(&redis);
-    cfg.rate_limits = RateLimits { requests: Some(Rate::new(1.0, 10).unwrap()), publishes: None, strikes: 20 };
+    cfg.rate_limits =
+        RateLimits { requests: Some(Rate::new(1.0, 10).unwrap()), publishes: None, auths: None, strikes: 20 };
     let server = TestServer::start(cfg).await;
     let mut client = connect(&server.url()).await;
     let mut bystander = connect(&server.url()).await;
@@ -107,7 +109,8 @@ fn sample(metrics: &str, name: &str) -> f64 {
 async fn metrics_count_what_happened() {
     let redis = Redis::start();
     let mut cfg = config(&redis);
-    cfg.rate_limits = RateLimits { requests: None, publishes: Some(Rate::new(1.0, 3).unwrap()), strikes: 100 };
+    cfg.rate_limits =
+        RateLimits { requests: None, publishes: Some(Rate::new(1.0, 3).unwrap()), auths: None, strikes: 100 };
     cfg.max_frame_bytes = 1024;
     let server = TestServer::start(cfg).await;
     let mut subscriber = connect(&server.url()).await;

@@ -155,6 +155,14 @@ struct Args {
     #[arg(long, env = "REDISTRIBUTE_PUBLISH_BURST", default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..))]
     publish_burst: u32,
 
+    /// `auth` requests (token checks) per second per connection; 0 turns the limit off.
+    #[arg(long, env = "REDISTRIBUTE_AUTH_RATE", default_value_t = 1.0)]
+    auth_rate: f64,
+
+    /// `auth` requests a connection may send at once after a pause.
+    #[arg(long, env = "REDISTRIBUTE_AUTH_BURST", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    auth_burst: u32,
+
     /// `rate_limited` replies in a row after which a connection is closed with code 4003.
     #[arg(long, env = "REDISTRIBUTE_RATE_LIMIT_STRIKES", default_value_t = 100)]
     rate_limit_strikes: u32,
@@ -317,6 +325,7 @@ impl Args {
         config.rate_limits = RateLimits {
             requests: rate(self.request_rate, self.request_burst).context("--request-rate")?,
             publishes: rate(self.publish_rate, self.publish_burst).context("--publish-rate")?,
+            auths: rate(self.auth_rate, self.auth_burst).context("--auth-rate")?,
             strikes: self.rate_limit_strikes,
         };
         config.join_buffer = self.join_buffer;
