@@ -3,7 +3,7 @@
 //! [`crate::groups`]; this module only speaks Redis.
 
 use super::error::{Context, classify};
-use super::{RedisEngine, Target, reply};
+use super::{RedisEngine, Target, reply, xadd};
 use crate::engine::EngineError;
 use redis::Value;
 use redis::aio::MultiplexedConnection;
@@ -209,11 +209,7 @@ impl RedisMember {
     ) -> Result<(), EngineError> {
         let mut pipe = redis::pipe();
         pipe.atomic();
-        let add = pipe.cmd("XADD").arg(self.target.key(stream));
-        if let Some(n) = maxlen {
-            add.arg("MAXLEN").arg("~").arg(n);
-        }
-        add.arg("*").arg(fields).ignore();
+        pipe.add_command(xadd(self.target.key(stream), fields, maxlen)).ignore();
         pipe.cmd("XACK").arg(&self.key).arg(&self.group).arg(offset.to_string()).ignore();
         pipe.query_async::<()>(&mut self.target.commands()).await.map_err(|e| classify(e, &self.at()))
     }

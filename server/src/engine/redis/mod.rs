@@ -177,14 +177,8 @@ impl RedisEngine {
         maxlen: Option<u64>,
     ) -> Result<StreamId, EngineError> {
         let target = self.target(channel);
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(target.key(channel));
-        if let Some(n) = maxlen {
-            cmd.arg("MAXLEN").arg("~").arg(n);
-        }
-        cmd.arg("*").arg(fields);
         let id: Value = target
-            .timed("XADD", cmd.query_async(&mut target.commands()))
+            .timed("XADD", xadd(target.key(channel), fields, maxlen).query_async(&mut target.commands()))
             .await
             .map_err(|e| classify_write(e, &target.at(channel, None)))?;
         reply::stream_id(&id)
@@ -209,11 +203,7 @@ impl RedisEngine {
             pipe.ignore_errors();
             for &i in &mine {
                 let (channel, fields, maxlen) = writes[i];
-                let add = pipe.cmd("XADD").arg(target.key(channel));
-                if let Some(n) = maxlen {
-                    add.arg("MAXLEN").arg("~").arg(n);
-                }
-                add.arg("*").arg(fields);
+                pipe.add_command(xadd(target.key(channel), fields, maxlen));
             }
             let replies: Result<Vec<Value>, _> = target.timed("XADD", pipe.query_async(&mut target.commands())).await;
             match replies {
@@ -303,6 +293,17 @@ impl RedisEngine {
         }
         Ok(())
     }
+}
+
+/// `XADD key [MAXLEN ~ n] * field value …`: every append of the engine.
+pub(crate) fn xadd(key: String, fields: &[String], maxlen: Option<u64>) -> redis::Cmd {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(key);
+    if let Some(n) = maxlen {
+        cmd.arg("MAXLEN").arg("~").arg(n);
+    }
+    cmd.arg("*").arg(fields);
+    cmd
 }
 
 fn is_no_such_key(detail: &str) -> bool {
