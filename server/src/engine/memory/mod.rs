@@ -259,39 +259,33 @@ impl MemoryEngine {
         fields: &[String],
         maxlen: Option<u64>,
     ) -> Result<StreamId, EngineError> {
-        let id = self.append(channel, fields.to_vec(), maxlen, now_ms());
+        let id = self.append_all(&[(channel, fields, maxlen)], now_ms())[0];
         self.inner.appended.notify_waiters();
         Ok(id)
     }
 
-    fn append(&self, channel: &str, fields: Vec<String>, maxlen: Option<u64>, now: u64) -> StreamId {
-        let limits = self.inner.limits;
-        let cap = maxlen.unwrap_or(u64::MAX).min(limits.max_entries_per_channel).max(1);
-        let mut streams = self.lock();
-        let id = streams.append(channel, fields, cap, now);
-        streams.trim_to(limits.max_bytes);
-        id
-    }
-
     /// Appends several entries, in order, under one lock.
     pub(crate) fn publish_many(&self, writes: &[(&str, &[String], Option<u64>)]) -> Vec<Result<StreamId, EngineError>> {
-        let limits = self.inner.limits;
-        let now = now_ms();
-        let ids = {
-            let mut streams = self.lock();
-            let ids: Vec<_> = writes
-                .iter()
-                .map(|(channel, fields, maxlen)| {
-                    let cap = maxlen.unwrap_or(u64::MAX).min(limits.max_entries_per_channel).max(1);
-                    Ok(streams.append(channel, fields.to_vec(), cap, now))
-                })
-                .collect();
-            streams.trim_to(limits.max_bytes);
-            ids
-        };
-        if !writes.is_empty() {
+        let ids = self.append_all(writes, now_ms());
+        if !ids.is_empty() {
             self.inner.appended.notify_waiters();
         }
+        ids.into_iter().map(Ok).collect()
+    }
+
+    /// Appends `(channel, fields, maxlen)` entries at wall-clock time `now`, each channel capped
+    /// at its `maxlen` (exactly, which `MAXLEN ~` allows) and the whole at the byte budget.
+    fn append_all(&self, writes: &[(&str, &[String], Option<u64>)], now: u64) -> Vec<StreamId> {
+        let limits = self.inner.limits;
+        let mut streams = self.lock();
+        let ids = writes
+            .iter()
+            .map(|(channel, fields, maxlen)| {
+                let cap = maxlen.unwrap_or(u64::MAX).min(limits.max_entries_per_channel).max(1);
+                streams.append(channel, fields.to_vec(), cap, now)
+            })
+            .collect();
+        streams.trim_to(limits.max_bytes);
         ids
     }
 
@@ -376,6 +370,13 @@ impl MemoryEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl MemoryEngine {
+        /// One entry at wall-clock time `now`.
+        fn append(&self, channel: &str, fields: Vec<String>, maxlen: Option<u64>, now: u64) -> StreamId {
+            self.append_all(&[(channel, &fields, maxlen)], now)[0]
+        }
+    }
 
     #[test]
     fn ids_increase_strictly_whatever_the_clock_does() {
