@@ -60,36 +60,42 @@ impl Default for RateLimits {
     }
 }
 
-/// One token bucket.
+/// One token bucket, filling at its rate up to its burst.
 #[derive(Debug, Clone)]
 struct Bucket {
+    rate: Rate,
     tokens: f64,
     at: Instant,
 }
 
 impl Bucket {
     fn full(rate: Rate, now: Instant) -> Bucket {
-        Bucket { tokens: f64::from(rate.burst), at: now }
+        Bucket { rate, tokens: f64::from(rate.burst), at: now }
     }
 
     /// Takes a token, or says how long until one is there.
-    fn take(&mut self, rate: Rate, now: Instant) -> Result<(), Duration> {
+    fn take(&mut self, now: Instant) -> Result<(), Duration> {
+        let Rate { per_second, burst } = self.rate;
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * rate.per_second).min(f64::from(rate.burst));
+        self.tokens = (self.tokens + elapsed * per_second).min(f64::from(burst));
         self.at = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((1.0 - self.tokens) / rate.per_second))
+            Err(Duration::from_secs_f64((1.0 - self.tokens) / per_second))
         }
     }
+}
+
+/// Takes a token from `bucket`; no bucket, no limit.
+fn take(bucket: &mut Option<Bucket>, now: Instant) -> Result<(), Duration> {
+    bucket.as_mut().map_or(Ok(()), |bucket| bucket.take(now))
 }
 
 /// One connection's buckets, and its refusals in a row.
 #[derive(Debug)]
 pub(crate) struct Throttle {
-    limits: RateLimits,
     requests: Option<Bucket>,
     publishes: Option<Bucket>,
     auths: Option<Bucket>,
@@ -97,46 +103,39 @@ pub(crate) struct Throttle {
     /// number of rules).
     per_rule: HashMap<usize, Bucket>,
     strikes: u32,
+    /// Refusals in a row after which the connection is closed.
+    max_strikes: u32,
 }
 
 impl Throttle {
     pub(crate) fn new(limits: RateLimits, now: Instant) -> Throttle {
+        let bucket = |rate: Option<Rate>| rate.map(|rate| Bucket::full(rate, now));
         Throttle {
-            limits,
-            requests: limits.requests.map(|rate| Bucket::full(rate, now)),
-            publishes: limits.publishes.map(|rate| Bucket::full(rate, now)),
-            auths: limits.auths.map(|rate| Bucket::full(rate, now)),
+            requests: bucket(limits.requests),
+            publishes: bucket(limits.publishes),
+            auths: bucket(limits.auths),
             per_rule: HashMap::new(),
             strikes: 0,
+            max_strikes: limits.strikes,
         }
     }
 
     /// Admits one request (any frame), or says how long until one would be.
     pub(crate) fn request(&mut self, now: Instant) -> Result<(), Duration> {
-        match (&mut self.requests, self.limits.requests) {
-            (Some(bucket), Some(rate)) => bucket.take(rate, now),
-            _ => Ok(()),
-        }
+        take(&mut self.requests, now)
     }
 
     /// Admits one `auth`.
     pub(crate) fn auth(&mut self, now: Instant) -> Result<(), Duration> {
-        match (&mut self.auths, self.limits.auths) {
-            (Some(bucket), Some(rate)) => bucket.take(rate, now),
-            _ => Ok(()),
-        }
+        take(&mut self.auths, now)
     }
 
     /// Admits one publish: the connection's publish bucket, then the bucket of the channel rule
     /// (`rule`: its index and rate) if it sets one.
     pub(crate) fn publish(&mut self, rule: Option<(usize, Rate)>, now: Instant) -> Result<(), Duration> {
-        if let (Some(bucket), Some(rate)) = (&mut self.publishes, self.limits.publishes) {
-            bucket.take(rate, now)?;
-        }
+        take(&mut self.publishes, now)?;
         match rule {
-            Some((index, rate)) => {
-                self.per_rule.entry(index).or_insert_with(|| Bucket::full(rate, now)).take(rate, now)
-            }
+            Some((index, rate)) => self.per_rule.entry(index).or_insert_with(|| Bucket::full(rate, now)).take(now),
             None => Ok(()),
         }
     }
@@ -145,7 +144,7 @@ impl Throttle {
     /// number in a row (close it).
     pub(crate) fn strike(&mut self) -> bool {
         self.strikes = self.strikes.saturating_add(1);
-        self.strikes > self.limits.strikes
+        self.strikes > self.max_strikes
     }
 
     /// Any other reply: the client slowed down.
