@@ -109,13 +109,9 @@ impl Watch {
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        let mut channels = self.partition.lock();
-        if let Some(entry) = channels.get_mut(&self.channel) {
+        self.partition.depart(&self.channel, |entry| {
             entry.watchers.remove(&self.id);
-            if entry.unused() {
-                channels.remove(&self.channel);
-            }
-        }
+        });
     }
 }
 
@@ -318,11 +314,19 @@ impl Partition {
         }
     }
 
-    /// Removes a subscriber; forgets the channel when it was the last one.
+    /// Removes a subscriber; forgets the channel when nobody is left on it.
     pub(crate) fn leave(&self, channel: &str, conn_id: u64) {
+        self.depart(channel, |entry| {
+            entry.subscribers.remove(&conn_id);
+        });
+    }
+
+    /// Removes someone from `channel` (`remove` does it); forgets the channel once neither
+    /// subscribers nor watchers are left.
+    fn depart(&self, channel: &str, remove: impl FnOnce(&mut Channel)) {
         let mut channels = self.lock();
         if let Some(entry) = channels.get_mut(channel) {
-            entry.subscribers.remove(&conn_id);
+            remove(entry);
             if entry.unused() {
                 channels.remove(channel);
             }
