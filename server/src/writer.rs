@@ -50,6 +50,9 @@ impl<W: Sink<Message, Error = WsError> + Unpin> Writer<W> {
         let mut ping = tokio::time::interval(self.ping_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await; // the first tick is immediate
+        // A kick that cut a frame's write short dropped that frame: then nothing queued after it
+        // may go out, or the client would resume past entries it never got.
+        let mut frame_dropped = false;
         let closing = 'frames: loop {
             let first = tokio::select! {
                 biased;
@@ -69,7 +72,10 @@ impl<W: Sink<Message, Error = WsError> + Unpin> Writer<W> {
                 match self.watched(|sink| sink.feed(message)).await {
                     Write::Done => {}
                     Write::Failed => return false,
-                    Write::Kicked => continue 'frames,
+                    Write::Kicked => {
+                        frame_dropped = true;
+                        continue 'frames;
+                    }
                 }
                 written += 1;
                 if written < MAX_BURST {
@@ -83,8 +89,10 @@ impl<W: Sink<Message, Error = WsError> + Unpin> Writer<W> {
             }
         };
         // Frames queued before the close go out first (the replies a client is owed), unless the
-        // backlog itself is the reason: then it is freed now, not after the close.
-        if kick.reason().is_some_and(|(code, _)| code != close::LAGGING) || self.shutdown.is_cancelled() {
+        // backlog itself is the reason (then it is freed now, not after the close) or a frame was
+        // dropped (see above).
+        let owed = kick.reason().is_some_and(|(code, _)| code != close::LAGGING) || self.shutdown.is_cancelled();
+        if owed && !frame_dropped {
             while let Some(message) = self.queue.try_recv() {
                 if !matches!(self.watched(|sink| sink.feed(message)).await, Write::Done) {
                     return false;
@@ -123,5 +131,56 @@ impl<W: Sink<Message, Error = WsError> + Unpin> Writer<W> {
                 Write::Failed
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::Outbox;
+    use crate::progress::Tracked;
+    use futures_util::StreamExt;
+    use tokio_tungstenite::WebSocketStream;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    #[tokio::test]
+    async fn a_frame_cut_short_by_a_kick_is_not_followed_by_later_ones() {
+        let (client, served) = tokio::io::duplex(16 << 10);
+        let (served, progress) = Tracked::new(served);
+        let server = WebSocketStream::from_raw_socket(served, Role::Server, None).await;
+        let (outbox, queue) = Outbox::new(16 << 20, crate::outbox::tests::total());
+        let writer = Writer {
+            sink: server,
+            state: queue.state().clone(),
+            queue,
+            progress,
+            write_timeout: Duration::from_secs(5),
+            ping_interval: Duration::from_secs(60),
+            shutdown: CancellationToken::new(),
+        };
+        // The first frame fills the pipe and tungstenite's buffer, so the second one's write
+        // waits; the kick cuts it short.
+        let big = |c: &str| Utf8Bytes::from(c.repeat(300 << 10));
+        for frame in ["a", "b", "c"] {
+            assert!(outbox.push(big(frame)));
+        }
+        let running = tokio::spawn(writer.run());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        outbox.kick(close::IDLE_TIMEOUT, "idle");
+        // The client reads only now: "a", then the close, never "c" after a missing "b".
+        let mut client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+        let mut got = Vec::new();
+        while let Some(Ok(message)) = client.next().await {
+            match message {
+                Message::Text(text) => got.push(text.as_str()[..1].to_owned()),
+                Message::Close(frame) => {
+                    got.push(format!("close {}", frame.map_or(0, |f| u16::from(f.code))));
+                    break;
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(got, ["a", "close 4002"]);
+        assert!(running.await.unwrap(), "the close went out");
     }
 }
