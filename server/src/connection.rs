@@ -1,8 +1,10 @@
 //! One WebSocket connection: requests in, replies and pushes out.
 //!
-//! The socket is split in two halves run side by side: the *handler* reads frames and answers
-//! them in order, and the *writer* (`crate::writer`) drains the connection's [`Outbox`], batching
-//! frames into as few flushes as possible. Publishes that arrive back to back are stored together,
+//! The socket is split in two halves, each run by a task of its own: the *handler* reads frames
+//! and answers them in order, and the *writer* (`crate::writer`) drains the connection's
+//! [`Outbox`], batching frames into as few flushes as possible. What an idle connection holds is
+//! kept small on purpose (the handling of a frame is boxed while it runs): it is what 10,000 idle
+//! subscribers cost. Publishes that arrive back to back are stored together,
 //! in one round trip to Redis that keeps their order (a pipelining client is not held to one
 //! publish per round trip). Both halves are generic over `Stream`/`Sink`, so the protocol handling
 //! tests without a network.
@@ -35,11 +37,27 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// Runs a connection to its end: the connect hook, then requests until the socket closes, the
 /// client is kicked or the server shuts down; then cleanup and the disconnect hook. `progress`
 /// reports when the socket last accepted bytes (see [`crate::progress`]).
-pub(crate) async fn run<S>(shared: Arc<Shared>, conn: Arc<ConnInfo>, socket: S, progress: Arc<Progress>)
+///
+/// The socket is split before the future is made, so that the future holds the two small halves
+/// rather than a copy of the socket's state beside them (every open connection pays for its size).
+pub(crate) fn run<S>(
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    socket: S,
+    progress: Arc<Progress>,
+) -> impl Future<Output = ()> + Send
 where
-    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin + Send,
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin + Send + 'static,
 {
-    let (mut sink, mut stream) = socket.split();
+    let (sink, stream) = socket.split();
+    serve(shared, conn, sink, stream, progress)
+}
+
+async fn serve<W, R>(shared: Arc<Shared>, conn: Arc<ConnInfo>, mut sink: W, mut stream: R, progress: Arc<Progress>)
+where
+    W: Sink<Message, Error = WsError> + Unpin + Send + 'static,
+    R: Stream<Item = Result<Message, WsError>> + Unpin + Send,
+{
     if let Decision::Deny(reason) = shared.hooks.on_connect(&conn).await {
         debug!(conn = conn.id, %reason, "connection refused by hook");
         let _ = sink.send(close_message(close::POLICY_VIOLATION, &reason)).await;
@@ -49,15 +67,20 @@ where
     metrics.websockets_open.inc();
     let (outbox, queue) = Outbox::new(shared.config.send_queue_bytes, metrics.send_queue_bytes.clone());
     let state = queue.state().clone();
-    let writer = Writer {
-        sink,
-        queue,
-        state: state.clone(),
-        progress,
-        write_timeout: shared.config.write_timeout,
-        ping_interval: shared.config.ping_interval,
-        shutdown: shared.shutdown.clone(),
-    };
+    // The writer is a task of its own, sized to what it holds; the handler reads on in this one.
+    // (Joining the two in one future cost every open connection kilobytes of task state.)
+    let writer = shared.tasks.spawn(
+        Writer {
+            sink,
+            queue,
+            state: state.clone(),
+            progress,
+            write_timeout: shared.config.write_timeout,
+            ping_interval: shared.config.ping_interval,
+            shutdown: shared.shutdown.clone(),
+        }
+        .run(),
+    );
     let mut handler = Handler {
         shared: shared.clone(),
         conn: conn.clone(),
@@ -68,14 +91,12 @@ where
         expiry: None,
         throttle: Throttle::new(shared.config.rate_limits, tokio::time::Instant::now()),
     };
-    let reader = async {
-        let ended = handler.read_loop(&mut stream).await;
-        handler.cleanup().await;
-        // `handler` (and its outbox) drops here, which lets the writer finish.
-        drop(handler);
-        ended
-    };
-    let (closed, ended) = tokio::join!(writer.run(), reader);
+    let ended = handler.read_loop(&mut stream).await;
+    // Boxed, like the handling of each frame: room only while it runs.
+    Box::pin(handler.cleanup()).await;
+    // Dropping the handler (and its outbox) lets the writer finish.
+    drop(handler);
+    let closed = writer.await.unwrap_or(false);
     record_close(&shared, &conn, &state, ended);
     if closed && ended == Ended::ByServer {
         linger(&mut stream).await;
@@ -187,11 +208,11 @@ impl Handler {
         loop {
             let stashed_frame = match stashed.take() {
                 Some(Stashed::Accepted(Ok(request))) => {
-                    self.on_request(request).await;
+                    Box::pin(self.on_request(request)).await;
                     continue;
                 }
                 Some(Stashed::Accepted(Err(reply))) => {
-                    self.reply(reply).await;
+                    Box::pin(self.reply(reply)).await;
                     continue;
                 }
                 Some(Stashed::Frame(frame)) => Some(frame),
@@ -233,7 +254,7 @@ impl Handler {
                     let error = self.admit_request().err().unwrap_or_else(|| {
                         ProtocolError::bad_request("binary frames are not supported: send JSON text frames")
                     });
-                    self.reply(Reply::error(None, error)).await;
+                    Box::pin(self.reply(Reply::error(None, error))).await;
                 }
                 Some(Ok(Message::Close(_))) | None => return Ended::ByClient,
                 Some(Ok(_)) => {} // ping/pong: tungstenite answers pings itself
@@ -352,7 +373,9 @@ impl Handler {
                 Ok((body, plan)) => {
                     // The reply is queued before the replay can queue any push.
                     self.reply(Reply::ok(id, body)).await;
-                    let replay = self.shared.tasks.spawn(plan.run());
+                    // Boxed: the task outlives the replay (its handle is kept to stop it), and
+                    // then holds only the box's pointer, not the replay's state.
+                    let replay = self.shared.tasks.spawn(async move { Box::pin(plan.run()).await });
                     self.subscriptions.insert(channel, Subscription { replay });
                     self.shared.metrics.subscriptions.inc();
                 }

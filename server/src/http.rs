@@ -9,8 +9,9 @@ use crate::engine::Chain;
 use crate::hooks::ConnInfo;
 use crate::log_gate::LogEvent;
 use crate::progress::Tracked;
-use crate::slots::Refusal;
+use crate::slots::{Refusal, Slot};
 use crate::{Shared, connection, static_files};
+use futures_util::FutureExt;
 use redistribute_protocol::SUBPROTOCOL;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -56,12 +57,14 @@ impl Head {
     }
 }
 
-/// Serves one accepted connection (plain or TLS). A connection that got no slot (`refused`) is
-/// served `/healthz` and `/metrics` only; anything else gets 503 or 429 with `Retry-After`.
-pub(crate) async fn serve<IO>(shared: Arc<Shared>, mut io: IO, peer: SocketAddr, refused: Option<Refusal>)
+/// Serves one accepted connection (plain or TLS). A connection that got no slot (`Err`) is
+/// served `/healthz` and `/metrics` only; anything else gets 503 or 429 with `Retry-After`. A
+/// WebSocket upgrade hands the socket and its slot to a task of their own and returns.
+pub(crate) async fn serve<IO>(shared: Arc<Shared>, mut io: IO, peer: SocketAddr, slot: Result<Slot, Refusal>)
 where
-    IO: AsyncRead + AsyncWrite + Unpin + Send,
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let refused = slot.as_ref().err().copied();
     let mut buf = Vec::with_capacity(1024);
     let head_timeout = if refused.is_some() { REFUSED_HEAD_TIMEOUT } else { HEAD_TIMEOUT };
     let head = match tokio::time::timeout(head_timeout, read_head(&mut io, &mut buf)).await {
@@ -89,8 +92,7 @@ where
             let body = "too many connections from your address\n";
             respond(&mut io, "429 Too Many Requests", body, &[("Retry-After", RETRY_AFTER_SECS)]).await
         }
-        // The buffer moves in, so that it is freed once the upgrade is done.
-        ("GET", "/", true, None) => Box::pin(upgrade_to_websocket(shared, io, peer, head, buf)).await,
+        ("GET", "/", true, None) => upgrade_to_websocket(shared, io, peer, head, buf, slot).await,
         ("GET" | "HEAD", path, false, None) if shared.config.static_dir.is_some() => {
             let dir = shared.config.static_dir.as_deref().expect("checked by the guard");
             serve_file(&mut io, dir, path, head.method == "HEAD").await
@@ -126,12 +128,12 @@ async fn serve_file<IO: AsyncWrite + Unpin>(io: &mut IO, dir: &Path, path: &str,
 /// is malformed or too large.
 async fn read_head<IO: AsyncRead + Unpin>(io: &mut IO, buf: &mut Vec<u8>) -> Result<Option<Head>, &'static str> {
     loop {
-        let mut chunk = [0u8; 2048];
-        let n = io.read(&mut chunk).await.map_err(|_| "400 Bad Request")?;
+        // Straight into the buffer: a chunk on the stack would sit in every connection's task.
+        buf.reserve(2048);
+        let n = io.read_buf(buf).await.map_err(|_| "400 Bad Request")?;
         if n == 0 {
             return Ok(None);
         }
-        buf.extend_from_slice(&chunk[..n]);
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut request = httparse::Request::new(&mut headers);
         match request.parse(buf) {
@@ -184,9 +186,17 @@ async fn respond_with<IO: AsyncWrite + Unpin>(
     let _ = io.shutdown().await;
 }
 
-async fn upgrade_to_websocket<IO>(shared: Arc<Shared>, mut io: IO, peer: SocketAddr, head: Head, buf: Vec<u8>)
-where
-    IO: AsyncRead + AsyncWrite + Unpin + Send,
+/// Completes the handshake, then runs the connection in a task of its own, holding `slot`: its
+/// size is the connection's alone, not that of the HTTP exchange before it.
+async fn upgrade_to_websocket<IO>(
+    shared: Arc<Shared>,
+    mut io: IO,
+    peer: SocketAddr,
+    head: Head,
+    buf: Vec<u8>,
+    slot: Result<Slot, Refusal>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     if let Some(reason) = shared.access.refuse_peer(peer.ip()) {
         shared.metrics.connections_refused.with_label_values(&["peer"]).inc();
@@ -242,7 +252,10 @@ where
     let socket = WebSocketStream::from_partially_read(io, leftover, Role::Server, Some(ws_config)).await;
     let conn = Arc::new(ConnInfo::new(shared.next_conn_id(), peer, head.target, head.headers));
     debug!(conn = conn.id, %peer, "websocket connected");
-    connection::run(shared, conn, socket, progress).await;
+    let tasks = shared.tasks.clone();
+    // The slot is given back when the connection ends. (`map`, not an `async` block awaiting
+    // the connection: that would hold its state twice.)
+    tasks.spawn(connection::run(shared, conn, socket, progress).map(move |()| drop(slot)));
 }
 
 #[cfg(test)]
@@ -259,7 +272,10 @@ mod tests {
     /// Serves one connection over an in-memory pipe; returns the client's end.
     fn connect(server: &Server) -> DuplexStream {
         let (client, served) = duplex(64 << 10);
-        tokio::spawn(serve(server.shared.clone(), served, peer(), None));
+        let crate::slots::Admission::Admitted(slot) = server.shared.slots.admit(peer().ip()) else {
+            panic!("a test server has free slots")
+        };
+        tokio::spawn(serve(server.shared.clone(), served, peer(), Ok(slot)));
         client
     }
 

@@ -99,17 +99,17 @@ impl Listener {
                 () = shared.shutdown.cancelled() => break,
             };
             let metrics = &shared.metrics;
-            let (slot, refusal) = match shared.slots.admit(peer.ip()) {
+            let (slot, refusal_permit) = match shared.slots.admit(peer.ip()) {
                 Admission::Admitted(slot) => {
                     metrics.connections_accepted.inc();
-                    (Some(slot), None)
+                    (Ok(slot), None)
                 }
                 Admission::Refused(refusal, permit) => {
                     metrics.connections_refused.with_label_values(&[refusal.as_str()]).inc();
                     if shared.log_gate.allow(LogEvent::Refused) {
                         info!(%peer, reason = refusal.as_str(), "no connection slot: answered 503/429");
                     }
-                    (None, Some((refusal, permit)))
+                    (Err(refusal), Some(permit))
                 }
                 Admission::Dropped(refusal) => {
                     metrics.connections_refused.with_label_values(&[refusal.as_str()]).inc();
@@ -125,14 +125,15 @@ impl Listener {
             let _ = SockRef::from(&socket).set_tcp_keepalive(&TCP_KEEPALIVE);
             let shared = shared.clone();
             let tls = tls.clone();
+            // This task serves the HTTP exchange only: a WebSocket goes on in a task of its own
+            // (see `http`), so an open connection does not keep the handshake's state.
             shared.tasks.clone().spawn(async move {
-                let _held = (slot, refusal.as_ref().map(|(_, permit)| permit));
-                let refusal = refusal.as_ref().map(|(refusal, _)| *refusal);
+                let _refusal_permit = refusal_permit;
                 match tls {
-                    None => http::serve(shared, socket, peer, refusal).await,
+                    None => http::serve(shared, socket, peer, slot).await,
                     Some(acceptor) => {
                         match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
-                            Ok(Ok(stream)) => http::serve(shared, stream, peer, refusal).await,
+                            Ok(Ok(stream)) => http::serve(shared, stream, peer, slot).await,
                             Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
                             Err(_) => debug!(%peer, "TLS handshake timed out"),
                         }

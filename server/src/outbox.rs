@@ -11,36 +11,49 @@
 //! bound is what one connection may pin, whatever others hold.
 
 use redistribute_protocol::close;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use prometheus::IntGauge;
 use tokio::sync::Notify;
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
-/// What a queued frame costs beyond its text: the message, its queue slot and the shared
-/// buffer's header, rounded up.
+/// What a queued frame costs beyond its text: its queue slot and the shared buffer's header,
+/// rounded up.
 const FRAME_OVERHEAD: usize = 96;
 
-/// The sending half of a connection's queue. Cheap to clone.
-#[derive(Clone, Debug)]
+/// Slots a drained queue keeps; a larger buffer (left by a burst) is freed once the queue is
+/// empty, so that an idle connection holds none.
+const KEEP_SLOTS: usize = 64;
+
+/// The sending half of a connection's queue. Cheap to clone; the queue closes once every clone
+/// is gone.
+#[derive(Debug)]
 pub(crate) struct Outbox {
-    tx: mpsc::UnboundedSender<Message>,
     state: Arc<QueueState>,
 }
 
 /// The receiving half, for the connection's writer.
 #[derive(Debug)]
 pub(crate) struct Queue {
-    rx: mpsc::UnboundedReceiver<Message>,
     state: Arc<QueueState>,
 }
 
-/// The part of the queue both halves see: its byte count and the kick signal.
+/// The part of the queue both halves see: the frames, their byte count and the kick signal.
+///
+/// A plain deque behind a lock, not a channel: a channel allocates a block of slots up front,
+/// which every idle connection would pay for.
 #[derive(Debug)]
 pub(crate) struct QueueState {
+    frames: Mutex<VecDeque<Utf8Bytes>>,
+    /// Wakes the writer when a frame is queued or the last sender leaves.
+    ready: Notify,
+    /// Live [`Outbox`] handles.
+    senders: AtomicUsize,
+    /// The writer stopped taking frames (see [`Queue::discard`]).
+    closed: AtomicBool,
     kick: Kick,
     bytes: AtomicUsize,
     limit: usize,
@@ -84,8 +97,8 @@ impl Kick {
 #[derive(Debug)]
 pub(crate) struct Closed;
 
-fn cost(message: &Message) -> usize {
-    message.len() + FRAME_OVERHEAD
+fn cost(text: &Utf8Bytes) -> usize {
+    text.len() + FRAME_OVERHEAD
 }
 
 impl QueueState {
@@ -106,6 +119,38 @@ impl QueueState {
         self.room.notify_waiters();
     }
 
+    fn frames(&self) -> MutexGuard<'_, VecDeque<Utf8Bytes>> {
+        self.frames.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends a frame whose bytes are reserved; gives them back if the writer is gone.
+    fn enqueue(&self, text: Utf8Bytes) -> Result<(), Closed> {
+        let cost = cost(&text);
+        {
+            let mut frames = self.frames();
+            // Checked under the lock: `discard` empties the deque under it after setting the flag.
+            if !self.closed.load(Ordering::Acquire) {
+                frames.push_back(text);
+                drop(frames);
+                self.ready.notify_one();
+                return Ok(());
+            }
+        }
+        self.release(cost);
+        Err(Closed)
+    }
+
+    fn pop(&self) -> Option<Utf8Bytes> {
+        let mut frames = self.frames();
+        let text = frames.pop_front()?;
+        if frames.is_empty() && frames.capacity() > KEEP_SLOTS {
+            *frames = VecDeque::new();
+        }
+        drop(frames);
+        self.release(cost(&text));
+        Some(text)
+    }
+
     /// Bytes queued now.
     #[cfg(test)]
     pub(crate) fn bytes(&self) -> usize {
@@ -121,21 +166,28 @@ impl Outbox {
     /// A queue holding at most `limit` bytes, and its receiving half (for the connection's
     /// writer). `total` adds up the bytes of every queue (a metric).
     pub(crate) fn new(limit: usize, total: IntGauge) -> (Outbox, Queue) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let bytes = AtomicUsize::new(0);
-        let state = Arc::new(QueueState { kick: Kick::default(), bytes, limit, room: Notify::new(), total });
-        (Outbox { tx, state: state.clone() }, Queue { rx, state })
+        let state = Arc::new(QueueState {
+            frames: Mutex::default(),
+            ready: Notify::new(),
+            senders: AtomicUsize::new(1),
+            closed: AtomicBool::new(false),
+            kick: Kick::default(),
+            bytes: AtomicUsize::new(0),
+            limit,
+            room: Notify::new(),
+            total,
+        });
+        (Outbox { state: state.clone() }, Queue { state })
     }
 
     /// Queues a text frame, waiting for room (replies and replays: the client sets the pace).
     pub(crate) async fn send(&self, text: Utf8Bytes) -> Result<(), Closed> {
-        let message = Message::Text(text);
-        let cost = cost(&message);
+        let cost = cost(&text);
         loop {
             let room = self.state.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            if self.is_kicked() || self.tx.is_closed() {
+            if self.is_kicked() || self.state.closed.load(Ordering::Acquire) {
                 return Err(Closed);
             }
             if self.state.reserve(cost) {
@@ -146,23 +198,21 @@ impl Outbox {
                 () = self.state.kick.kicked() => return Err(Closed),
             }
         }
-        self.tx.send(message).map_err(|_| Closed)
+        self.state.enqueue(text)
     }
 
     /// Queues a text frame without waiting; a full queue kicks the connection. Returns whether
     /// the frame was queued.
     pub(crate) fn push(&self, text: Utf8Bytes) -> bool {
-        let message = Message::Text(text);
-        let cost = cost(&message);
         if self.is_kicked() {
             return false;
         }
-        if !self.state.reserve(cost) {
+        if !self.state.reserve(cost(&text)) {
             let limit = self.state.limit;
             self.kick(close::LAGGING, &format!("send queue over {limit} bytes: resume from your last offset"));
             return false;
         }
-        self.tx.send(message).is_ok()
+        self.state.enqueue(text).is_ok()
     }
 
     /// Asks the connection to close with `code`; the first reason wins.
@@ -180,26 +230,56 @@ impl Outbox {
     }
 }
 
+impl Clone for Outbox {
+    fn clone(&self) -> Outbox {
+        self.state.senders.fetch_add(1, Ordering::AcqRel);
+        Outbox { state: self.state.clone() }
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        if self.state.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // The last sender: the writer sees the queue end once it is drained.
+            self.state.ready.notify_one();
+        }
+    }
+}
+
 impl Queue {
-    /// The next frame, once one is queued; `None` when every sender is gone.
+    /// The next frame, once one is queued; `None` when every sender is gone and the queue is
+    /// drained.
     pub(crate) async fn recv(&mut self) -> Option<Message> {
-        let message = self.rx.recv().await?;
-        self.state.release(cost(&message));
-        Some(message)
+        loop {
+            if let Some(message) = self.try_recv() {
+                return Some(message);
+            }
+            if self.state.senders.load(Ordering::Acquire) == 0 {
+                // A frame queued just before the last sender left is still taken.
+                return self.try_recv();
+            }
+            // `notify_one` keeps a permit when nobody waits, so a frame queued since the check
+            // above wakes this at once.
+            self.state.ready.notified().await;
+        }
     }
 
     /// The next frame if one is queued now.
     pub(crate) fn try_recv(&mut self) -> Option<Message> {
-        let message = self.rx.try_recv().ok()?;
-        self.state.release(cost(&message));
-        Some(message)
+        self.state.pop().map(Message::Text)
     }
 
     /// Stops taking frames and frees what is queued (a closing client's backlog); waiting
     /// senders fail.
     pub(crate) fn discard(&mut self) {
-        self.rx.close();
-        while self.try_recv().is_some() {}
+        let dropped = {
+            let mut frames = self.state.frames();
+            self.state.closed.store(true, Ordering::Release);
+            std::mem::take(&mut *frames)
+        };
+        for text in dropped {
+            self.state.release(cost(&text));
+        }
         self.state.room.notify_waiters();
     }
 
@@ -271,6 +351,30 @@ pub(crate) mod tests {
         tokio::task::yield_now().await;
         drop(queue);
         assert!(blocked.await.unwrap().is_err(), "a dropped writer releases waiting senders");
+    }
+
+    #[tokio::test]
+    async fn frames_queued_before_the_last_sender_left_still_go_out_then_the_queue_ends() {
+        let (outbox, mut queue) = Outbox::new(1 << 20, total());
+        let other = outbox.clone();
+        assert!(outbox.push(text(1)));
+        drop(outbox);
+        assert!(other.push(text(2)));
+        drop(other);
+        assert_eq!(queue.recv().await.map(|m| m.len()), Some(1));
+        assert_eq!(queue.recv().await.map(|m| m.len()), Some(2));
+        assert!(queue.recv().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_drained_queue_gives_back_the_buffer_a_burst_left() {
+        let (outbox, mut queue) = Outbox::new(1 << 20, total());
+        assert_eq!(queue.state().frames().capacity(), 0, "an idle connection holds no buffer");
+        for _ in 0..1000 {
+            assert!(outbox.push(text(1)));
+        }
+        while queue.try_recv().is_some() {}
+        assert!(queue.state().frames().capacity() <= KEEP_SLOTS);
     }
 
     #[tokio::test]

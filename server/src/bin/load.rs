@@ -61,6 +61,10 @@ struct Args {
     /// `--baseline`, the baseline's is reported too).
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Runs of the scenario (alternating with the baseline's); the summary gives the median of
+    /// each figure, since one run on a shared machine is noise-prone.
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
 }
 
 /// What one run measured.
@@ -233,24 +237,64 @@ async fn main() -> anyhow::Result<()> {
     for url in &args.urls {
         check_loopback(url)?;
     }
-    let Some(baseline) = args.baseline.then(start_baseline).transpose()? else {
-        run(&args, &args.urls, args.server_pid).await?;
-        return Ok(());
-    };
-    println!("-- bare fan-out baseline (redistribute-baseline)");
-    let base = run(&args, std::slice::from_ref(&baseline.url), Some(baseline.child.id())).await;
+    let baseline = args.baseline.then(start_baseline).transpose()?;
+    let (mut base, mut ours) = (Vec::new(), Vec::new());
+    for run_number in 1..=args.runs.max(1) {
+        if let Some(baseline) = &baseline {
+            println!("-- bare fan-out baseline (redistribute-baseline), run {run_number}");
+            base.push(run(&args, std::slice::from_ref(&baseline.url), Some(baseline.child.id())).await?);
+        }
+        println!("-- redistribute, run {run_number}");
+        ours.push(run(&args, &args.urls, args.server_pid).await?);
+    }
     drop(baseline);
-    let base = base?;
-    println!("-- redistribute");
-    let ours = run(&args, &args.urls, args.server_pid).await?;
-    println!("-- ratio to the baseline");
-    println!("deliveries/s       {:.2}x", ours.deliveries_per_s / base.deliveries_per_s);
-    println!("published/s        {:.2}x", ours.published_per_s / base.published_per_s);
-    println!("latency p50, p99   {:.2}x, {:.2}x", ours.p50_ms / base.p50_ms, ours.p99_ms / base.p99_ms);
-    if let (Some(ours), Some(base)) = (ours.rss_mib, base.rss_mib) {
-        println!("server RSS         {:.2}x", ours / base);
+    let ours = Report::median(&ours);
+    if args.runs > 1 {
+        println!("-- median of {} runs", args.runs);
+        ours.print("");
+    }
+    if !base.is_empty() {
+        let base = Report::median(&base);
+        if args.runs > 1 {
+            base.print("baseline ");
+        }
+        println!("-- ratio to the baseline");
+        println!("deliveries/s       {:.2}x", ours.deliveries_per_s / base.deliveries_per_s);
+        println!("published/s        {:.2}x", ours.published_per_s / base.published_per_s);
+        println!("latency p50, p99   {:.2}x, {:.2}x", ours.p50_ms / base.p50_ms, ours.p99_ms / base.p99_ms);
+        if let (Some(ours), Some(base)) = (ours.rss_mib, base.rss_mib) {
+            println!("server RSS         {:.2}x", ours / base);
+        }
     }
     Ok(())
+}
+
+impl Report {
+    /// Each figure's median over `runs`.
+    fn median(runs: &[Report]) -> Report {
+        let median = |figure: fn(&Report) -> f64| {
+            let mut values: Vec<f64> = runs.iter().map(figure).collect();
+            values.sort_by(f64::total_cmp);
+            values[values.len() / 2]
+        };
+        Report {
+            published_per_s: median(|r| r.published_per_s),
+            deliveries_per_s: median(|r| r.deliveries_per_s),
+            p50_ms: median(|r| r.p50_ms),
+            p99_ms: median(|r| r.p99_ms),
+            rss_mib: runs.iter().all(|r| r.rss_mib.is_some()).then(|| median(|r| r.rss_mib.unwrap_or_default())),
+        }
+    }
+
+    fn print(&self, who: &str) {
+        println!(
+            "{who}published/s {:.0}, deliveries/s {:.0}, latency p50 {:.2} ms, p99 {:.2} ms",
+            self.published_per_s, self.deliveries_per_s, self.p50_ms, self.p99_ms
+        );
+        if let Some(rss) = self.rss_mib {
+            println!("{who}server RSS {rss:.1} MiB");
+        }
+    }
 }
 
 /// The baseline server, killed when dropped.
