@@ -7,7 +7,7 @@
 //! for room in the client's queue, so a replay goes at the client's pace.
 
 use crate::Shared;
-use crate::engine::Chain;
+use crate::engine::{Chain, HistoryPage};
 use crate::error::client_error;
 use crate::hooks::ConnInfo;
 use crate::hub::render;
@@ -40,44 +40,57 @@ impl Replay {
     }
 
     /// Sends history after `self.after`; returns the last offset sent (`None` if the connection
-    /// went away).
+    /// went away). The next page is read while the current one is being sent, so Redis and the
+    /// client's socket work at the same time (at most two pages are held).
     async fn history(&self) -> Option<StreamId> {
         let Replay { shared, conn, outbox, channel, .. } = self;
         // The first page is a probe: entry sizes are unknown until one page is read.
         let mut page_size = shared.config.history_page.min(FIRST_PAGE);
         let mut sent = self.after;
         let mut reported = self.reported_loss;
+        let mut page = self.fetch(sent, page_size).await?;
+        loop {
+            let loss = page.state.loss_after(sent);
+            let lost = loss > reported;
+            reported = reported.max(loss);
+            let frame = render(&*shared.hooks, conn, channel, &page.entries, sent, lost, None);
+            let send = async {
+                if let Some(frame) = frame {
+                    outbox.send(frame).await.ok()?;
+                    shared.metrics.replay_pages.inc();
+                }
+                Some(())
+            };
+            let last = page.entries.last().map_or(sent, |e| e.offset);
+            if page.entries.len() < page_size {
+                send.await?;
+                return Some(last);
+            }
+            page_size = next_page_size(&page.entries, shared.config.replay_page_bytes, shared.config.history_page);
+            let (delivered, next) = tokio::join!(send, self.fetch(last, page_size));
+            delivered?;
+            (page, sent) = (next?, last);
+        }
+    }
+
+    /// Reads up to `count` entries after `after`, waiting out storage outages; `None` (and the
+    /// connection kicked) on any other error.
+    async fn fetch(&self, after: StreamId, count: usize) -> Option<HistoryPage> {
+        let Replay { shared, outbox, channel, .. } = self;
         let mut retry = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
         loop {
-            let page = match shared.engine.history_page(channel, sent, page_size).await {
-                Ok(page) => page,
+            match shared.engine.history_page(channel, after, count).await {
+                Ok(page) => return Some(page),
                 Err(e) if e.is_unavailable() => {
                     // Live batches keep being parked meanwhile (up to the join buffer limit).
                     warn!(channel, error = %Chain(&e), "replay paused: storage unavailable");
                     tokio::time::sleep(retry.next_delay(rand::random())).await;
-                    continue;
                 }
                 Err(e) => {
-                    let message = client_error(&e).message;
-                    outbox.kick(close::INTERNAL_ERROR, &message);
+                    outbox.kick(close::INTERNAL_ERROR, &client_error(&e).message);
                     return None;
                 }
-            };
-            retry.reset();
-            let loss = page.state.loss_after(sent);
-            let lost = loss > reported;
-            reported = reported.max(loss);
-            if let Some(frame) = render(&*shared.hooks, conn, channel, &page.entries, sent, lost, None) {
-                outbox.send(frame).await.ok()?;
-                shared.metrics.replay_pages.inc();
             }
-            if let Some(last) = page.entries.last() {
-                sent = last.offset;
-            }
-            if page.entries.len() < page_size {
-                return Some(sent);
-            }
-            page_size = next_page_size(&page.entries, shared.config.replay_page_bytes, shared.config.history_page);
         }
     }
 

@@ -65,6 +65,10 @@ struct Args {
     /// each figure, since one run on a shared machine is noise-prone.
     #[arg(long, default_value_t = 1)]
     runs: usize,
+    /// Instead of the fan-out scenario: store this many entries in a fresh channel, then time a
+    /// new subscriber replaying all of them from offset 0 (catch-up replay), once per run.
+    #[arg(long)]
+    catch_up: Option<u64>,
 }
 
 /// What one run measured.
@@ -237,12 +241,17 @@ async fn main() -> anyhow::Result<()> {
     for url in &args.urls {
         check_loopback(url)?;
     }
+    if let Some(entries) = args.catch_up {
+        return catch_up(&args, entries).await;
+    }
     let baseline = args.baseline.then(start_baseline).transpose()?;
     let (mut base, mut ours) = (Vec::new(), Vec::new());
     for run_number in 1..=args.runs.max(1) {
         if let Some(baseline) = &baseline {
             println!("-- bare fan-out baseline (redistribute-baseline), run {run_number}");
-            base.push(run(&args, std::slice::from_ref(&baseline.url), Some(baseline.child.id())).await?);
+            // Its RSS is measured only when ours is (`--server-pid`).
+            let pid = args.server_pid.map(|_| baseline.child.id());
+            base.push(run(&args, std::slice::from_ref(&baseline.url), pid).await?);
         }
         println!("-- redistribute, run {run_number}");
         ours.push(run(&args, &args.urls, args.server_pid).await?);
@@ -295,6 +304,60 @@ impl Report {
             println!("{who}server RSS {rss:.1} MiB");
         }
     }
+}
+
+/// Fills a fresh channel with `entries` entries, then times new subscribers replaying them all.
+async fn catch_up(args: &Args, entries: u64) -> anyhow::Result<()> {
+    let url = &args.urls[0];
+    let channel = args.channel.clone().unwrap_or_else(|| format!("catch-up-{}", now_micros()));
+    let filling = Instant::now();
+    fill(url, &channel, entries, &"x".repeat(args.payload), args.window.max(1)).await?;
+    println!("stored             {entries} entries in {:.2?}", filling.elapsed());
+    let mut times = Vec::new();
+    for run_number in 1..=args.runs.max(1) {
+        let mut ws = connect(url).await?;
+        let started = Instant::now();
+        let request = format!(r#"{{"id":1,"op":"subscribe","channel":"{channel}","offset":"0"}}"#);
+        ws.send(Message::Text(request.into())).await?;
+        let mut received = 0u64;
+        while received < entries {
+            match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+                Ok(Some(Ok(Message::Text(text)))) => received += text.matches("\"offset\":\"").count() as u64,
+                Ok(Some(Ok(_))) => {}
+                other => bail!("replay stopped after {received} of {entries} entries: {other:?}"),
+            }
+        }
+        let took = started.elapsed();
+        println!(
+            "replay, run {run_number}     {entries} entries in {took:.2?} ({:.0}/s)",
+            entries as f64 / took.as_secs_f64()
+        );
+        times.push(took);
+    }
+    times.sort();
+    println!("replay, median     {:.2?}", times[times.len() / 2]);
+    Ok(())
+}
+
+/// Publishes `entries` entries to `channel`, `window` in flight at a time.
+async fn fill(url: &str, channel: &str, entries: u64, payload: &str, window: usize) -> anyhow::Result<()> {
+    let mut ws = connect(url).await?;
+    let (mut sent, mut acked) = (0u64, 0u64);
+    while acked < entries {
+        while sent < entries && sent - acked < window as u64 {
+            sent += 1;
+            let frame = format!(r#"{{"id":{sent},"op":"publish","channel":"{channel}","fields":["p","{payload}"]}}"#);
+            ws.feed(Message::Text(frame.into())).await?;
+        }
+        ws.flush().await?;
+        match ws.next().await {
+            Some(Ok(Message::Text(reply))) if reply.contains("\"ok\"") => acked += 1,
+            Some(Ok(Message::Text(reply))) => bail!("publish failed: {reply}"),
+            Some(Ok(_)) => {}
+            other => bail!("publisher connection ended: {other:?}"),
+        }
+    }
+    Ok(())
 }
 
 /// The baseline server, killed when dropped.

@@ -62,7 +62,7 @@ impl RedisFollower {
                 return Err(timed_out(self.target.display(), format!("XREAD did not return within {deadline:?}")));
             }
         };
-        let by_key = reply::streams(&value)?;
+        let by_key = reply::streams(value)?;
         Ok(by_key
             .into_iter()
             .filter_map(|(key, entries)| Some((self.target.channel(&key)?.to_owned(), entries)))

@@ -105,7 +105,7 @@ impl RedisMember {
             .timed("XREADGROUP", cmd.query_async(&mut self.target.commands()))
             .await
             .map_err(|e| classify(e, &self.at()))?;
-        let entries: Vec<Entry> = reply::streams(&value)?.into_iter().flat_map(|(_, entries)| entries).collect();
+        let entries: Vec<Entry> = reply::streams(value)?.into_iter().flat_map(|(_, entries)| entries).collect();
         match after {
             None => Ok(entries.into_iter().map(|e| (e, 1)).collect()),
             Some(_) => {
@@ -126,7 +126,7 @@ impl RedisMember {
         cmd.arg("BLOCK").arg(block.as_millis() as u64);
         cmd.arg("STREAMS").arg(&self.key).arg(">");
         let value: Value = cmd.query_async(conn).await.map_err(|e| classify(e, &self.at()))?;
-        let entries: Vec<Entry> = reply::streams(&value)?.into_iter().flat_map(|(_, entries)| entries).collect();
+        let entries: Vec<Entry> = reply::streams(value)?.into_iter().flat_map(|(_, entries)| entries).collect();
         Ok(entries.into_iter().map(|e| (e, 1)).collect())
     }
 
@@ -167,11 +167,11 @@ impl RedisMember {
             .query_async(&mut self.target.commands())
             .await
             .map_err(|e| classify(e, &self.at()))?;
-        let Value::Array(parts) = &value else { return Err(EngineError::Reply(format!("XAUTOCLAIM: {value:?}"))) };
+        let Value::Array(parts) = value else { return Err(EngineError::Reply(format!("XAUTOCLAIM: {value:?}"))) };
         let next = parts.first().map(reply::stream_id).transpose()?.unwrap_or(StreamId::ZERO);
         // Redis 7 leaves trimmed entries out (and drops them from the pending list); 6.2 returns
         // them without fields.
-        let entries = parts.get(1).map(reply::entries).transpose()?.unwrap_or_default();
+        let entries = parts.into_iter().nth(1).map(reply::entries).transpose()?.unwrap_or_default();
         let entries = self.drop_trimmed(entries).await?;
         Ok((next, self.counted(entries).await?))
     }

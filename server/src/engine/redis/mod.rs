@@ -267,14 +267,14 @@ impl RedisEngine {
             .timed("XRANGE", pipe.query_async(&mut target.commands()))
             .await
             .map_err(|e| classify(e, &target.at(channel, None)))?;
-        let [info, range] = results.as_slice() else {
-            return Err(EngineError::Reply(format!("MULTI returned {} results", results.len())));
+        let Ok([info, range]) = <[Value; 2]>::try_from(results) else {
+            return Err(EngineError::Reply("MULTI did not return two results".into()));
         };
         let wrong_type = || EngineError::WrongType { channel: channel.to_owned() };
         let state = match info {
             Value::ServerError(e) if e.details().is_some_and(is_no_such_key) => StreamState::default(),
             Value::ServerError(e) if e.code() == "WRONGTYPE" => return Err(wrong_type()),
-            other => reply::stream_state(other)?,
+            other => reply::stream_state(&other)?,
         };
         let entries: Vec<Entry> = match range {
             Value::ServerError(e) if e.code() == "WRONGTYPE" => return Err(wrong_type()),

@@ -21,8 +21,26 @@ pub(crate) fn text(value: &Value) -> Option<String> {
     }
 }
 
+/// Text of a bulk or simple string, taken over without a copy when it is valid UTF-8 (every
+/// field of every entry passes through here); the value back if it is not a string.
+fn into_text(value: Value) -> Result<String, Value> {
+    match value {
+        Value::BulkString(bytes) => {
+            Ok(String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
+        }
+        Value::SimpleString(s) => Ok(s),
+        Value::VerbatimString { text, .. } => Ok(text),
+        other => Err(other),
+    }
+}
+
 pub(crate) fn stream_id(value: &Value) -> Result<StreamId, EngineError> {
-    text(value).and_then(|s| s.parse().ok()).ok_or_else(|| unexpected("expected a stream ID", value))
+    let parsed = match value {
+        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok().and_then(|s| s.parse().ok()),
+        Value::SimpleString(s) | Value::VerbatimString { text: s, .. } => s.parse().ok(),
+        _ => None,
+    };
+    parsed.ok_or_else(|| unexpected("expected a stream ID", value))
 }
 
 /// Key/value pairs of a RESP3 map or a RESP2 flat array.
@@ -34,51 +52,52 @@ fn pairs(value: &Value) -> Result<Vec<(&Value, &Value)>, EngineError> {
     }
 }
 
-/// One `[id, [field, value, …]]` entry.
-fn entry(value: &Value) -> Result<Entry, EngineError> {
-    let Value::Array(parts) = value else { return Err(unexpected("expected an entry", value)) };
-    let [id, fields] = parts.as_slice() else { return Err(unexpected("expected an entry", value)) };
-    let fields = match fields {
-        Value::Array(items) => {
-            items.iter().map(|f| text(f).ok_or_else(|| unexpected("expected a field", f))).collect::<Result<_, _>>()?
+/// The two parts of a `[a, b]` array.
+fn two(value: Value, what: &str) -> Result<(Value, Value), EngineError> {
+    match value {
+        Value::Array(parts) if parts.len() == 2 => {
+            let mut parts = parts.into_iter();
+            Ok((parts.next().unwrap_or(Value::Nil), parts.next().unwrap_or(Value::Nil)))
         }
-        Value::Map(map) => map
-            .iter()
-            .flat_map(|(k, v)| [k, v])
-            .map(|f| text(f).ok_or_else(|| unexpected("expected a field", f)))
-            .collect::<Result<_, _>>()?,
+        other => Err(unexpected(what, &other)),
+    }
+}
+
+/// One `[id, [field, value, …]]` entry.
+fn entry(value: Value) -> Result<Entry, EngineError> {
+    let (id, fields) = two(value, "expected an entry")?;
+    let field = |f: Value| into_text(f).map_err(|f| unexpected("expected a field", &f));
+    let fields = match fields {
+        Value::Array(items) => items.into_iter().map(field).collect::<Result<_, _>>()?,
+        Value::Map(map) => map.into_iter().flat_map(|(k, v)| [k, v]).map(field).collect::<Result<_, _>>()?,
         Value::Nil => Vec::new(),
-        other => return Err(unexpected("expected entry fields", other)),
+        other => return Err(unexpected("expected entry fields", &other)),
     };
-    Ok(Entry { offset: stream_id(id)?, fields })
+    Ok(Entry { offset: stream_id(&id)?, fields })
 }
 
 /// An `XRANGE` reply: a list of entries.
-pub(crate) fn entries(value: &Value) -> Result<Vec<Entry>, EngineError> {
+pub(crate) fn entries(value: Value) -> Result<Vec<Entry>, EngineError> {
     match value {
-        Value::Array(items) => items.iter().map(entry).collect(),
+        Value::Array(items) => items.into_iter().map(entry).collect(),
         Value::Nil => Ok(Vec::new()),
-        other => Err(unexpected("expected a list of entries", other)),
+        other => Err(unexpected("expected a list of entries", &other)),
     }
 }
 
 /// An `XREAD` reply: entries per stream key. `Nil` (timeout or `CLIENT UNBLOCK`) is empty.
-pub(crate) fn streams(value: &Value) -> Result<Vec<(String, Vec<Entry>)>, EngineError> {
-    let per_key: Vec<(&Value, &Value)> = match value {
+pub(crate) fn streams(value: Value) -> Result<Vec<(String, Vec<Entry>)>, EngineError> {
+    let per_key: Vec<(Value, Value)> = match value {
         Value::Nil => return Ok(Vec::new()),
-        Value::Map(_) => pairs(value)?,
-        Value::Array(items) => items
-            .iter()
-            .map(|item| match item {
-                Value::Array(kv) if kv.len() == 2 => Ok((&kv[0], &kv[1])),
-                other => Err(unexpected("expected [key, entries]", other)),
-            })
-            .collect::<Result<_, _>>()?,
-        other => return Err(unexpected("expected an XREAD reply", other)),
+        Value::Map(map) => map,
+        Value::Array(items) => {
+            items.into_iter().map(|item| two(item, "expected [key, entries]")).collect::<Result<_, _>>()?
+        }
+        other => return Err(unexpected("expected an XREAD reply", &other)),
     };
     per_key
         .into_iter()
-        .map(|(key, list)| Ok((text(key).ok_or_else(|| unexpected("expected a key", key))?, entries(list)?)))
+        .map(|(key, list)| Ok((into_text(key).map_err(|k| unexpected("expected a key", &k))?, entries(list)?)))
         .collect()
 }
 
@@ -106,7 +125,8 @@ pub(crate) fn stream_state(value: &Value) -> Result<StreamState, EngineError> {
             Some("first-entry") => {
                 state.first = match val {
                     Value::Nil => None,
-                    entry_value => Some(entry(entry_value)?.offset),
+                    Value::Array(parts) if parts.len() == 2 => Some(stream_id(&parts[0])?),
+                    other => return Err(unexpected("expected an entry", other)),
                 }
             }
             _ => {}
@@ -136,14 +156,14 @@ mod tests {
                 Value::Array(vec![bulk("k"), Value::BulkString(vec![b'v', 0xff])]),
             ])]),
         ])]);
-        let decoded = streams(&reply).unwrap();
+        let decoded = streams(reply).unwrap();
         assert_eq!(decoded.len(), 1);
         assert_eq!(decoded[0].0, "chat");
         assert_eq!(
             decoded[0].1,
             vec![Entry { offset: StreamId::new(5, 1), fields: vec!["k".into(), "v\u{fffd}".into()] }]
         );
-        assert!(streams(&Value::Nil).unwrap().is_empty());
+        assert!(streams(Value::Nil).unwrap().is_empty());
     }
 
     #[test]
@@ -152,7 +172,7 @@ mod tests {
             bulk("a"),
             Value::Array(vec![Value::Array(vec![bulk("1-0"), Value::Array(vec![bulk("x"), bulk("y")])])]),
         )]);
-        assert_eq!(streams(&reply).unwrap()[0].1[0].offset, StreamId::new(1, 0));
+        assert_eq!(streams(reply).unwrap()[0].1[0].offset, StreamId::new(1, 0));
         let info = Value::Map(vec![
             (bulk("length"), Value::Int(3)),
             (bulk("last-generated-id"), bulk("9-2")),
@@ -198,8 +218,8 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        assert!(entries(&Value::Int(1)).is_err());
+        assert!(entries(Value::Int(1)).is_err());
         assert!(stream_state(&Value::Array(vec![bulk("length"), Value::Int(1)])).is_err());
-        assert!(entries(&Value::Array(vec![Value::Array(vec![bulk("nope"), Value::Array(vec![])])])).is_err());
+        assert!(entries(Value::Array(vec![Value::Array(vec![bulk("nope"), Value::Array(vec![])])])).is_err());
     }
 }
