@@ -9,8 +9,11 @@ export type Offset = string;
 export type StartOffset = '$' | '0' | Offset;
 
 /**
- * A received message: `offset` plus every field of the stream entry, each value passed through
- * `decode` (by default `JSON.parse`, falling back to the raw string).
+ * A received message: a plain object with every field of the stream entry as an own property
+ * (whatever its name: a field called `__proto__` is data, not a prototype), each value passed
+ * through `decode` (by default `JSON.parse`, falling back to the raw string), and `offset`, set
+ * last (the client refuses to publish a field named `offset`; an entry another publisher wrote
+ * with one shows the real offset).
  */
 export interface Message<T = unknown> {
   offset: Offset;
@@ -41,12 +44,14 @@ export type ErrorCode =
   | 'bad_request' | 'unknown_op' | 'forbidden' | 'unauthorized' | 'conflict' | 'too_large' | 'limit_exceeded'
   | 'rate_limited' | 'unavailable' | 'unknown_outcome' | 'internal'
   | 'invalid_argument' | 'disconnected' | 'closed' | 'queue_full' | 'unsubscribed' | 'truncated' | 'protocol'
-  | 'storage_quota' | 'storage_corrupt' | 'storage_failed';
+  | 'storage_quota' | 'storage_corrupt' | 'storage_failed' | 'decode_failed';
 
 /** An Error with a stable `code` (and the `channel` concerned, when there is one). */
 export interface RedistributeError extends Error {
   code: ErrorCode | (string & {});
   channel?: string;
+  /** `decode_failed`: the offset of the message whose value `decode` threw on. */
+  offset?: Offset;
 }
 
 /** A WebSocket constructor: the browser's, Node's global one, or the `ws` package's. */
@@ -55,9 +60,16 @@ export type WebSocketConstructor = new (url: string, protocols?: string | string
 export interface ClientOptions {
   /** Server URLs (`ws://`, `wss://`, `http://` or `https://`), tried in turn when reconnecting. */
   targets: string | string[];
-  /** Turns non-string values into strings for `publish`. Default `JSON.stringify`. */
+  /**
+   * Turns each published value into the string stored. Default `JSON.stringify` (strings too, so
+   * every value comes back exactly as it was). A throw or a non-string rejects with `invalid_argument`.
+   */
   encode?: (value: unknown) => string;
-  /** Turns received values back. Default `JSON.parse`, falling back to the raw string. */
+  /**
+   * Turns each received string back into a value. Default `JSON.parse`, falling back to the raw
+   * string (for values other publishers wrote). A throw emits `error` (`decode_failed`, with the
+   * channel and offset) and delivers the raw string.
+   */
   decode?: (value: string) => unknown;
   /** Keep received messages in localStorage (ignored where there is none, as in Node.js). Default `true`. */
   localStorage?: boolean;
@@ -132,7 +144,9 @@ export declare class Client<T = unknown> {
   ack(channel: string, group: string, offsets: Offset | Offset[]): Promise<number>;
   /**
    * Publishes field/value pairs: `publish('chat', 'TEST_MESSAGE', { foo: 'bar' })`. Rejects
-   * (code `invalid_argument`) for an odd number of arguments. Resolves with the new offset.
+   * (code `invalid_argument`, naming the argument) for an odd number of arguments, a non-string
+   * channel or field name, a field named `offset`, or a value `encode` cannot turn into a string.
+   * Resolves with the new offset.
    */
   publish(channel: string, ...fieldsAndValues: unknown[]): Promise<Offset>;
   /** Stored messages and last offset of `channel`, from localStorage only. */

@@ -2,7 +2,8 @@
 //
 // The logic (protocol, reconnects, persistence) runs in WebAssembly; this file loads it (with a
 // URL that bundlers such as Vite understand, or from disk in Node.js), gives it an event emitter,
-// and turns `publish(channel, ...args)` into the array the module expects.
+// checks every argument before it reaches the module (a wrong type there would trap), encodes
+// published values and turns received entries into messages.
 
 import init, { WasmClient } from './wasm/redistribute_client.js';
 
@@ -24,6 +25,122 @@ function loadWasm() {
 }
 
 const EVENTS = new Set(['connect', 'disconnect', 'messages', 'broadcast', 'error']);
+const TARGET = /^(wss?|https?):\/\/[^/?#]/i;
+
+// Lossless by default: every value goes out as JSON (strings too) and comes back as it was.
+// Values not written as JSON (by another publisher) arrive as their raw string.
+const encodeJson = (value) => JSON.stringify(value);
+const decodeJson = (text) => {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return text;
+  }
+};
+
+/** An `Error` with a stable `code` (and the `channel` concerned, when there is one). */
+function codedError(code, message, channel, Kind = Error) {
+  const err = new Kind(message);
+  err.code = code;
+  if (channel !== undefined) err.channel = channel;
+  return err;
+}
+
+const invalid = (message) => codedError('invalid_argument', `redistribute-client: ${message}`, undefined, TypeError);
+
+/** What a value is, for error messages. */
+function describe(value) {
+  if (value === null) return 'null';
+  if (Array.isArray(value)) return 'an array';
+  switch (typeof value) {
+    case 'undefined': return 'undefined';
+    case 'number': case 'boolean': return `${typeof value} ${value}`;
+    case 'bigint': return `bigint ${value}n`;
+    case 'string': return `string ${JSON.stringify(value)}`;
+    case 'function': return 'a function';
+    case 'symbol': return 'a symbol';
+    default: return 'an object';
+  }
+}
+
+function requireString(value, name) {
+  if (typeof value !== 'string') throw invalid(`${name} must be a string, got ${describe(value)}`);
+  return value;
+}
+
+function optionalFunction(options, name) {
+  const value = options[name];
+  if (value !== undefined && value !== null && typeof value !== 'function') {
+    throw invalid(`option ${name} must be a function, got ${describe(value)}`);
+  }
+  return value ?? undefined;
+}
+
+/** The options checks that must fail at once (the rest are checked by the module). */
+function checkOptions(options) {
+  if (options === null || typeof options !== 'object' || Array.isArray(options)) {
+    throw invalid(`createClient needs an options object with \`targets\`, got ${describe(options)}`);
+  }
+  const { targets } = options;
+  const list = typeof targets === 'string' ? [targets] : targets;
+  if (!Array.isArray(list)) {
+    throw invalid(`option targets is required: a server URL or an array of them, got ${describe(targets)}`);
+  }
+  if (list.length === 0) throw invalid('option targets must name at least one server');
+  list.forEach((target, i) => {
+    if (typeof target !== 'string') throw invalid(`targets[${i}] must be a URL string, got ${describe(target)}`);
+    if (!TARGET.test(target)) {
+      throw invalid(`target ${JSON.stringify(target)} is not a ws://, wss://, http:// or https:// URL`);
+    }
+  });
+  for (const [name, min] of [['storageLimit', 1], ['reconnectDelay', 1], ['reconnectDelayMax', 1], ['maxQueue', 0], ['flushInterval', 0]]) {
+    const value = options[name];
+    if (value !== undefined && !(typeof value === 'number' && Number.isFinite(value) && value >= min)) {
+      throw invalid(`option ${name} must be a number ≥ ${min}, got ${describe(value)}`);
+    }
+  }
+  for (const [name, type] of [['localStorage', 'boolean'], ['storagePrefix', 'string']]) {
+    const value = options[name];
+    if (value !== undefined && typeof value !== type) throw invalid(`option ${name} must be a ${type}, got ${describe(value)}`);
+  }
+  optionalFunction(options, 'WebSocket');
+  const { token } = options;
+  if (token !== undefined && token !== null) {
+    if (typeof token !== 'string' || token === '') throw invalid(`option token must be a non-empty string, got ${describe(token)}`);
+    if (optionalFunction(options, 'getToken')) throw invalid('give either option token or option getToken, not both');
+  }
+  optionalFunction(options, 'getToken');
+  return { encode: optionalFunction(options, 'encode') ?? encodeJson, decode: optionalFunction(options, 'decode') ?? decodeJson };
+}
+
+/** `publish`'s field/value arguments as the strings the module sends. */
+function encodeFields(args, encode) {
+  if (args.length === 0 || args.length % 2 !== 0) {
+    throw invalid(`publish needs field/value pairs after the channel: got ${args.length} argument(s), an even number is required`);
+  }
+  const fields = new Array(args.length);
+  for (let i = 0; i < args.length; i += 2) {
+    const name = args[i];
+    if (typeof name !== 'string') throw invalid(`field name #${i / 2 + 1} must be a string, got ${describe(name)}`);
+    if (name === 'offset') throw invalid('a field cannot be named "offset": received messages carry their offset under that name');
+    let text;
+    try {
+      text = encode(args[i + 1]);
+    } catch (err) {
+      throw invalid(`the value of field ${JSON.stringify(name)} could not be encoded: ${err?.message ?? String(err)}`);
+    }
+    if (typeof text !== 'string') {
+      throw invalid(`the value of field ${JSON.stringify(name)} encodes to ${describe(text)}, not a string`);
+    }
+    fields[i] = name;
+    fields[i + 1] = text;
+  }
+  return fields;
+}
+
+// Own data properties: a field called `__proto__` or `constructor` is data, never the prototype.
+const define = (object, key, value) =>
+  Object.defineProperty(object, key, { value, enumerable: true, writable: true, configurable: true });
 
 /** A connection to one or more Redistribute servers. See index.d.ts for the full API. */
 export class Client {
@@ -32,14 +149,14 @@ export class Client {
   #inner = null;
   #closed = false;
   #ready;
+  #encode;
+  #decode;
 
   constructor(options) {
-    if (options == null || typeof options !== 'object') {
-      throw new TypeError('redistribute-client: options with `targets` are required');
-    }
+    ({ encode: this.#encode, decode: this.#decode } = checkOptions(options));
     this.#ready = loadWasm().then(() => {
       if (!this.#closed) {
-        this.#inner = new WasmClient(options, (event, ...args) => this.#emit(event, ...args));
+        this.#inner = new WasmClient(options, (event, ...args) => this.#fromModule(event, args));
       }
     });
     // Construction errors (bad options) reject every call and are reported once as an event.
@@ -74,6 +191,35 @@ export class Client {
       listener(...args);
     };
     return this.on(event, wrapper);
+  }
+
+  // Events from the module: entries become messages on their way to the listeners.
+  #fromModule(event, args) {
+    if (event === 'messages') args[1] = this.#messages(args[0], args[1]);
+    this.#emit(event, ...args);
+  }
+
+  /** Entries `{ offset, fields, deliveries? }` as messages `{ offset, field: value, … }`. */
+  #messages(channel, entries) {
+    return entries.map(({ offset, fields, deliveries }) => {
+      const message = {};
+      for (let i = 0; i + 1 < fields.length; i += 2) define(message, fields[i], this.#decodeValue(channel, offset, fields[i], fields[i + 1]));
+      define(message, 'offset', offset);
+      if (deliveries !== undefined) define(message, 'deliveries', deliveries);
+      return message;
+    });
+  }
+
+  #decodeValue(channel, offset, field, text) {
+    try {
+      return this.#decode(text);
+    } catch (err) {
+      const reason = `decode threw for field ${JSON.stringify(field)} of message ${offset} of ${JSON.stringify(channel)}: ${err?.message ?? String(err)}; the raw string is delivered`;
+      const report = codedError('decode_failed', reason, channel);
+      report.offset = offset;
+      queueMicrotask(() => this.#emit('error', report));
+      return text;
+    }
   }
 
   #emit(event, ...args) {
@@ -116,46 +262,60 @@ export class Client {
    * (`'$'`, `'0'`, an offset) or `{ group, consumer, offset?, autoAck? }` to join a consumer group.
    */
   async subscribe(channel, options) {
-    const client = await this.#client();
-    if (options !== null && typeof options === 'object') {
+    requireString(channel, 'channel');
+    if (options !== null && typeof options === 'object' && !Array.isArray(options)) {
       const { group, consumer, offset, autoAck = false } = options;
-      if (typeof group !== 'string' || typeof consumer !== 'string') {
-        const err = new TypeError('a group subscription needs string `group` and `consumer`');
-        err.code = 'invalid_argument';
-        throw err;
-      }
-      const joined = await client.joinGroup(channel, group, consumer, offset ?? undefined);
+      requireString(group, 'group');
+      requireString(consumer, 'consumer');
+      if (offset !== undefined) requireString(offset, 'offset');
+      if (typeof autoAck !== 'boolean') throw invalid(`autoAck must be a boolean, got ${describe(autoAck)}`);
+      const client = await this.#client();
+      const joined = await client.joinGroup(channel, group, consumer, offset);
       const key = `${channel}\u0000${group}`;
       if (autoAck) this.#autoAck.add(key);
       else this.#autoAck.delete(key);
       return joined;
     }
-    return client.subscribe(channel, options ?? undefined);
+    if (options !== undefined && options !== null && typeof options !== 'string') {
+      throw invalid(`the second argument of subscribe must be an offset string or { group, consumer }, got ${describe(options)}`);
+    }
+    return (await this.#client()).subscribe(channel, options ?? undefined);
   }
 
   /** Unsubscribes from `channel`, or leaves its consumer group with `{ group }`; resolves `true`. */
   async unsubscribe(channel, options) {
-    const client = await this.#client();
-    if (options !== null && typeof options === 'object' && typeof options.group === 'string') {
-      this.#autoAck.delete(`${channel}\u0000${options.group}`);
-      return client.leaveGroup(channel, options.group);
+    requireString(channel, 'channel');
+    if (options !== undefined && options !== null) {
+      if (typeof options !== 'object') throw invalid(`the second argument of unsubscribe must be { group }, got ${describe(options)}`);
+      const group = requireString(options.group, 'group');
+      const client = await this.#client();
+      this.#autoAck.delete(`${channel}\u0000${group}`);
+      return client.leaveGroup(channel, group);
     }
-    return client.unsubscribe(channel);
+    return (await this.#client()).unsubscribe(channel);
   }
 
   /** Acknowledges consumer group deliveries (all or none); resolves with how many. */
   async ack(channel, group, offsets) {
-    return (await this.#client()).ack(channel, group, Array.isArray(offsets) ? offsets : [offsets]);
+    requireString(channel, 'channel');
+    requireString(group, 'group');
+    const list = Array.isArray(offsets) ? offsets : [offsets];
+    list.forEach((offset, i) => requireString(offset, Array.isArray(offsets) ? `offsets[${i}]` : 'offsets'));
+    return (await this.#client()).ack(channel, group, list);
   }
 
   /** Publishes field/value pairs to `channel`; resolves with the new message's offset. */
   async publish(channel, ...args) {
-    return (await this.#client()).publish(channel, args);
+    requireString(channel, 'channel');
+    const fields = encodeFields(args, this.#encode);
+    return (await this.#client()).publish(channel, fields);
   }
 
   /** Stored messages of `channel` and its last offset, from localStorage (no network). */
   async load(channel) {
-    return (await this.#client()).load(channel);
+    requireString(channel, 'channel');
+    const { entries, lastOffset } = (await this.#client()).load(channel);
+    return { messages: this.#messages(channel, entries), lastOffset };
   }
 
   /** True while a connection is open. */

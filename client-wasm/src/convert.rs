@@ -107,57 +107,32 @@ pub(crate) fn token_source(options: &JsValue) -> Result<TokenSource, JsValue> {
     }
 }
 
-/// `publish`'s `[field, value, …]` as strings: names must be strings, string values are sent as
-/// they are, anything else goes through `encode` (default `JSON.stringify`).
-pub(crate) fn publish_fields(args: &Array, encode: Option<&Function>) -> Result<Vec<String>, JsValue> {
+/// `publish`'s `[field, value, …]`, already encoded to strings by the package's JavaScript (which
+/// checks them and names the bad argument); checked again here so nothing else reaches the wire.
+pub(crate) fn publish_fields(args: &Array) -> Result<Vec<String>, JsValue> {
     let count = args.length();
     if count == 0 || count % 2 != 0 {
-        return Err(argument_error(format!(
-            "publish needs field/value pairs: got {count} argument(s) after the channel, an even number is required"
-        )));
+        return Err(argument_error(format!("publish needs field/value pairs: got {count} string(s)")));
     }
-    let mut fields = Vec::with_capacity(count as usize);
-    for (i, value) in args.iter().enumerate() {
-        let text = if i % 2 == 0 {
-            value.as_string().ok_or_else(|| argument_error(format!("field name #{} must be a string", i / 2 + 1)))?
-        } else if let Some(text) = value.as_string() {
-            text
-        } else {
-            let encoded = match encode {
-                Some(f) => f.call1(&JsValue::NULL, &value)?,
-                None => js_sys::JSON::stringify(&value).map(JsValue::from)?,
-            };
-            encoded.as_string().ok_or_else(|| {
-                argument_error(format!("the value of field \"{}\" cannot be encoded to a string", fields[i - 1]))
-            })?
-        };
-        fields.push(text);
-    }
-    Ok(fields)
+    args.iter().map(|field| field.as_string().ok_or_else(|| argument_error("publish fields must be strings"))).collect()
 }
 
-/// Decodes a value with the user's `decode`, or JSON with a fallback to the raw string.
-fn decode_value(decode: Option<&Function>, raw: &str) -> JsValue {
-    let text = JsValue::from_str(raw);
-    match decode {
-        Some(f) => f.call1(&JsValue::NULL, &text).unwrap_or(text),
-        None => js_sys::JSON::parse(raw).unwrap_or(text),
-    }
-}
-
-/// Entries in the package's message shape: `{ offset, field: decode(value), … }`.
-pub(crate) fn messages(decode: Option<&Function>, entries: &[Entry]) -> Array {
+/// Entries as the package's JavaScript receives them: `{ offset, fields: [name, value, …] }`,
+/// plus `deliveries` for a consumer group's. The JavaScript turns them into messages (decoding
+/// values with the app's `decode`).
+pub(crate) fn entries(entries: &[Entry], deliveries: Option<&[u64]>) -> Array {
     entries
         .iter()
-        .map(|entry| {
-            let message = Object::new();
-            for pair in entry.fields.chunks(2) {
-                let value = pair.get(1).map_or(JsValue::UNDEFINED, |v| decode_value(decode, v));
-                let _ = Reflect::set(&message, &JsValue::from_str(&pair[0]), &value);
+        .enumerate()
+        .map(|(i, entry)| {
+            let raw = Object::new();
+            let _ = Reflect::set(&raw, &"offset".into(), &JsValue::from_str(&entry.offset.to_string()));
+            let fields: Array = entry.fields.iter().map(|f| JsValue::from_str(f)).collect();
+            let _ = Reflect::set(&raw, &"fields".into(), &fields);
+            if let Some(count) = deliveries.and_then(|d| d.get(i)) {
+                let _ = Reflect::set(&raw, &"deliveries".into(), &JsValue::from(*count as f64));
             }
-            // Set last so a field called "offset" cannot hide it.
-            let _ = Reflect::set(&message, &"offset".into(), &JsValue::from_str(&entry.offset.to_string()));
-            JsValue::from(message)
+            JsValue::from(raw)
         })
         .collect()
 }

@@ -5,7 +5,7 @@
 //! [`Client::run`] therefore applies a batch of effects to the client's own state first, releases
 //! its borrow, and only then calls out to JavaScript.
 
-use crate::convert::{js_error, messages};
+use crate::convert::{entries, js_error};
 use crate::glue::{BrowserStorage, GlobalListener, Socket, SocketEvent, Timer};
 use crate::machine::{ClientError, Effect, Machine, Resolution, refresh_delay};
 use crate::store::{Store, StoreProblem};
@@ -53,8 +53,6 @@ pub(crate) struct Inner {
     pagehide: Option<GlobalListener>,
     ws_ctor: Function,
     tokens: TokenSource,
-    pub(crate) encode: Option<Function>,
-    pub(crate) decode: Option<Function>,
     flush_interval_ms: u32,
 }
 
@@ -65,8 +63,6 @@ impl Inner {
         store: Option<Store<BrowserStorage>>,
         ws_ctor: Function,
         tokens: TokenSource,
-        encode: Option<Function>,
-        decode: Option<Function>,
         flush_interval_ms: u32,
     ) -> Inner {
         Inner {
@@ -79,8 +75,6 @@ impl Inner {
             pagehide: None,
             ws_ctor,
             tokens,
-            encode,
-            decode,
             flush_interval_ms,
         }
     }
@@ -159,14 +153,11 @@ impl Client {
             }
             Effect::Resolve(pending, resolution) => out.push(Outcall::Resolve(pending, resolved(resolution))),
             Effect::Reject(pending, error) => out.push(Outcall::Reject(pending, js_error(&error))),
-            Effect::Messages(channel, entries) => {
-                self.store(inner, &channel, &entries, out);
-                let messages = messages(inner.decode.as_ref(), &entries);
-                out.push(Outcall::Emit("messages", vec![JsValue::from_str(&channel), messages.into()]));
+            Effect::Messages(channel, received) => {
+                self.store(inner, &channel, &received, out);
+                out.push(Outcall::Emit("messages", vec![JsValue::from_str(&channel), entries(&received, None).into()]));
             }
-            Effect::GroupMessages(channel, group, deliveries) => {
-                out.push(group_messages(inner, &channel, &group, deliveries));
-            }
+            Effect::GroupMessages(channel, group, deliveries) => out.push(group_messages(&channel, &group, deliveries)),
             Effect::Broadcast(channel, json) => {
                 let value = js_sys::JSON::parse(&json).unwrap_or(JsValue::NULL);
                 out.push(Outcall::Emit("broadcast", vec![JsValue::from_str(&channel), value]));
@@ -315,17 +306,13 @@ fn resolved(resolution: Resolution) -> JsValue {
     }
 }
 
-/// A consumer group's deliveries as a `messages` event: each message with its delivery count,
-/// and `{ group }` as the third argument.
-fn group_messages(inner: &Inner, channel: &str, group: &str, deliveries: Vec<(Entry, u64)>) -> Outcall {
-    let (entries, counts): (Vec<Entry>, Vec<u64>) = deliveries.into_iter().unzip();
-    let messages = messages(inner.decode.as_ref(), &entries);
-    for (message, count) in messages.iter().zip(counts) {
-        let _ = Reflect::set(&message, &"deliveries".into(), &JsValue::from(count as f64));
-    }
+/// A consumer group's deliveries as a `messages` event: each entry with its delivery count, and
+/// `{ group }` as the third argument.
+fn group_messages(channel: &str, group: &str, deliveries: Vec<(Entry, u64)>) -> Outcall {
+    let (received, counts): (Vec<Entry>, Vec<u64>) = deliveries.into_iter().unzip();
     let meta = Object::new();
     let _ = Reflect::set(&meta, &"group".into(), &JsValue::from_str(group));
-    Outcall::Emit("messages", vec![JsValue::from_str(channel), messages.into(), meta.into()])
+    Outcall::Emit("messages", vec![JsValue::from_str(channel), entries(&received, Some(&counts)).into(), meta.into()])
 }
 
 /// What a thrown JavaScript value says.

@@ -16,7 +16,7 @@ pub mod options;
 pub mod store;
 pub mod wire;
 
-use crate::convert::{argument_error, function_option, messages, parse_options, publish_fields, token_source};
+use crate::convert::{argument_error, entries, function_option, parse_options, publish_fields, token_source};
 use crate::driver::{Client, Inner, TokenSource, problem_effect};
 use crate::glue::BrowserStorage;
 use crate::machine::{Machine, Settings};
@@ -61,9 +61,7 @@ impl WasmClient {
             authenticate: !matches!(tokens, TokenSource::None),
         };
         let (machine, effects) = Machine::start(settings);
-        let encode = function_option(&options, "encode")?;
-        let decode = function_option(&options, "decode")?;
-        let inner = Inner::new(machine, store, ws_ctor, tokens, encode, decode, parsed.flush_interval_ms);
+        let inner = Inner::new(machine, store, ws_ctor, tokens, parsed.flush_interval_ms);
         let client = Client::new(inner, emit);
         client.run(effects);
         Ok(WasmClient { client })
@@ -72,8 +70,7 @@ impl WasmClient {
     /// Subscribes; resolves `true` once the server confirmed. `offset`: `"$"`, `"0"` or an ID;
     /// without it, the client resumes after the last stored offset, else starts at `"$"`.
     pub fn subscribe(&self, channel: String, offset: Option<String>) -> Result<Promise, JsValue> {
-        redistribute_protocol::request::validate_channel(&channel, usize::MAX)
-            .map_err(|e| argument_error(e.message))?;
+        check_channel(&channel)?;
         let offset = match offset {
             Some(text) => Some(text.parse::<Start>().map_err(|e| argument_error(e.to_string()))?),
             None => None,
@@ -100,12 +97,9 @@ impl WasmClient {
         consumer: String,
         offset: Option<String>,
     ) -> Result<Promise, JsValue> {
-        redistribute_protocol::request::validate_channel(&channel, usize::MAX)
-            .map_err(|e| argument_error(e.message))?;
-        for (what, name) in [("group", &group), ("consumer", &consumer)] {
-            redistribute_protocol::request::validate_name(what, name, usize::MAX)
-                .map_err(|e| argument_error(e.message))?;
-        }
+        check_channel(&channel)?;
+        check_name("group", &group)?;
+        check_name("consumer", &consumer)?;
         let start = match offset {
             Some(text) => text.parse::<Start>().map_err(|e| argument_error(e.to_string()))?,
             None => Start::Latest,
@@ -117,14 +111,18 @@ impl WasmClient {
 
     /// Leaves consumer group `group` of `channel`; resolves `true`.
     #[wasm_bindgen(js_name = leaveGroup)]
-    pub fn leave_group(&self, channel: String, group: String) -> Promise {
+    pub fn leave_group(&self, channel: String, group: String) -> Result<Promise, JsValue> {
+        check_channel(&channel)?;
+        check_name("group", &group)?;
         let (promise, pending) = Client::promise();
         self.client.step(|inner| inner.machine.leave_group(&channel, &group, pending));
-        promise
+        Ok(promise)
     }
 
     /// Acknowledges group deliveries (all or none); resolves with the number acknowledged.
     pub fn ack(&self, channel: String, group: String, offsets: Array) -> Result<Promise, JsValue> {
+        check_channel(&channel)?;
+        check_name("group", &group)?;
         let offsets = offsets
             .iter()
             .map(|o| {
@@ -142,38 +140,37 @@ impl WasmClient {
     }
 
     /// Unsubscribes; resolves `true`.
-    pub fn unsubscribe(&self, channel: String) -> Promise {
+    pub fn unsubscribe(&self, channel: String) -> Result<Promise, JsValue> {
+        check_channel(&channel)?;
         let (promise, pending) = Client::promise();
         self.client.step(|inner| inner.machine.unsubscribe(&channel, pending));
-        promise
+        Ok(promise)
     }
 
-    /// Publishes `args` = `[field, value, …]`; resolves with the new offset. Non-string values
-    /// are encoded with `encode` (default `JSON.stringify`).
-    pub fn publish(&self, channel: String, args: Array) -> Result<Promise, JsValue> {
-        redistribute_protocol::request::validate_channel(&channel, usize::MAX)
-            .map_err(|e| argument_error(e.message))?;
-        let encode = self.client.inner.borrow().encode.clone();
-        let fields = publish_fields(&args, encode.as_ref())?;
+    /// Publishes `fields` = `[field, value, …]`, strings (the package's JavaScript encodes the
+    /// values); resolves with the new offset.
+    pub fn publish(&self, channel: String, fields: Array) -> Result<Promise, JsValue> {
+        check_channel(&channel)?;
+        let fields = publish_fields(&fields)?;
         let (promise, pending) = Client::promise();
         self.client.step(|inner| inner.machine.publish(&channel, fields, pending));
         Ok(promise)
     }
 
-    /// Stored messages of `channel` and its last offset: `{ messages, lastOffset }`, from
-    /// storage only (no network).
-    pub fn load(&self, channel: String) -> JsValue {
-        let (entries, last, problems) = match &mut self.client.inner.borrow_mut().store {
+    /// Stored entries of `channel` (`{ offset, fields }`, as `messages` events carry them) and
+    /// its last offset: `{ entries, lastOffset }`, from storage only (no network).
+    pub fn load(&self, channel: String) -> Result<JsValue, JsValue> {
+        check_channel(&channel)?;
+        let (stored, last, problems) = match &mut self.client.inner.borrow_mut().store {
             Some(store) => store.load(&channel),
             None => (Vec::new(), None, Vec::new()),
         };
         self.client.run(problems.iter().map(problem_effect).collect());
         let result = Object::new();
-        let messages = messages(self.client.inner.borrow().decode.as_ref(), &entries);
-        let _ = Reflect::set(&result, &"messages".into(), &messages);
+        let _ = Reflect::set(&result, &"entries".into(), &entries(&stored, None));
         let last = last.map_or(JsValue::NULL, |o| JsValue::from_str(&o.to_string()));
         let _ = Reflect::set(&result, &"lastOffset".into(), &last);
-        result.into()
+        Ok(result.into())
     }
 
     /// True while connected.
@@ -192,4 +189,14 @@ impl WasmClient {
     pub fn close(&self) {
         self.client.step(|inner| inner.machine.close());
     }
+}
+
+/// The server's channel rules, with its default length limit (shared from the protocol crate).
+fn check_channel(channel: &str) -> Result<(), JsValue> {
+    check_name("channel", channel)
+}
+
+fn check_name(what: &str, name: &str) -> Result<(), JsValue> {
+    let max_len = redistribute_protocol::request::Limits::default().max_channel_len;
+    redistribute_protocol::request::validate_name(what, name, max_len).map_err(|e| argument_error(e.message))
 }

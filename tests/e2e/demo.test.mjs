@@ -164,7 +164,7 @@ test('bad input shows a clear error and the page keeps working', async () => {
 
   await page.fill('#new-channel', 'x'.repeat(300));
   await page.click('#add-channel button');
-  await page.waitForFunction(() => /bad_request: .*limit is 256/.test(document.querySelector('#error').textContent), null, { timeout: PATIENCE });
+  await page.waitForFunction(() => /invalid_argument: .*limit is 256/.test(document.querySelector('#error').textContent), null, { timeout: PATIENCE });
 
   await say(page, 'ann', 'still working');
   await waitForMessages(page, channel, 1, 'after the errors');

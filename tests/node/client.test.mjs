@@ -55,12 +55,87 @@ test('publish rejects odd arguments with a clear Error', async () => {
   await assert.rejects(client.publish('chat', 'a', 'b'), { code: 'closed' });
 });
 
-test('bad options fail every call and report an error event', async () => {
-  const client = createClient({ targets: ['ftp://nope'], WebSocket });
+test('every bad argument rejects with invalid_argument naming it; nothing reaches the module unchecked', async () => {
+  const client = createClient({ targets: RD_SERVER_A, WebSocket, localStorage: false });
+  const circular = {};
+  circular.self = circular;
+  const cases = [
+    [() => client.publish(42, 'k', 'v'), /channel must be a string, got number 42/],
+    [() => client.publish(null, 'k', 'v'), /channel must be a string, got null/],
+    [() => client.subscribe(42), /channel must be a string/],
+    [() => client.load(42), /channel must be a string/],
+    [() => client.unsubscribe(undefined), /channel must be a string, got undefined/],
+    [() => client.ack('c', 7, ['1-1']), /group must be a string/],
+    [() => client.ack('c', 'g', [1]), /offsets\[0\] must be a string/],
+    [() => client.subscribe('c', 5), /offset string or \{ group, consumer \}/],
+    [() => client.subscribe('c', { group: 'g' }), /consumer must be a string/],
+    [() => client.publish('c', 'k', 10n), /field "k" could not be encoded/],
+    [() => client.publish('c', 'k', circular), /field "k" could not be encoded/],
+    [() => client.publish('c', 'k', undefined), /field "k" encodes to undefined/],
+    [() => client.publish('c', 1, 'v'), /field name #1 must be a string/],
+    [() => client.publish('c', 'offset', 'v'), /cannot be named "offset"/],
+    [() => client.publish('x'.repeat(300), 'k', 'v'), /limit is 256/],
+    [() => client.subscribe('bad name!'), /channel name contains/],
+  ];
+  for (const [call, message] of cases) {
+    await assert.rejects(call(), (err) => err.code === 'invalid_argument' && message.test(err.message), String(message));
+  }
+  const throwing = createClient({ targets: RD_SERVER_A, WebSocket, localStorage: false, encode: () => { throw new Error('nope'); } });
+  await assert.rejects(throwing.publish('c', 'k', 'v'), (err) => err.code === 'invalid_argument' && /could not be encoded: nope/.test(err.message));
+  throwing.close();
+  // The client still works after all of that.
+  assert.ok(await client.publish(unique('after'), 'k', 'v'));
+  client.close();
+});
+
+test('createClient throws at once on missing, empty or unsupported targets and bad options', () => {
+  const bad = [
+    [undefined, /options object/],
+    [{}, /targets is required/],
+    [{ targets: [] }, /at least one server/],
+    [{ targets: ['ftp://nope'] }, /not a ws:\/\/, wss:\/\/, http:\/\/ or https:\/\/ URL/],
+    [{ targets: [42] }, /targets\[0\] must be a URL string/],
+    [{ targets: 'ws://h', storageLimit: '10' }, /storageLimit must be a number/],
+    [{ targets: 'ws://h', decode: 'JSON' }, /decode must be a function/],
+    [{ targets: 'ws://h', token: 't', getToken: () => 't' }, /either option token or option getToken/],
+  ];
+  for (const [options, message] of bad) {
+    assert.throws(() => createClient(options), (err) => err.code === 'invalid_argument' && message.test(err.message), String(message));
+  }
+});
+
+test('data rules: values round-trip exactly, field names are only data, a throwing decode is reported', async () => {
+  const client = createClient({ targets: RD_SERVER_A, WebSocket, localStorage: false });
+  const channel = unique('data');
+  const got = recorder(client, channel);
+  await client.subscribe(channel);
+  const offset = await client.publish(channel, 'text', '42', 'n', 42, '__proto__', { isAdmin: true }, 'constructor', 'c', 'nested', { a: [1, null] });
+  await waitFor('the message', () => got.length === 1);
+  const [m] = got;
+  assert.equal(m.text, '42', 'a string stays a string');
+  assert.equal(m.n, 42);
+  assert.equal(Object.getPrototypeOf(m), Object.prototype, 'the prototype is untouched');
+  assert.equal(m.isAdmin, undefined);
+  assert.deepEqual(Object.getOwnPropertyDescriptor(m, '__proto__').value, { isAdmin: true });
+  assert.equal(m.constructor, 'c');
+  assert.deepEqual(m.nested, { a: [1, null] });
+  assert.equal(m.offset, offset);
+
+  const strict = createClient({ targets: RD_SERVER_A, WebSocket, localStorage: false, decode: (s) => { if (s.includes('bad')) throw new Error('not mine'); return s; } });
   const errors = [];
-  client.on('error', (e) => errors.push(e));
-  await assert.rejects(client.subscribe('c'), /unsupported scheme/);
-  await waitFor('the error event', () => errors.length === 1);
+  strict.on('error', (e) => errors.push(e));
+  const mine = recorder(strict, channel);
+  await strict.subscribe(channel, offset);
+  const badOffset = await client.publish(channel, 'v', 'bad', 'w', 'good');
+  await waitFor('the message and the error', () => mine.length === 1 && errors.length === 1);
+  assert.equal(mine[0].v, '"bad"', 'the raw string is delivered');
+  assert.equal(mine[0].w, '"good"');
+  assert.equal(errors[0].code, 'decode_failed');
+  assert.equal(errors[0].channel, channel);
+  assert.equal(errors[0].offset, badOffset);
+  assert.match(errors[0].message, /not mine/);
+  strict.close();
+  client.close();
 });
 
 test('reconnects after a server restart without loss or repeat, and settles cut-off publishes', async () => {
