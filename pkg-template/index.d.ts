@@ -44,7 +44,7 @@ export type ErrorCode =
   | 'bad_request' | 'unknown_op' | 'forbidden' | 'unauthorized' | 'conflict' | 'too_large' | 'limit_exceeded'
   | 'rate_limited' | 'unavailable' | 'unknown_outcome' | 'internal'
   | 'invalid_argument' | 'disconnected' | 'closed' | 'queue_full' | 'unsubscribed' | 'truncated' | 'protocol'
-  | 'storage_quota' | 'storage_corrupt' | 'storage_failed' | 'decode_failed';
+  | 'storage_quota' | 'storage_corrupt' | 'storage_failed' | 'decode_failed' | 'timeout';
 
 /** An Error with a stable `code` (and the `channel` concerned, when there is one). */
 export interface RedistributeError extends Error {
@@ -85,6 +85,13 @@ export interface ClientOptions {
   maxQueue?: number;
   /** Longest time in ms received messages wait before being written to storage. Default 100. */
   flushInterval?: number;
+  /**
+   * Longest time in ms an attempt may take to open (and authenticate) before the next target is
+   * tried; reported as `connect_error` with code 4408. Default 10000.
+   */
+  connectTimeout?: number;
+  /** Longest time in ms a call waits for the server's reply before it rejects with `timeout`. Default 15000. */
+  requestTimeout?: number;
   /** WebSocket constructor where there is no global one (Node.js < 22: `import WebSocket from 'ws'`). */
   WebSocket?: WebSocketConstructor;
   /**
@@ -107,7 +114,25 @@ export interface Loaded<T = unknown> {
   lastOffset: Offset | null;
 }
 
+/** Where the connection stands: `disconnected` means waiting to try again. */
+export type ConnectionState = 'connecting' | 'connected' | 'disconnected' | 'closed';
+
+/** A failed attempt to connect, from `connect_error`. */
+export interface ConnectAttempt {
+  /** The URL tried. */
+  target: string;
+  /** The close code: 1006 when the socket never opened (refused, unreachable, TLS…), 4408 when it
+   * took longer than `connectTimeout`, else the server's (e.g. 1008 for a refused connection). */
+  code: number;
+  /** The close reason, or what went wrong. */
+  reason: string;
+}
+
 export interface ClientEvents<T = unknown> {
+  /** The connection state changed (also read as `client.state`). */
+  state: (state: ConnectionState) => void;
+  /** An attempt to connect failed before the connection was usable; the client tries the next target. */
+  connect_error: (attempt: ConnectAttempt) => void;
   /** A connection opened (`url` is the server's). Subscriptions are being restored. */
   connect: (url: string) => void;
   /** The connection closed; the client reconnects by itself unless `close()` was called. */
@@ -153,6 +178,8 @@ export declare class Client<T = unknown> {
   load(channel: string): Promise<Loaded<T>>;
   /** True while a connection is open. */
   readonly connected: boolean;
+  /** Where the connection stands; each change is a `state` event. */
+  readonly state: ConnectionState;
   /** The server URL in use or being tried. */
   readonly target: string | null;
   /** Closes for good: stops reconnecting and timers, writes stored messages, settles calls. */

@@ -24,7 +24,7 @@ function loadWasm() {
   return loading;
 }
 
-const EVENTS = new Set(['connect', 'disconnect', 'messages', 'broadcast', 'error']);
+const EVENTS = new Set(['state', 'connect', 'connect_error', 'disconnect', 'messages', 'broadcast', 'error']);
 const TARGET = /^(wss?|https?):\/\/[^/?#]/i;
 
 // Lossless by default: every value goes out as JSON (strings too) and comes back as it was.
@@ -93,7 +93,8 @@ function checkOptions(options) {
       throw invalid(`target ${JSON.stringify(target)} is not a ws://, wss://, http:// or https:// URL`);
     }
   });
-  for (const [name, min] of [['storageLimit', 1], ['reconnectDelay', 1], ['reconnectDelayMax', 1], ['maxQueue', 0], ['flushInterval', 0]]) {
+  const numbers = [['storageLimit', 1], ['reconnectDelay', 1], ['reconnectDelayMax', 1], ['maxQueue', 0], ['flushInterval', 0], ['connectTimeout', 1], ['requestTimeout', 1]];
+  for (const [name, min] of numbers) {
     const value = options[name];
     if (value !== undefined && !(typeof value === 'number' && Number.isFinite(value) && value >= min)) {
       throw invalid(`option ${name} must be a number ≥ ${min}, got ${describe(value)}`);
@@ -163,7 +164,7 @@ export class Client {
     this.#ready.catch((err) => queueMicrotask(() => this.#emit('error', err)));
   }
 
-  /** Adds a listener for `connect`, `disconnect`, `messages`, `broadcast` or `error`. */
+  /** Adds a listener for `state`, `connect`, `connect_error`, `disconnect`, `messages`, `broadcast` or `error`. */
   on(event, listener) {
     if (!EVENTS.has(event)) throw new TypeError(`redistribute-client: unknown event ${JSON.stringify(event)}`);
     if (typeof listener !== 'function') throw new TypeError('redistribute-client: listener must be a function');
@@ -321,6 +322,12 @@ export class Client {
   /** True while a connection is open. */
   get connected() {
     return this.#inner !== null && this.#inner.connected;
+  }
+
+  /** `'connecting'`, `'connected'`, `'disconnected'` (waiting to retry) or `'closed'`. */
+  get state() {
+    if (this.#inner !== null) return this.#inner.state;
+    return this.#closed ? 'closed' : 'connecting';
   }
 
   /** The server URL in use or being tried (null until the module has loaded). */

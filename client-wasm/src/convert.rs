@@ -88,6 +88,8 @@ pub(crate) fn parse_options(options: &JsValue) -> Result<Options, JsValue> {
         backoff_max: millis("reconnectDelayMax", defaults.backoff_max)?,
         max_queue: number_option(options, "maxQueue", defaults.max_queue as u32, 0)? as usize,
         flush_interval_ms: number_option(options, "flushInterval", defaults.flush_interval_ms, 0)?,
+        connect_timeout: millis("connectTimeout", defaults.connect_timeout)?,
+        request_timeout: millis("requestTimeout", defaults.request_timeout)?,
     })
 }
 

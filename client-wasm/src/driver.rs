@@ -48,6 +48,8 @@ pub(crate) struct Inner {
     pub(crate) store: Option<Store<BrowserStorage>>,
     socket: Option<Socket>,
     reconnect_timer: Option<Timer>,
+    /// Ticks the machine's clock every second (timeouts, backoff) until `close()`.
+    clock: Option<Timer>,
     flush_timer: Option<Timer>,
     refresh_timer: Option<Timer>,
     pagehide: Option<GlobalListener>,
@@ -70,6 +72,7 @@ impl Inner {
             store,
             socket: None,
             reconnect_timer: None,
+            clock: None,
             flush_timer: None,
             refresh_timer: None,
             pagehide: None,
@@ -162,6 +165,14 @@ impl Client {
                 let value = js_sys::JSON::parse(&json).unwrap_or(JsValue::NULL);
                 out.push(Outcall::Emit("broadcast", vec![JsValue::from_str(&channel), value]));
             }
+            Effect::State(state) => out.push(Outcall::Emit("state", vec![JsValue::from_str(state.as_str())])),
+            Effect::ConnectFailed(attempt) => {
+                let info = Object::new();
+                let _ = Reflect::set(&info, &"target".into(), &JsValue::from_str(&attempt.target));
+                let _ = Reflect::set(&info, &"code".into(), &JsValue::from(attempt.code));
+                let _ = Reflect::set(&info, &"reason".into(), &JsValue::from_str(&attempt.reason));
+                out.push(Outcall::Emit("connect_error", vec![info.into()]));
+            }
             Effect::Connected(url) => out.push(Outcall::Emit("connect", vec![JsValue::from_str(&url)])),
             Effect::Disconnected(code, reason) => {
                 out.push(Outcall::Emit("disconnect", vec![JsValue::from(code), JsValue::from_str(&reason)]));
@@ -231,6 +242,7 @@ impl Client {
     fn shut_down(self: &Rc<Self>, inner: &mut Inner, out: &mut Outcalls) {
         inner.socket = None;
         inner.reconnect_timer = None;
+        inner.clock = None;
         inner.flush_timer = None;
         inner.refresh_timer = None;
         inner.pagehide = None;
@@ -277,6 +289,18 @@ impl Client {
             SocketEvent::Text(text) => inner.machine.received(&text),
             SocketEvent::Close(code, reason) => inner.machine.closed(code, &reason, js_sys::Math::random()),
         });
+    }
+
+    /// Ticks the machine's clock every second until the client is closed.
+    pub(crate) fn start_clock(self: &Rc<Self>) {
+        let weak = Rc::downgrade(self);
+        self.inner.borrow_mut().clock = Some(Timer::after(1000, move || {
+            let Some(client) = weak.upgrade() else { return };
+            client.step(|inner| inner.machine.tick(js_sys::Date::now(), js_sys::Math::random()));
+            if client.inner.borrow().machine.state() != crate::machine::State::Closed {
+                client.start_clock();
+            }
+        }));
     }
 
     /// Writes buffered messages to storage now.

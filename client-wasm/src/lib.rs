@@ -59,11 +59,16 @@ impl WasmClient {
             backoff_max: parsed.backoff_max,
             max_queue: parsed.max_queue,
             authenticate: !matches!(tokens, TokenSource::None),
+            connect_timeout: parsed.connect_timeout,
+            request_timeout: parsed.request_timeout,
         };
-        let (machine, effects) = Machine::start(settings);
+        let (mut machine, effects) = Machine::start(settings);
+        // The clock starts now (nothing is due yet); the driver ticks it every second.
+        let _ = machine.tick(js_sys::Date::now(), 0.5);
         let inner = Inner::new(machine, store, ws_ctor, tokens, parsed.flush_interval_ms);
         let client = Client::new(inner, emit);
         client.run(effects);
+        client.start_clock();
         Ok(WasmClient { client })
     }
 
@@ -177,6 +182,12 @@ impl WasmClient {
     #[wasm_bindgen(getter)]
     pub fn connected(&self) -> bool {
         self.client.inner.borrow().machine.is_connected()
+    }
+
+    /// `connecting`, `connected`, `disconnected` or `closed`.
+    #[wasm_bindgen(getter)]
+    pub fn state(&self) -> String {
+        self.client.inner.borrow().machine.state().as_str().to_owned()
     }
 
     /// The URL in use (or being tried).

@@ -62,6 +62,51 @@ pub enum Resolution {
     Acked(u64),
 }
 
+/// Where the connection stands, as the app sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// An attempt to connect (and authenticate) is under way.
+    Connecting,
+    /// The connection is usable.
+    Connected,
+    /// No connection: waiting to try again.
+    Disconnected,
+    /// `close()` was called.
+    Closed,
+}
+
+impl State {
+    /// The name the package uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Connecting => "connecting",
+            State::Connected => "connected",
+            State::Disconnected => "disconnected",
+            State::Closed => "closed",
+        }
+    }
+}
+
+/// A failed attempt to connect: which target, and how it failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    /// The URL tried.
+    pub target: String,
+    /// The close code (1006 when the socket never opened or vanished, 4408 for a handshake that
+    /// took too long).
+    pub code: u16,
+    /// The close reason or what went wrong.
+    pub reason: String,
+}
+
+/// Close code reported for a handshake that did not complete within the connect timeout
+/// (client-side only; never sent).
+pub const HANDSHAKE_TIMEOUT: u16 = 4408;
+
+/// How long a connection must stay up, with its subscriptions confirmed, before it counts as
+/// healthy and the reconnect backoff starts over.
+const HEALTHY_AFTER_MS: f64 = 5_000.0;
+
 /// Something for the glue to do.
 #[derive(Debug, PartialEq)]
 pub enum Effect<R> {
@@ -84,6 +129,10 @@ pub enum Effect<R> {
     GroupMessages(String, String, Vec<(Entry, u64)>),
     /// A transient broadcast for a channel (its JSON text): emit `broadcast`.
     Broadcast(String, String),
+    /// The connection state changed: emit `state`.
+    State(State),
+    /// An attempt to connect failed before the connection was usable: emit `connect_error`.
+    ConnectFailed(Attempt),
     /// Emit `connect` with the URL.
     Connected(String),
     /// Emit `disconnect` with the close code and reason.
@@ -120,6 +169,11 @@ pub struct Settings {
     /// Whether the client has a token (or a way to get one): then every connection
     /// authenticates before it resubscribes.
     pub authenticate: bool,
+    /// Longest an attempt may take to open its socket (and authenticate) before the next target
+    /// is tried.
+    pub connect_timeout: Duration,
+    /// Longest a request waits for its reply before its call fails with `timeout`.
+    pub request_timeout: Duration,
 }
 
 /// A subscription's identity: the channel, and the consumer group for a group membership.
@@ -186,9 +240,16 @@ pub struct Machine<R> {
     target: usize,
     backoff: Backoff,
     next_id: u64,
-    in_flight: HashMap<u64, InFlight<R>>,
+    /// Requests waiting for their reply, with when they were sent.
+    in_flight: HashMap<u64, (InFlight<R>, f64)>,
     queue: VecDeque<(String, Vec<String>, R)>,
     subscriptions: Keyed<SubKey, Subscription<R>>,
+    /// The time (ms) as of the last [`Machine::tick`].
+    now: f64,
+    /// When the current attempt started (set by the first tick after it started).
+    attempt_started: Option<f64>,
+    /// When the connection became usable.
+    opened_at: Option<f64>,
 }
 
 /// A small map kept as a list. A client holds few subscriptions (the server allows 256 per
@@ -242,8 +303,98 @@ impl<R> Machine<R> {
             in_flight: HashMap::new(),
             queue: VecDeque::new(),
             subscriptions: Keyed::new(),
+            now: 0.0,
+            attempt_started: None,
+            opened_at: None,
         };
-        (core, vec![Effect::Connect(url)])
+        (core, vec![Effect::State(State::Connecting), Effect::Connect(url)])
+    }
+
+    /// Where the connection stands.
+    pub fn state(&self) -> State {
+        match self.link {
+            Link::Connecting | Link::Authenticating => State::Connecting,
+            Link::Open => State::Connected,
+            Link::Down => State::Disconnected,
+            Link::Closed => State::Closed,
+        }
+    }
+
+    /// The clock: call about once a second with the time in ms (`random` uniform in `[0, 1)`
+    /// for the jitter). Fails requests that waited longer than the request timeout, gives up on
+    /// an attempt that takes longer than the connect timeout, and starts the backoff over once
+    /// the connection proved healthy.
+    pub fn tick(&mut self, now_ms: f64, random: f64) -> Vec<Effect<R>> {
+        self.now = now_ms;
+        let mut effects = Vec::new();
+        let limit = self.settings.request_timeout.as_millis() as f64;
+        let mut expired: Vec<u64> =
+            self.in_flight.iter().filter(|(_, (_, sent))| now_ms - sent >= limit).map(|(id, _)| *id).collect();
+        expired.sort_unstable();
+        for id in expired {
+            if let Some((InFlight::Subscribe(key), sent)) = self.in_flight.get_mut(&id) {
+                // The callers hear of the timeout, but the request stays in flight: a late
+                // confirmation still sets where the subscription resumes.
+                *sent = f64::INFINITY;
+                let key = key.clone();
+                effects.extend(self.subscribe_timed_out(&key));
+                continue;
+            }
+            let (pending, _) = self.in_flight.remove(&id).expect("listed above");
+            effects.extend(self.timed_out(pending));
+        }
+        match self.link {
+            Link::Connecting | Link::Authenticating => {
+                let started = *self.attempt_started.get_or_insert(now_ms);
+                let timeout = self.settings.connect_timeout;
+                if now_ms - started >= timeout.as_millis() as f64 {
+                    let reason = format!("the connection was not ready within {} ms", timeout.as_millis());
+                    effects.extend(self.closed(HANDSHAKE_TIMEOUT, &reason, random));
+                }
+            }
+            Link::Open => {
+                let healthy = self.opened_at.is_some_and(|at| now_ms - at >= HEALTHY_AFTER_MS)
+                    && self.subscriptions.0.iter().all(|(_, s)| s.confirmed);
+                if healthy {
+                    self.backoff.reset();
+                    self.opened_at = None;
+                }
+            }
+            Link::Down | Link::Closed => {}
+        }
+        effects
+    }
+
+    fn timeout_error(&self, what: &str) -> ClientError {
+        let ms = self.settings.request_timeout.as_millis();
+        ClientError::new("timeout", format!("no reply from the server within {ms} ms{what}"))
+    }
+
+    /// A subscription's confirmation is late: its callers fail with `timeout`; the subscription
+    /// stays (it is confirmed later, or resent after a reconnect).
+    fn subscribe_timed_out(&mut self, key: &SubKey) -> Vec<Effect<R>> {
+        let error = self.timeout_error("").on(&key.0);
+        match self.subscriptions.get_mut(key) {
+            Some(subscription) => subscription.waiters.drain(..).map(|w| Effect::Reject(w, error.clone())).collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// A request got no reply in time: its call fails with `timeout`.
+    fn timed_out(&mut self, pending: InFlight<R>) -> Vec<Effect<R>> {
+        let error = |what: &str| self.timeout_error(what);
+        match pending {
+            InFlight::Publish(done) => {
+                vec![Effect::Reject(done, error(": the message may or may not have been stored"))]
+            }
+            InFlight::Ack(done) => vec![Effect::Reject(done, error(": unacknowledged entries come back"))],
+            InFlight::Unsubscribe(done) => vec![Effect::Resolve(done, Resolution::Unsubscribed)],
+            InFlight::Subscribe(key) => self.subscribe_timed_out(&key),
+            InFlight::Auth => {
+                let error = error(" to the token");
+                self.auth_failed(error)
+            }
+        }
     }
 
     /// The URL currently used (or last tried).
@@ -263,7 +414,7 @@ impl<R> Machine<R> {
 
     fn request(&mut self, request: Request, pending: InFlight<R>) -> Effect<R> {
         self.next_id = (self.next_id + 1) % redistribute_protocol::request::MAX_ID;
-        self.in_flight.insert(self.next_id, pending);
+        self.in_flight.insert(self.next_id, (pending, self.now));
         Effect::Send(wire::encode(self.next_id, &request))
     }
 
@@ -399,7 +550,8 @@ impl<R> Machine<R> {
         if self.link == Link::Closed {
             return Vec::new();
         }
-        self.backoff.reset();
+        // The backoff starts over only once the connection proved healthy (see `tick`): a
+        // server that accepts and closes at once is not retried at full speed.
         if self.settings.authenticate {
             self.link = Link::Authenticating;
             return vec![Effect::FetchToken];
@@ -410,7 +562,9 @@ impl<R> Machine<R> {
     /// The connection is usable: tell the app, resubscribe, send what waited.
     fn ready(&mut self) -> Vec<Effect<R>> {
         self.link = Link::Open;
-        let mut effects = vec![Effect::Connected(self.target().to_owned())];
+        self.attempt_started = None;
+        self.opened_at = Some(self.now);
+        let mut effects = vec![Effect::State(State::Connected), Effect::Connected(self.target().to_owned())];
         for key in self.subscriptions.keys() {
             effects.push(self.send_subscribe(&key));
         }
@@ -462,19 +616,32 @@ impl<R> Machine<R> {
     pub fn received(&mut self, text: &str) -> Vec<Effect<R>> {
         match wire::decode(text) {
             Ok(Frame::Reply { id, outcome }) => self.on_reply(id, outcome.map_err(ClientError::from)),
-            Ok(Frame::Push { channel, messages, truncated, broadcast }) => {
-                self.on_push(channel, messages, truncated, broadcast)
+            Ok(Frame::Push { channel, messages, truncated, broadcast, rejected }) => {
+                let mut effects = rejected_entries(&channel, rejected);
+                effects.extend(self.on_push(channel, messages, truncated, broadcast));
+                effects
             }
-            Ok(Frame::GroupPush { channel, group, messages }) => self.on_group_push(channel, group, messages),
-            Err(e) => vec![Effect::Error(ClientError::new(
-                "protocol",
-                format!("unreadable frame from the server ({e}): {}", clip(text)),
-            ))],
+            Ok(Frame::GroupPush { channel, group, messages, rejected }) => {
+                let mut effects = rejected_entries(&channel, rejected);
+                effects.extend(self.on_group_push(channel, group, messages));
+                effects
+            }
+            Err(e) => {
+                let error = ClientError::new(
+                    "protocol",
+                    format!("unreadable frame from the server ({}): {}", e.reason, clip(text)),
+                );
+                match e.id {
+                    // The call it answers is settled with the error, not left waiting.
+                    Some(id) if self.in_flight.contains_key(&id) => self.on_reply(Some(id), Err(error)),
+                    _ => vec![Effect::Error(error)],
+                }
+            }
         }
     }
 
     fn on_reply(&mut self, id: Option<u64>, outcome: Result<ReplyBody, ClientError>) -> Vec<Effect<R>> {
-        let pending = id.and_then(|id| self.in_flight.remove(&id));
+        let pending = id.and_then(|id| self.in_flight.remove(&id)).map(|(pending, _)| pending);
         let Some(pending) = pending else {
             // `id: null` (the server could not read a frame) or a reply to nothing we sent.
             return outcome.err().map(Effect::Error).into_iter().collect();
@@ -498,6 +665,14 @@ impl<R> Machine<R> {
             (InFlight::Auth, Err(e)) => self.auth_failed(e),
             (InFlight::Subscribe(key), outcome) => {
                 let Some(subscription) = self.subscriptions.get_mut(&key) else { return Vec::new() };
+                // A stream subscription is confirmed with the offset it starts after: without one
+                // the client would not know where to resume.
+                let outcome = match outcome {
+                    Ok(body) if subscription.kind == Kind::Stream && body.offset.is_none() => {
+                        Err(ClientError::new("protocol", "the server confirmed a subscription without its offset"))
+                    }
+                    other => other,
+                };
                 match outcome {
                     Ok(body) => {
                         subscription.confirmed = true;
@@ -552,8 +727,23 @@ impl<R> Machine<R> {
         if let Some(message) = broadcast {
             effects.push(Effect::Broadcast(channel.clone(), message));
         }
-        let after = subscription.resume;
-        let fresh: Vec<Entry> = messages.into_iter().filter(|e| after.is_none_or(|a| e.offset > a)).collect();
+        // Each entry must follow the last one delivered: a repeat or a step back is the server's
+        // error, reported and left out (never delivered nor stored), without losing the rest.
+        let mut last = subscription.resume;
+        let mut out_of_order = Vec::new();
+        let mut fresh = Vec::with_capacity(messages.len());
+        for entry in messages {
+            match last {
+                Some(previous) if entry.offset <= previous => {
+                    out_of_order.push(format!("{} is not after {previous}", entry.offset));
+                }
+                _ => {
+                    last = Some(entry.offset);
+                    fresh.push(entry);
+                }
+            }
+        }
+        effects.extend(rejected_entries(&channel, out_of_order));
         if let Some(last) = fresh.last() {
             subscription.resume = Some(last.offset);
             effects.push(Effect::Messages(channel, fresh));
@@ -568,11 +758,16 @@ impl<R> Machine<R> {
         }
         let was_open = self.link == Link::Open;
         self.link = Link::Down;
-        let mut effects = Vec::new();
+        self.attempt_started = None;
+        self.opened_at = None;
+        let mut effects = vec![Effect::State(State::Disconnected)];
         if was_open {
             effects.push(Effect::Disconnected(code, reason.to_owned()));
+        } else {
+            let attempt = Attempt { target: self.target().to_owned(), code, reason: reason.to_owned() };
+            effects.push(Effect::ConnectFailed(attempt));
         }
-        for (_, pending) in self.in_flight.drain() {
+        for (_, (pending, _)) in self.in_flight.drain() {
             match pending {
                 // Resent by `opened`.
                 InFlight::Subscribe(_) | InFlight::Auth => {}
@@ -605,7 +800,7 @@ impl<R> Machine<R> {
             return Vec::new();
         }
         self.link = Link::Connecting;
-        vec![Effect::Connect(self.target().to_owned())]
+        vec![Effect::State(State::Connecting), Effect::Connect(self.target().to_owned())]
     }
 
     /// `close()`: everything pending fails with `closed`; nothing reconnects.
@@ -614,8 +809,8 @@ impl<R> Machine<R> {
             return Vec::new();
         }
         self.link = Link::Closed;
-        let mut effects = vec![Effect::CloseSocket];
-        for (_, pending) in self.in_flight.drain() {
+        let mut effects = vec![Effect::CloseSocket, Effect::State(State::Closed)];
+        for (_, (pending, _)) in self.in_flight.drain() {
             match pending {
                 InFlight::Subscribe(_) | InFlight::Auth => {}
                 InFlight::Unsubscribe(done) => effects.push(Effect::Resolve(done, Resolution::Unsubscribed)),
@@ -628,6 +823,20 @@ impl<R> Machine<R> {
         }
         effects
     }
+}
+
+/// One `protocol` error for the entries of a push that were left out, if any.
+fn rejected_entries<R>(channel: &str, reasons: Vec<String>) -> Vec<Effect<R>> {
+    if reasons.is_empty() {
+        return Vec::new();
+    }
+    let message = format!(
+        "the server sent {} unusable entr{} of {channel:?}, left out: {}",
+        reasons.len(),
+        if reasons.len() == 1 { "y" } else { "ies" },
+        reasons.join("; ")
+    );
+    vec![Effect::Error(ClientError::new("protocol", message).on(channel))]
 }
 
 /// The first 200 characters of a frame, for error messages.
@@ -659,6 +868,8 @@ mod tests {
             backoff_max: Duration::from_secs(5),
             max_queue: 2,
             authenticate: false,
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(15),
         }
     }
 
@@ -671,7 +882,7 @@ mod tests {
 
     fn open() -> Machine<u32> {
         let (mut core, effects) = Machine::start(settings());
-        assert_eq!(effects, vec![Effect::Connect("ws://a/".into())]);
+        assert_eq!(effects, vec![Effect::State(State::Connecting), Effect::Connect("ws://a/".into())]);
         core.opened();
         core
     }
@@ -705,16 +916,61 @@ mod tests {
         assert!(matches!(&effects[0], Effect::Messages(c, e) if c == "chat" && e.len() == 1));
 
         let effects = core.closed(1006, "", 0.5);
-        assert_eq!(effects[0], Effect::Disconnected(1006, String::new()));
+        assert_eq!(effects[..2], [Effect::State(State::Disconnected), Effect::Disconnected(1006, String::new())]);
         assert_eq!(effects.last(), Some(&Effect::ReconnectAfter(Duration::from_millis(50))));
-        assert_eq!(core.reconnect(), vec![Effect::Connect("ws://b/".into())], "rotates to the next target");
+        let effects = core.reconnect();
+        assert_eq!(effects, [Effect::State(State::Connecting), Effect::Connect("ws://b/".into())], "the next target");
         let effects = core.opened();
-        assert_eq!(effects[0], Effect::Connected("ws://b/".into()));
+        assert_eq!(effects[..2], [Effect::State(State::Connected), Effect::Connected("ws://b/".into())]);
         assert_eq!(sent(&effects), vec![json!({"id": 2, "op": "subscribe", "channel": "chat", "offset": "6-0"})]);
         core.received(r#"{"id":2,"ok":{"offset":"6-0"}}"#);
         let effects = core.received(r#"{"channel":"chat","messages":[{"offset":"6-0","fields":["k","v"]},{"offset":"7-0","fields":["k","w"]}]}"#);
-        let Effect::Messages(_, entries) = &effects[0] else { panic!("{effects:?}") };
+        let [Effect::Error(error), Effect::Messages(_, entries)] = effects.as_slice() else { panic!("{effects:?}") };
         assert_eq!(entries.iter().map(|e| e.offset).collect::<Vec<_>>(), vec![StreamId::new(7, 0)]);
+        assert_eq!(error.code, "protocol", "a repeat is the server's error: reported, left out");
+    }
+
+    #[test]
+    fn entries_out_of_order_or_repeated_are_reported_and_left_out_but_their_neighbours_delivered() {
+        let mut core = open();
+        core.subscribe("chat", None, None, 1);
+        core.received(r#"{"id":1,"ok":{"offset":"5-0"}}"#);
+        let push = r#"{"channel":"chat","messages":[
+            {"offset":"8-0","fields":["k","a"]},{"offset":"7-0","fields":["k","b"]},{"offset":"9-0","fields":["k","c"]},
+            {"offset":"9-0","fields":["k","d"]},{"offset":"x","fields":["k","e"]},{"offset":"10-0","fields":["k"]},
+            {"offset":"11-0","fields":["k","f"]}]}"#;
+        let effects = core.received(push);
+        let delivered: Vec<StreamId> = effects
+            .iter()
+            .filter_map(|e| if let Effect::Messages(_, entries) = e { Some(entries) } else { None })
+            .flatten()
+            .map(|e| e.offset)
+            .collect();
+        assert_eq!(delivered, [StreamId::new(8, 0), StreamId::new(9, 0), StreamId::new(11, 0)]);
+        let errors: Vec<&ClientError> =
+            effects.iter().filter_map(|e| if let Effect::Error(e) = e { Some(e) } else { None }).collect();
+        assert_eq!(errors.len(), 2, "malformed entries, then out-of-order ones: {errors:?}");
+        assert!(errors.iter().all(|e| e.code == "protocol" && e.channel.as_deref() == Some("chat")));
+        assert!(
+            errors[1].message.contains("7-0 is not after 8-0") && errors[1].message.contains("9-0 is not after 9-0")
+        );
+        // The resume point is the last good entry.
+        core.closed(1006, "", 0.0);
+        core.reconnect();
+        assert_eq!(sent(&core.opened())[0]["offset"], "11-0");
+    }
+
+    #[test]
+    fn a_reply_the_client_cannot_read_settles_its_call() {
+        let mut core = open();
+        core.publish("chat", vec!["k".into(), "v".into()], 1);
+        let effects = core.received(r#"{"id":1,"ok":{"offset":"not an offset"}}"#);
+        assert!(matches!(&effects[..], [Effect::Reject(1, e)] if e.code == "protocol"), "{effects:?}");
+        // A subscription confirmed without its offset is refused rather than resumed from "$" later.
+        core.subscribe("chat", None, None, 2);
+        let effects = core.received(r#"{"id":2,"ok":{}}"#);
+        assert!(matches!(&effects[..], [Effect::Reject(2, e)] if e.code == "protocol"), "{effects:?}");
+        assert!(core.channels().next().is_none());
     }
 
     #[test]
@@ -848,9 +1104,86 @@ mod tests {
             core.reconnect();
         }
         assert_eq!(delays, vec![100, 200, 400, 800]);
+        // A connection that opens and closes at once does not start the backoff over...
         core.opened();
+        core.tick(1_000.0, 0.0);
+        let effects = core.closed(1008, "go away", 1.0);
+        assert_eq!(effects.last(), Some(&Effect::ReconnectAfter(Duration::from_millis(1600))), "still growing");
+        // ...one that stayed up with its subscriptions confirmed does.
+        core.reconnect();
+        core.opened();
+        core.subscribe("c", None, None, 1);
+        core.received(r#"{"id":1,"ok":{"offset":"1-0"}}"#);
+        core.tick(3_000.0, 0.0);
+        core.tick(8_000.0, 0.0);
         let effects = core.closed(1006, "", 1.0);
-        assert_eq!(effects.last(), Some(&Effect::ReconnectAfter(Duration::from_millis(100))), "reset after a success");
+        assert_eq!(
+            effects.last(),
+            Some(&Effect::ReconnectAfter(Duration::from_millis(100))),
+            "reset after a healthy one"
+        );
+    }
+
+    #[test]
+    fn every_failed_attempt_is_reported_with_its_target_and_reason_and_states_follow() {
+        let (mut core, effects) = Machine::<u32>::start(settings());
+        assert_eq!(core.state(), State::Connecting);
+        assert_eq!(effects[0], Effect::State(State::Connecting));
+        let effects = core.closed(1006, "refused", 0.0);
+        assert_eq!(core.state(), State::Disconnected);
+        assert_eq!(
+            effects[..2],
+            [
+                Effect::State(State::Disconnected),
+                Effect::ConnectFailed(Attempt { target: "ws://a/".into(), code: 1006, reason: "refused".into() })
+            ]
+        );
+        core.reconnect();
+        core.opened();
+        assert_eq!(core.state(), State::Connected);
+        let effects = core.closed(1001, "bye", 0.0);
+        assert!(
+            !effects.iter().any(|e| matches!(e, Effect::ConnectFailed(_))),
+            "a drop after connecting is a disconnect"
+        );
+        assert!(effects.contains(&Effect::Disconnected(1001, "bye".into())));
+        let effects = core.close();
+        assert!(effects.contains(&Effect::State(State::Closed)));
+        assert_eq!(core.state(), State::Closed);
+    }
+
+    #[test]
+    fn an_attempt_that_does_not_open_in_time_moves_on_to_the_next_target() {
+        let (mut core, _) = Machine::<u32>::start(settings());
+        core.tick(0.0, 0.0);
+        assert!(core.tick(9_000.0, 0.0).is_empty());
+        let effects = core.tick(10_000.0, 0.0);
+        assert!(
+            matches!(&effects[1], Effect::ConnectFailed(a) if a.code == HANDSHAKE_TIMEOUT && a.target == "ws://a/"),
+            "{effects:?}"
+        );
+        assert!(matches!(effects.last(), Some(Effect::ReconnectAfter(_))));
+        assert_eq!(core.reconnect()[1], Effect::Connect("ws://b/".into()));
+    }
+
+    #[test]
+    fn every_call_settles_a_request_unanswered_fails_with_timeout() {
+        let mut core = open();
+        core.tick(0.0, 0.0);
+        core.publish("c", vec!["k".into(), "v".into()], 1);
+        core.subscribe("c", None, None, 2);
+        assert!(core.tick(14_000.0, 0.0).is_empty());
+        let effects = core.tick(15_000.0, 0.0);
+        assert!(
+            matches!(&effects[..], [Effect::Reject(1, a), Effect::Reject(2, b)] if a.code == "timeout" && b.code == "timeout"),
+            "{effects:?}"
+        );
+        assert!(core.tick(30_000.0, 0.0).is_empty(), "once");
+        // The subscription stays: a late confirmation still sets where it resumes.
+        assert!(core.received(r#"{"id":2,"ok":{"offset":"3-0"}}"#).is_empty());
+        core.closed(1006, "", 0.0);
+        core.reconnect();
+        assert_eq!(sent(&core.opened())[0]["offset"], "3-0");
     }
 
     fn authenticating() -> Machine<u32> {
@@ -869,7 +1202,7 @@ mod tests {
         assert_eq!(sent(&effects), vec![json!({"id": 1, "op": "auth", "token": "t0k3n"})]);
         let effects = machine.received(r#"{"id":1,"ok":{"user":"ann","expires":1800000000}}"#);
         assert_eq!(effects[0], Effect::TokenAccepted(1_800_000_000));
-        assert_eq!(effects[1], Effect::Connected("ws://a/".into()));
+        assert_eq!(effects[1..3], [Effect::State(State::Connected), Effect::Connected("ws://a/".into())]);
         let ops: Vec<_> = sent(&effects).iter().map(|r| r["op"].clone()).collect();
         assert_eq!(ops, [json!("subscribe"), json!("publish")]);
         assert!(machine.is_connected());

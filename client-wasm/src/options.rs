@@ -21,6 +21,10 @@ pub struct Options {
     pub max_queue: usize,
     /// How long received messages may wait before they are written to storage, in ms.
     pub flush_interval_ms: u32,
+    /// Longest an attempt to connect may take before the next target is tried.
+    pub connect_timeout: Duration,
+    /// Longest a request waits for its reply.
+    pub request_timeout: Duration,
 }
 
 impl Default for Options {
@@ -34,6 +38,8 @@ impl Default for Options {
             backoff_max: Duration::from_secs(10),
             max_queue: 1000,
             flush_interval_ms: 100,
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(15),
         }
     }
 }

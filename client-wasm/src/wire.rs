@@ -154,12 +154,14 @@ pub enum Frame {
     Push {
         /// The channel.
         channel: String,
-        /// New entries, in order.
+        /// The well-formed entries, in the order received.
         messages: Vec<Entry>,
         /// Entries after the last delivered one were trimmed before delivery.
         truncated: bool,
         /// A broadcast's value, as JSON text.
         broadcast: Option<String>,
+        /// Why each malformed entry was left out (its neighbours are kept).
+        rejected: Vec<String>,
     },
     /// Deliveries of a consumer group, each with how many times it was delivered.
     GroupPush {
@@ -167,22 +169,46 @@ pub enum Frame {
         channel: String,
         /// The group.
         group: String,
-        /// The entries and their delivery counts.
+        /// The well-formed entries and their delivery counts.
         messages: Vec<(Entry, u64)>,
+        /// Why each malformed entry was left out.
+        rejected: Vec<String>,
     },
 }
 
-/// Decodes a server frame; the error says what is wrong with it.
-pub fn decode(text: &str) -> Result<Frame, &'static str> {
-    let value = json::parse(text).map_err(|e| e.0)?;
+/// A frame that could not be read, and the id of the request it answers when that much was
+/// readable (so that the call can be settled).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable {
+    /// The request id, if the frame had a readable one.
+    pub id: Option<u64>,
+    /// What is wrong with the frame.
+    pub reason: &'static str,
+}
+
+/// Decodes a server frame.
+///
+/// # Errors
+/// What is wrong with the frame, with its request id if that was readable.
+pub fn decode(text: &str) -> Result<Frame, Unreadable> {
+    let unreadable = |reason| Unreadable { id: None, reason };
+    let value = json::parse(text).map_err(|e| unreadable(e.0))?;
     if !matches!(value, Json::Object(_)) {
-        return Err("not an object");
+        return Err(unreadable("not an object"));
     }
+    let with_id = |reason| Unreadable { id: id(&value).ok().flatten(), reason };
     match (value.get("ok"), value.get("error"), value.get("channel")) {
-        (_, Some(error), _) => Ok(Frame::Reply { id: id(&value)?, outcome: Err(server_error(error)?) }),
-        (Some(ok), None, _) => Ok(Frame::Reply { id: id(&value)?, outcome: Ok(reply_body(ok)?) }),
-        (None, None, Some(channel)) => push(&value, channel.as_str().ok_or("channel is not a string")?),
-        (None, None, None) => Err("neither a reply nor a push"),
+        (_, Some(error), _) => Ok(Frame::Reply {
+            id: id(&value).map_err(unreadable)?,
+            outcome: Err(server_error(error).map_err(with_id)?),
+        }),
+        (Some(ok), None, _) => {
+            Ok(Frame::Reply { id: id(&value).map_err(unreadable)?, outcome: Ok(reply_body(ok).map_err(with_id)?) })
+        }
+        (None, None, Some(channel)) => {
+            push(&value, channel.as_str().ok_or("channel is not a string").map_err(unreadable)?).map_err(unreadable)
+        }
+        (None, None, None) => Err(unreadable("neither a reply nor a push")),
     }
 }
 
@@ -218,19 +244,47 @@ fn push(value: &Json, channel: &str) -> Result<Frame, &'static str> {
         Some(list) => list.as_array().ok_or("messages is not an array")?,
         None => &[],
     };
-    let messages: Vec<Entry> = list.iter().map(json::entry).collect::<Option<_>>().ok_or("bad message entry")?;
+    let mut rejected = Vec::new();
+    let mut good = Vec::with_capacity(list.len());
+    for (i, item) in list.iter().enumerate() {
+        match checked_entry(item) {
+            Ok(entry) => good.push((entry, item)),
+            Err(reason) => rejected.push(format!("entry #{} of the push: {reason}", i + 1)),
+        }
+    }
     if let Some(group) = value.get("group") {
         let group = group.as_str().ok_or("group is not a string")?.to_owned();
-        let counts = list.iter().map(|m| m.get("deliveries").and_then(Json::as_u64).unwrap_or(1));
-        let messages = messages.into_iter().zip(counts).collect();
-        return Ok(Frame::GroupPush { channel: channel.to_owned(), group, messages });
+        let messages = good
+            .into_iter()
+            .map(|(entry, item)| (entry, item.get("deliveries").and_then(Json::as_u64).unwrap_or(1)))
+            .collect();
+        return Ok(Frame::GroupPush { channel: channel.to_owned(), group, messages, rejected });
     }
     Ok(Frame::Push {
         channel: channel.to_owned(),
-        messages,
+        messages: good.into_iter().map(|(entry, _)| entry).collect(),
         truncated: value.get("truncated").and_then(Json::as_bool).unwrap_or(false),
         broadcast: value.get("broadcast").map(Json::to_text),
+        rejected,
     })
+}
+
+/// One pushed entry: an offset and a non-empty, even list of string fields.
+fn checked_entry(value: &Json) -> Result<Entry, String> {
+    let offset = match value.get("offset").and_then(Json::as_str) {
+        Some(text) => text.parse::<StreamId>().map_err(|_| format!("offset {text:?} is not an offset"))?,
+        None => return Err("no offset".into()),
+    };
+    let list = value.get("fields").and_then(Json::as_array).ok_or_else(|| format!("{offset}: no fields list"))?;
+    if list.is_empty() || list.len() % 2 != 0 {
+        return Err(format!("{offset}: {} fields, not field/value pairs", list.len()));
+    }
+    let fields = list
+        .iter()
+        .map(|f| f.as_str().map(str::to_owned))
+        .collect::<Option<_>>()
+        .ok_or_else(|| format!("{offset}: a field is not a string"))?;
+    Ok(Entry { offset, fields })
 }
 
 #[cfg(test)]
@@ -332,13 +386,25 @@ mod tests {
         let push = |frame: Push<'_>| decode(&frame.to_json());
         assert_eq!(
             push(Push::messages("chat", &entries)),
-            Ok(Frame::Push { channel: "chat".into(), messages: entries.to_vec(), truncated: false, broadcast: None })
+            Ok(Frame::Push {
+                channel: "chat".into(),
+                messages: entries.to_vec(),
+                truncated: false,
+                broadcast: None,
+                rejected: vec![]
+            })
         );
         let lost =
             Push { channel: Cow::Borrowed("chat"), messages: Cow::Borrowed(&[]), truncated: true, broadcast: None };
         assert_eq!(
             push(lost),
-            Ok(Frame::Push { channel: "chat".into(), messages: vec![], truncated: true, broadcast: None })
+            Ok(Frame::Push {
+                channel: "chat".into(),
+                messages: vec![],
+                truncated: true,
+                broadcast: None,
+                rejected: vec![]
+            })
         );
         let broadcast = Push {
             channel: Cow::Borrowed("chat"),
@@ -352,7 +418,8 @@ mod tests {
                 channel: "chat".into(),
                 messages: vec![],
                 truncated: false,
-                broadcast: Some(r#"{"typing":"ann"}"#.into())
+                broadcast: Some(r#"{"typing":"ann"}"#.into()),
+                rejected: vec![]
             })
         );
         let group = GroupPush {
@@ -367,8 +434,41 @@ mod tests {
         let expected = Entry { offset: StreamId::new(9, 0), fields: vec!["k".into(), "v".into()] };
         assert_eq!(
             decode(&serde_json::to_string(&group).unwrap()),
-            Ok(Frame::GroupPush { channel: "jobs".into(), group: "workers".into(), messages: vec![(expected, 2)] })
+            Ok(Frame::GroupPush {
+                channel: "jobs".into(),
+                group: "workers".into(),
+                messages: vec![(expected, 2)],
+                rejected: vec![]
+            })
         );
+    }
+
+    #[test]
+    fn a_malformed_entry_is_left_out_and_its_neighbours_kept() {
+        let text = r#"{"channel":"c","messages":[
+            {"offset":"1-0","fields":["a","1"]},
+            {"offset":"nope","fields":["a","1"]},
+            {"offset":"2-0","fields":["a"]},
+            {"offset":"3-0","fields":[]},
+            {"offset":"4-0","fields":["a",5]},
+            {"offset":"5-0"},
+            {"offset":"6-0","fields":["a","6"]}]}"#;
+        let Ok(Frame::Push { messages, rejected, .. }) = decode(text) else { panic!("a push") };
+        let offsets: Vec<StreamId> = messages.iter().map(|e| e.offset).collect();
+        assert_eq!(offsets, [StreamId::new(1, 0), StreamId::new(6, 0)]);
+        assert_eq!(rejected.len(), 5, "{rejected:?}");
+        assert!(rejected[0].contains("\"nope\" is not an offset"));
+        assert!(rejected[1].contains("not field/value pairs"));
+    }
+
+    #[test]
+    fn an_unreadable_reply_still_names_its_request() {
+        assert_eq!(
+            decode(r#"{"id":7,"ok":{"offset":"far"}}"#),
+            Err(Unreadable { id: Some(7), reason: "bad offset in a reply" })
+        );
+        assert_eq!(decode(r#"{"id":7,"error":{}}"#).unwrap_err().id, Some(7));
+        assert_eq!(decode("{").unwrap_err().id, None);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 // against the servers that tests/harness.mjs runs.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import WebSocket from 'ws';
+import net from 'node:net';
+import WebSocket, { WebSocketServer } from 'ws';
 import createClient, { Client } from '../../dist/redistribute-client/index.js';
 
 const { RD_SERVER_A, RD_SERVER_B, RD_CONTROL } = process.env;
@@ -196,4 +197,117 @@ test('consumer groups: Node clients share the work, and a crashed member\'s entr
   await assert.rejects(survivor.ack(channel, 'g2', ['1-1']), (err) => err.code === 'bad_request' && /not pending/.test(err.message));
   await assert.rejects(survivor.subscribe(channel, { group: 'g3' }), { code: 'invalid_argument' });
   survivor.close();
+});
+
+// A fake server speaking the protocol's subprotocol; `onConnection(ws)` decides how it misbehaves.
+async function fakeServer(onConnection) {
+  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, handleProtocols: (protocols) => [...protocols][0] });
+  wss.on('connection', onConnection);
+  await new Promise((resolve) => wss.on('listening', resolve));
+  return { url: `ws://127.0.0.1:${wss.address().port}/`, close: () => { for (const ws of wss.clients) ws.terminate(); wss.close(); } };
+}
+
+async function freePort() {
+  const server = net.createServer();
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address();
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+test('while every target refuses: a connect_error per attempt, states that follow, no silence', async () => {
+  const target = `ws://127.0.0.1:${await freePort()}/`;
+  const client = createClient({ targets: target, WebSocket, localStorage: false, reconnectDelay: 20, reconnectDelayMax: 40 });
+  const states = [];
+  const failures = [];
+  client.on('state', (state) => states.push(state));
+  client.on('connect_error', (attempt) => failures.push(attempt));
+  assert.equal(client.state, 'connecting');
+  await waitFor('three failed attempts', () => failures.length >= 3);
+  assert.deepEqual(Object.keys(failures[0]).sort(), ['code', 'reason', 'target']);
+  assert.equal(failures[0].target, target);
+  assert.equal(failures[0].code, 1006);
+  assert.deepEqual(states.slice(0, 4), ['connecting', 'disconnected', 'connecting', 'disconnected']);
+  assert.equal(client.connected, false);
+  client.close();
+  assert.equal(client.state, 'closed');
+  assert.equal(states.at(-1), 'closed');
+});
+
+test('a target that accepts TCP but never completes the handshake is abandoned for the next', async () => {
+  const held = [];
+  const hanging = net.createServer((socket) => held.push(socket));
+  await new Promise((resolve) => hanging.listen(0, '127.0.0.1', resolve));
+  const silent = `ws://127.0.0.1:${hanging.address().port}/`;
+  const client = createClient({ targets: [silent, RD_SERVER_A], WebSocket, localStorage: false, connectTimeout: 1000 });
+  const failures = [];
+  client.on('connect_error', (attempt) => failures.push(attempt));
+  await waitFor('a connection to the next target', () => client.connected, 15000);
+  assert.equal(client.target, RD_SERVER_A);
+  assert.equal(failures[0].target, silent);
+  assert.equal(failures[0].code, 4408);
+  assert.match(failures[0].reason, /not ready within 1000 ms/);
+  client.close();
+  for (const socket of held) socket.destroy();
+  hanging.close();
+});
+
+test('a server that accepts and closes at once is retried with a growing delay', async () => {
+  let opened = 0;
+  const server = await fakeServer((ws) => { opened += 1; ws.close(1008, 'go away'); });
+  const client = createClient({ targets: server.url, WebSocket, localStorage: false, reconnectDelay: 250 });
+  const failures = [];
+  client.on('connect_error', (attempt) => failures.push(attempt));
+  client.on('error', () => {}); // each refusal is also reported as `forbidden`
+  await sleep(3500);
+  client.close();
+  server.close();
+  // Restarting the backoff after every handshake made this 20 or more.
+  assert.ok(opened >= 2 && opened <= 10, `${opened} connections in 3.5 s`);
+  assert.ok(failures.every((f) => f.code === 1008 && f.reason === 'go away'));
+});
+
+test('entries from a misbehaving server are checked one by one: bad ones reported, good ones kept', async () => {
+  const server = await fakeServer((ws) => {
+    ws.on('message', (data) => {
+      const request = JSON.parse(data);
+      if (request.op !== 'subscribe') return;
+      ws.send(JSON.stringify({ id: request.id, ok: { offset: '5-0' } }));
+      const entry = (offset, ...fields) => ({ offset, fields });
+      ws.send(JSON.stringify({ channel: request.channel, messages: [
+        entry('8-0', 'k', '"a"'), entry('7-0', 'k', '"b"'), entry('9-0', 'k', '"c"'), entry('9-0', 'k', '"d"'),
+        entry('x', 'k', '"e"'), entry('10-0', 'k'), { offset: '11-0', fields: [] }, entry('12-0', '__proto__', '{"isAdmin":true}'),
+      ] }));
+    });
+  });
+  const client = createClient({ targets: server.url, WebSocket, localStorage: false });
+  const got = recorder(client, 'fake');
+  const errors = [];
+  client.on('error', (e) => errors.push(e));
+  await client.subscribe('fake');
+  await waitFor('the good entries', () => got.length === 3);
+  assert.deepEqual(got.map((m) => m.offset), ['8-0', '9-0', '12-0']);
+  assert.equal(got[2].isAdmin, undefined, 'a __proto__ field from the server is only data');
+  assert.equal(Object.getPrototypeOf(got[2]), Object.prototype);
+  await waitFor('the reports', () => errors.length === 2);
+  assert.ok(errors.every((e) => e.code === 'protocol' && e.channel === 'fake'));
+  client.close();
+  server.close();
+});
+
+test('a reply the client cannot read settles its call with protocol; a silent server with timeout', async () => {
+  const server = await fakeServer((ws) => {
+    ws.on('message', (data) => {
+      const request = JSON.parse(data);
+      if (request.op === 'publish' && request.fields[1] === '"garbled"') ws.send(JSON.stringify({ id: request.id, ok: { offset: 'soon' } }));
+      // Anything else goes unanswered.
+    });
+  });
+  const client = createClient({ targets: server.url, WebSocket, localStorage: false, requestTimeout: 1500 });
+  await assert.rejects(client.publish('c', 'k', 'garbled'), (err) => err.code === 'protocol' && /bad offset/.test(err.message));
+  await assert.rejects(client.publish('c', 'k', 'ignored'), (err) => err.code === 'timeout' && /may or may not have been stored/.test(err.message));
+  client.close();
+  server.close();
 });
