@@ -107,11 +107,22 @@ export interface ClientOptions {
   getToken?: () => string | Promise<string>;
 }
 
+/** Messages an earlier page received after the stored log's end but could not store (storage was full). */
+export interface Gap {
+  /** Where the stored log stops (null: nothing was stored). A subscription resumes after it, so the server sends them again. */
+  after: Offset | null;
+  /** How many messages followed it unstored. */
+  count: number;
+}
+
 /** Stored messages of a channel, from `load`. */
 export interface Loaded<T = unknown> {
+  /** Oldest first, contiguous: never a message after a missing one. */
   messages: Message<T>[];
-  /** The newest stored offset, or null when nothing is stored. */
+  /** The newest stored offset (where `subscribe` resumes), or null when nothing is stored. */
   lastOffset: Offset | null;
+  /** Messages received after `lastOffset` that were not stored, or null. */
+  gap: Gap | null;
 }
 
 /** Where the connection stands: `disconnected` means waiting to try again. */

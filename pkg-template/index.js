@@ -312,11 +312,14 @@ export class Client {
     return (await this.#client()).publish(channel, fields);
   }
 
-  /** Stored messages of `channel` and its last offset, from localStorage (no network). */
+  /**
+   * Stored messages of `channel` (contiguous), its last offset (where a subscription resumes),
+   * and the gap an earlier page left (`{ after, count }` or null), from localStorage (no network).
+   */
   async load(channel) {
     requireString(channel, 'channel');
-    const { entries, lastOffset } = (await this.#client()).load(channel);
-    return { messages: this.#messages(channel, entries), lastOffset };
+    const { entries, lastOffset, gap } = (await this.#client()).load(channel);
+    return { messages: this.#messages(channel, entries), lastOffset, gap };
   }
 
   /** True while a connection is open. */

@@ -20,9 +20,9 @@ use crate::convert::{argument_error, entries, function_option, parse_options, pu
 use crate::driver::{Client, Inner, TokenSource, problem_effect};
 use crate::glue::BrowserStorage;
 use crate::machine::{Machine, Settings};
-use crate::store::Store;
+use crate::store::{Loaded, Store};
 use js_sys::{Array, Function, Object, Promise, Reflect};
-use redistribute_protocol::Start;
+use redistribute_protocol::{Start, StreamId};
 use std::rc::Rc;
 use wasm_bindgen::prelude::*;
 
@@ -162,19 +162,30 @@ impl WasmClient {
         Ok(promise)
     }
 
-    /// Stored entries of `channel` (`{ offset, fields }`, as `messages` events carry them) and
-    /// its last offset: `{ entries, lastOffset }`, from storage only (no network).
+    /// Stored entries of `channel` (`{ offset, fields }`, as `messages` events carry them), its
+    /// last offset, and the gap an earlier session left: `{ entries, lastOffset, gap }` (`gap`
+    /// is `{ after, count }` or `null`), from storage only (no network).
     pub fn load(&self, channel: String) -> Result<JsValue, JsValue> {
         check_channel(&channel)?;
-        let (stored, last, problems) = match &mut self.client.inner.borrow_mut().store {
+        let loaded = match &mut self.client.inner.borrow_mut().store {
             Some(store) => store.load(&channel),
-            None => (Vec::new(), None, Vec::new()),
+            None => Loaded::default(),
         };
-        self.client.run(problems.iter().map(problem_effect).collect());
+        self.client.run(loaded.problems.iter().map(problem_effect).collect());
+        let offset = |o: Option<StreamId>| o.map_or(JsValue::NULL, |o| JsValue::from_str(&o.to_string()));
         let result = Object::new();
-        let _ = Reflect::set(&result, &"entries".into(), &entries(&stored, None));
-        let last = last.map_or(JsValue::NULL, |o| JsValue::from_str(&o.to_string()));
-        let _ = Reflect::set(&result, &"lastOffset".into(), &last);
+        let _ = Reflect::set(&result, &"entries".into(), &entries(&loaded.entries, None));
+        let _ = Reflect::set(&result, &"lastOffset".into(), &offset(loaded.last_offset));
+        let gap = match loaded.gap {
+            Some(gap) => {
+                let value = Object::new();
+                let _ = Reflect::set(&value, &"after".into(), &offset(gap.after));
+                let _ = Reflect::set(&value, &"count".into(), &JsValue::from(gap.count as f64));
+                value.into()
+            }
+            None => JsValue::NULL,
+        };
+        let _ = Reflect::set(&result, &"gap".into(), &gap);
         Ok(result.into())
     }
 

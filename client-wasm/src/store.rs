@@ -9,6 +9,19 @@
 //! rest still holds the cap, so storage keeps between `cap` and `cap + CHUNK - 1` entries and
 //! [`Store::load`] returns exactly the newest `cap`.
 //!
+//! The stored log is always contiguous, and what [`Store::load`] returns and the offset a
+//! reloaded page resumes after come from the same record:
+//! - the meta record is the commit point: chunks are written first, the meta record last, and
+//!   entries a chunk holds beyond the meta's last offset (a write cut short, a tab killed between
+//!   the two writes) are ignored;
+//! - entries that cannot be written (storage full) stay in memory and are retried, in order, on
+//!   every flush; nothing after them is stored before they are, so the stored log stops at its
+//!   last contiguous entry, and the meta record notes how many entries followed it unstored
+//!   (the [`Gap`] a reloaded page's `load` reports; its subscription resumes at the log's end,
+//!   so the server replays them);
+//! - if more than `cap` entries wait, the oldest waiting ones are given up and the log starts
+//!   over with the rest: it loses old history, as the cap does, never a middle.
+//!
 //! The browser's `localStorage` and an in-memory map both implement [`KeyValue`], so the
 //! layout, eviction and error handling are tested natively.
 
@@ -50,6 +63,30 @@ pub struct StoreProblem {
     pub message: String,
 }
 
+/// Entries received after the stored log's end but not stored (storage was full): a reloaded
+/// page's subscription resumes after `after`, so the server replays them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gap {
+    /// The last stored offset: the log stops here (`None`: nothing was stored).
+    pub after: Option<StreamId>,
+    /// How many entries followed it unstored.
+    pub count: u64,
+}
+
+/// What [`Store::load`] returns.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Loaded {
+    /// The stored entries (and those still waiting to be written), oldest first, contiguous.
+    pub entries: Vec<Entry>,
+    /// The newest of them: where a subscription resumes.
+    pub last_offset: Option<StreamId>,
+    /// Entries that followed `last_offset` but were not stored (a previous session ran out of
+    /// storage), if any.
+    pub gap: Option<Gap>,
+    /// What went wrong reading the store.
+    pub problems: Vec<StoreProblem>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Meta {
     /// Layout version.
@@ -62,6 +99,8 @@ struct Meta {
     count: usize,
     /// Offset of the newest stored entry.
     last_offset: Option<StreamId>,
+    /// Entries received after `last_offset` that could not be stored.
+    unstored: u64,
 }
 
 impl Meta {
@@ -70,6 +109,9 @@ impl Meta {
             format!("{{\"v\":{},\"first\":{},\"last\":{},\"count\":{}", self.v, self.first, self.last, self.count);
         if let Some(offset) = self.last_offset {
             let _ = write!(out, ",\"lastOffset\":\"{offset}\"");
+        }
+        if self.unstored > 0 {
+            let _ = write!(out, ",\"unstored\":{}", self.unstored);
         }
         out.push('}');
         out
@@ -86,6 +128,10 @@ impl Meta {
             last_offset: match value.get("lastOffset") {
                 Some(offset) => Some(offset.as_str().and_then(|s| s.parse().ok()).ok_or("bad lastOffset")?),
                 None => None,
+            },
+            unstored: match value.get("unstored") {
+                Some(n) => n.as_u64().ok_or("bad unstored count")?,
+                None => 0,
             },
         })
     }
@@ -122,8 +168,11 @@ struct Channel {
     meta: Meta,
     /// The entries of chunk `meta.last` (kept so a flush need not read it back).
     tail: Vec<Entry>,
-    /// The entries of chunk `meta.first` when it differs from the tail (read lazily for trims).
+    /// Entries received but not written yet (buffered, or waiting for storage to have room).
     pending: Vec<Entry>,
+    /// Waiting entries given up since the last successful write (more than `cap` waited): the
+    /// next write starts the log over instead of appending to it.
+    given_up: u64,
 }
 
 /// Per-channel message persistence with batching and a cap.
@@ -174,8 +223,11 @@ impl<K: KeyValue> Store<K> {
                 .map_err(|e| format!("meta: {e}"))
                 .and_then(|meta| if meta.v == LAYOUT { Ok(meta) } else { Err(format!("unknown layout {}", meta.v)) })
                 .and_then(|meta| {
-                    let tail = if meta.count == 0 { Vec::new() } else { self.read_chunk(channel, meta.last)? };
-                    Ok(Channel { meta, tail, pending: Vec::new() })
+                    let mut tail = if meta.count == 0 { Vec::new() } else { self.read_chunk(channel, meta.last)? };
+                    // The meta record is the commit point: what a chunk holds beyond it was
+                    // never committed.
+                    tail.retain(|e| meta.last_offset.is_some_and(|last| e.offset <= last));
+                    Ok(Channel { meta, tail, pending: Vec::new(), given_up: 0 })
                 }),
         };
         let state = loaded.unwrap_or_else(|reason| {
@@ -237,32 +289,74 @@ impl<K: KeyValue> Store<K> {
             self.evict_half(channel, &mut state);
             result = self.write(channel, &mut state);
         }
-        let unwritten = state.pending.len();
-        state.pending.clear();
-        self.channels.insert(channel.to_owned(), state);
-        match result {
-            Ok(()) if evicted => Err(StoreProblem {
-                code: "storage_quota",
-                message: format!("storage is full: dropped older stored messages of \"{channel}\" to keep new ones"),
-            }),
-            Ok(()) => Ok(()),
-            Err(StoreError::Quota) => Err(StoreProblem {
-                code: "storage_quota",
-                message: format!("storage is full: {unwritten} messages of \"{channel}\" were not persisted"),
-            }),
-            Err(StoreError::Other(e)) => {
-                Err(StoreProblem { code: "storage_failed", message: format!("persisting \"{channel}\": {e}") })
+        let outcome = match result {
+            Ok(()) => {
+                state.pending.clear();
+                state.given_up = 0;
+                if evicted {
+                    Err(StoreProblem {
+                        code: "storage_quota",
+                        message: format!(
+                            "storage is full: dropped older stored messages of \"{channel}\" to keep new ones"
+                        ),
+                    })
+                } else {
+                    Ok(())
+                }
             }
+            Err(error) => Err(self.keep_unwritten(channel, &mut state, error)),
+        };
+        self.channels.insert(channel.to_owned(), state);
+        outcome
+    }
+
+    /// After a failed write: the entries stay in memory (at most `cap` of them) to be written
+    /// on the next flush, and the meta record notes how many follow the stored log unstored, so
+    /// that a reloaded page knows where its stored history stops.
+    fn keep_unwritten(&mut self, channel: &str, state: &mut Channel, error: StoreError) -> StoreProblem {
+        let overflow = state.pending.len().saturating_sub(self.cap);
+        state.pending.drain(..overflow);
+        state.given_up += overflow as u64;
+        let waiting = state.pending.len();
+        let mut meta = state.meta.clone();
+        meta.unstored = state.given_up + waiting as u64;
+        // Best effort: with storage full even this small record may not fit.
+        if self.kv.set(&self.meta_key(channel), &meta.to_text()).is_ok() {
+            state.meta = meta;
+        }
+        let stops = state
+            .meta
+            .last_offset
+            .map_or_else(|| "nothing is stored".to_owned(), |o| format!("stored history stops at {o}"));
+        match error {
+            StoreError::Quota => StoreProblem {
+                code: "storage_quota",
+                message: format!(
+                    "storage is full: {waiting} messages of \"{channel}\" are not stored yet ({stops}); they are kept in memory and written once there is room"
+                ),
+            },
+            StoreError::Other(e) => StoreProblem {
+                code: "storage_failed",
+                message: format!("persisting \"{channel}\": {e} ({stops}; {waiting} messages wait in memory)"),
+            },
         }
     }
 
     /// Appends `state.pending` into chunks, trims to the cap, writes the meta record. On error
     /// the in-memory state is left as it was before the call (pending entries kept).
     fn write(&mut self, channel: &str, state: &mut Channel) -> Result<(), StoreError> {
-        let mut meta = state.meta.clone();
+        let mut meta = Meta { unstored: 0, ..state.meta.clone() };
         let mut tail = state.tail.clone();
-        if meta.count == 0 {
-            meta = Meta { v: LAYOUT, first: meta.last, last: meta.last, count: 0, last_offset: meta.last_offset };
+        // Chunks of the old log, removed once the new meta record is written.
+        let mut removed = Vec::new();
+        if state.given_up > 0 && meta.count > 0 {
+            // Entries between the stored log and the waiting ones were given up: the log starts
+            // over with the waiting ones rather than keep a hole.
+            removed.extend(meta.first..=meta.last);
+            meta = Meta { v: LAYOUT, first: meta.last + 1, last: meta.last + 1, count: 0, ..meta };
+            tail.clear();
+        } else if meta.count == 0 {
+            meta = Meta { v: LAYOUT, first: meta.last, last: meta.last, count: 0, ..meta };
             tail.clear();
         }
         let mut written = Vec::new();
@@ -277,7 +371,6 @@ impl<K: KeyValue> Store<K> {
         }
         written.push((meta.last, tail.clone()));
         // Drop whole chunks from the head while that keeps at least `cap` entries.
-        let mut removed = Vec::new();
         while meta.count > self.cap && meta.first < meta.last {
             let len = written.iter().find(|(n, _)| *n == meta.first).map(|(_, c)| c.len());
             let len = match len {
@@ -318,9 +411,9 @@ impl<K: KeyValue> Store<K> {
         let _ = self.kv.set(&self.meta_key(channel), &state.meta.to_text());
     }
 
-    /// Everything stored for `channel` (oldest first, at most the cap) and its last offset,
-    /// including entries not yet flushed.
-    pub fn load(&mut self, channel: &str) -> (Vec<Entry>, Option<StreamId>, Vec<StoreProblem>) {
+    /// Everything stored for `channel` (oldest first, at most the cap, contiguous), including
+    /// entries not written yet, its last offset, and the [`Gap`] a previous session left.
+    pub fn load(&mut self, channel: &str) -> Loaded {
         let mut problems = Vec::new();
         self.open(channel, &mut problems);
         let state = self.channels.get(channel).expect("opened above");
@@ -339,17 +432,24 @@ impl<K: KeyValue> Store<K> {
                         });
                         self.wipe(channel);
                         self.channels.remove(channel);
-                        return (Vec::new(), None, problems);
+                        return Loaded { problems, ..Loaded::default() };
                     }
                 }
             }
             entries.extend(state.tail.iter().cloned());
         }
+        let waiting = !state.pending.is_empty();
+        if state.given_up > 0 {
+            // The waiting entries start a new log (see `write`).
+            entries.clear();
+        }
         entries.extend(state.pending.iter().cloned());
-        let last = entries.last().map(|e| e.offset).or(meta.last_offset);
+        let last_offset = entries.last().map(|e| e.offset).or(meta.last_offset);
         let skip = entries.len().saturating_sub(self.cap);
         entries.drain(..skip);
-        (entries, last, problems)
+        // In memory nothing is missing; a gap is what an earlier session could not store.
+        let gap = (!waiting && meta.unstored > 0).then_some(Gap { after: meta.last_offset, count: meta.unstored });
+        Loaded { entries, last_offset, gap, problems }
     }
 
     /// The newest stored (or pending) offset of `channel`, without reading its chunks.
@@ -370,6 +470,11 @@ pub struct MemoryKeyValue {
     pub bytes_written: usize,
     /// When set, writes that would grow the total size past this many bytes fail with `Quota`.
     pub quota: Option<usize>,
+    /// When set, every write from the one with this index on (counting from 0) fails, as if
+    /// the tab had been killed there.
+    pub fail_from_write: Option<usize>,
+    /// Writes attempted so far.
+    pub writes: usize,
 }
 
 impl MemoryKeyValue {
@@ -383,6 +488,10 @@ impl KeyValue for MemoryKeyValue {
         self.data.get(key).cloned()
     }
     fn set(&mut self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.writes += 1;
+        if self.fail_from_write.is_some_and(|n| self.writes > n) {
+            return Err(StoreError::Other("the tab is gone".into()));
+        }
         if let Some(quota) = self.quota {
             let old = self.data.get(key).map_or(0, |v| key.len() + v.len());
             if self.size() - old + key.len() + value.len() > quota {
@@ -419,7 +528,7 @@ mod tests {
         store.append("chat", &(0..70).map(entry).collect::<Vec<_>>());
         assert!(store.is_dirty());
         assert!(store.flush().is_empty());
-        let (loaded, last, problems) = store.load("chat");
+        let Loaded { entries: loaded, last_offset: last, problems, .. } = store.load("chat");
         assert_eq!(offsets(&loaded), (0..70).collect::<Vec<_>>());
         assert_eq!(last, Some(entry(69).offset));
         assert!(problems.is_empty());
@@ -428,7 +537,7 @@ mod tests {
         assert_eq!(again.last_offset("chat").0, Some(entry(69).offset));
         again.append("chat", &[entry(69), entry(70)]);
         again.flush();
-        let (loaded, _, _) = again.load("chat");
+        let loaded = again.load("chat").entries;
         assert_eq!(offsets(&loaded), (0..71).collect::<Vec<_>>(), "no duplicate of 69");
     }
 
@@ -443,10 +552,10 @@ mod tests {
                 }
             }
             store.flush();
-            let (loaded, last, _) = store.load("c");
+            let Loaded { entries: loaded, last_offset: last, .. } = store.load("c");
             assert_eq!(offsets(&loaded), (250 - cap as u64..250).collect::<Vec<_>>(), "cap {cap}");
             assert_eq!(last, Some(entry(249).offset));
-            let reopened = Store::new(store.backend().clone(), "p:", cap).load("c").0;
+            let reopened = Store::new(store.backend().clone(), "p:", cap).load("c").entries;
             assert_eq!(offsets(&reopened), offsets(&loaded), "cap {cap} after reopening");
             let chunks = store.backend().data.keys().filter(|k| k.contains('~')).count();
             assert!(chunks <= cap.div_ceil(Store::<MemoryKeyValue>::CHUNK) + 1, "cap {cap}: {chunks} chunks left");
@@ -491,20 +600,20 @@ mod tests {
         kv.data.insert("p:c~0".into(), "[]".into());
         kv.data.insert("p:other".into(), "kept".into());
         let mut store = Store::new(kv, "p:", 10);
-        let (loaded, last, problems) = store.load("c");
+        let Loaded { entries: loaded, last_offset: last, problems, .. } = store.load("c");
         assert!(loaded.is_empty() && last.is_none());
         assert_eq!(problems[0].code, "storage_corrupt");
         assert!(!store.backend().data.contains_key("p:c~0"));
         assert!(store.backend().data.contains_key("p:other"));
         store.append("c", &[entry(1)]);
         assert!(store.flush().is_empty());
-        assert_eq!(offsets(&store.load("c").0), vec![1]);
+        assert_eq!(offsets(&store.load("c").entries), vec![1]);
 
         // A chunk broken behind a valid meta record.
         let mut kv = store.backend().clone();
         kv.data.insert("p:c~0".into(), "[{\"offset\":\"bad\"}]".into());
         let mut store = Store::new(kv, "p:", 10);
-        let (_, _, problems) = store.load("c");
+        let problems = store.load("c").problems;
         assert_eq!(problems[0].code, "storage_corrupt");
     }
 
@@ -519,9 +628,87 @@ mod tests {
         }
         assert!(problems.iter().all(|p| p.code == "storage_quota"), "{problems:?}");
         assert!(!problems.is_empty());
-        let (loaded, last, _) = store.load("c");
+        let Loaded { entries: loaded, last_offset: last, .. } = store.load("c");
         assert_eq!(last, Some(entry(399).offset), "the newest messages are kept");
         assert!(!loaded.is_empty());
         assert!(loaded.windows(2).all(|w| w[0].offset < w[1].offset));
+    }
+
+    fn append_and_flush(store: &mut Store<MemoryKeyValue>, range: std::ops::Range<u64>) -> Vec<StoreProblem> {
+        store.append("c", &range.map(entry).collect::<Vec<_>>());
+        store.flush()
+    }
+
+    #[test]
+    fn entries_that_could_not_be_stored_are_written_in_order_once_there_is_room_never_after_a_hole() {
+        let mut store = Store::new(MemoryKeyValue::default(), "p:", 1000);
+        assert!(append_and_flush(&mut store, 0..5).is_empty());
+        // Storage fills up: the next 10 cannot be written (room for the meta record's gap note
+        // only; with none at all, the reloaded page below still resumes right, without the note).
+        let used = store.backend().data.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        store.kv.quota = Some(used + 20);
+        for n in 5..15 {
+            let problems = append_and_flush(&mut store, n..n + 1);
+            assert_eq!(problems[0].code, "storage_quota", "{problems:?}");
+        }
+        // A page reloaded now sees the stored log end at #4, and the gap after it.
+        let reloaded = Store::new(store.backend().clone(), "p:", 1000).load("c");
+        assert_eq!(offsets(&reloaded.entries), (0..5).collect::<Vec<_>>());
+        assert_eq!(reloaded.last_offset, Some(entry(4).offset), "it resumes after #4: the server replays the rest");
+        assert_eq!(reloaded.gap, Some(Gap { after: Some(entry(4).offset), count: 10 }));
+        // This page still has them all, in memory.
+        assert_eq!(offsets(&store.load("c").entries), (0..15).collect::<Vec<_>>());
+        // Room again: #15 arrives and everything waiting is written first, in order.
+        store.kv.quota = None;
+        assert!(append_and_flush(&mut store, 15..16).is_empty());
+        let reloaded = Store::new(store.backend().clone(), "p:", 1000).load("c");
+        assert_eq!(offsets(&reloaded.entries), (0..16).collect::<Vec<_>>(), "no hole");
+        assert_eq!(reloaded.gap, None);
+    }
+
+    #[test]
+    fn a_tab_killed_between_the_chunk_and_meta_writes_loads_what_it_resumes_from() {
+        let mut store = Store::new(MemoryKeyValue::default(), "p:", 1000);
+        assert!(append_and_flush(&mut store, 0..120).is_empty());
+        // The next flush writes the tail chunk, then dies before the meta record.
+        let writes = store.backend().writes;
+        store.kv.fail_from_write = Some(writes + 1);
+        assert!(!append_and_flush(&mut store, 120..128).is_empty());
+        let tail = store.backend().data.get("p:c~3").cloned().unwrap_or_default();
+        assert!(tail.contains(&entry(127).offset.to_string()), "the chunk holds #127: {tail}");
+        let reloaded = Store::new(store.backend().clone(), "p:", 1000).load("c");
+        assert_eq!(reloaded.entries.last().map(|e| e.offset), Some(entry(119).offset), "not past the meta record");
+        assert_eq!(reloaded.last_offset, Some(entry(119).offset), "load and resume agree: no message twice");
+        // Writing goes on from there: the uncommitted entries are not kept twice.
+        let mut reloaded = Store::new(store.backend().clone(), "p:", 1000);
+        reloaded.kv.fail_from_write = None;
+        reloaded.append("c", &(120..130).map(entry).collect::<Vec<_>>());
+        assert!(reloaded.flush().is_empty());
+        assert_eq!(
+            offsets(&Store::new(reloaded.backend().clone(), "p:", 1000).load("c").entries),
+            (0..130).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn when_more_than_the_cap_waits_the_log_starts_over_with_the_newest() {
+        let mut store = Store::new(MemoryKeyValue::default(), "p:", 50);
+        assert!(append_and_flush(&mut store, 0..40).is_empty());
+        // Storage fails for a long while.
+        store.kv.fail_from_write = Some(0);
+        for n in 40..120 {
+            assert_eq!(append_and_flush(&mut store, n..n + 1)[0].code, "storage_failed");
+        }
+        let in_memory = store.load("c");
+        assert_eq!(offsets(&in_memory.entries), (70..120).collect::<Vec<_>>(), "the newest 50, contiguous");
+        store.kv.fail_from_write = None;
+        assert!(append_and_flush(&mut store, 120..121).is_empty());
+        let reloaded = Store::new(store.backend().clone(), "p:", 50).load("c");
+        let loaded = offsets(&reloaded.entries);
+        assert_eq!(loaded.last(), Some(&120));
+        assert!(loaded.windows(2).all(|w| w[1] == w[0] + 1), "contiguous: {loaded:?}");
+        assert!(loaded.len() >= 50 && loaded[0] >= 70, "older history is gone, not a middle: {loaded:?}");
+        assert_eq!(reloaded.gap, None);
+        assert!(!store.backend().data.contains_key("p:c~0"), "the old log's chunks are removed");
     }
 }

@@ -334,38 +334,89 @@ async fn fails_over_to_the_second_target() {
     client.close();
 }
 
+/// The offsets of what `load` returns, and its `lastOffset` and `gap`.
+fn loaded(client: &WasmClient, channel: &str) -> (Vec<String>, Option<String>, JsValue) {
+    let loaded = client.load(channel.to_owned()).unwrap();
+    let offsets =
+        Array::from(&get(&loaded, "entries")).iter().map(|e| get(&e, "offset").as_string().unwrap()).collect();
+    (offsets, get(&loaded, "lastOffset").as_string(), get(&loaded, "gap"))
+}
+
 #[wasm_bindgen_test]
-async fn a_full_storage_quota_is_reported_and_messages_still_arrive() {
+async fn with_storage_full_the_stored_log_stops_contiguous_and_catches_up_once_there_is_room() {
     let storage = web_sys::window().unwrap().local_storage().unwrap().unwrap();
-    let filler = "f".repeat(256 * 1024);
-    let mut n = 0;
-    while storage.set_item(&format!("filler:{n}"), &filler).is_ok() {
-        n += 1;
-        assert!(n < 400, "localStorage never filled up");
-    }
-    // Top up with smaller pieces so not even a small write fits.
-    let mut m = 0;
-    while storage.set_item(&format!("filler:small:{m}"), &"s".repeat(1024)).is_ok() {
-        m += 1;
-    }
     let prefix = unique("quota") + ":";
-    let events = Events::new();
-    let opts = options(&[server_a()], &[("storagePrefix", JsValue::from_str(&prefix)), ("flushInterval", 0.into())]);
-    let client = WasmClient::new(opts, events.function()).unwrap();
     let channel = unique("quota");
+    let opts = || options(&[server_a()], &[("storagePrefix", JsValue::from_str(&prefix)), ("flushInterval", 0.into())]);
+    let events = Events::new();
+    let client = WasmClient::new(opts(), events.function()).unwrap();
     call(client.subscribe(channel.clone(), None)).await.unwrap();
+    let publish =
+        |i: u32| call(client.publish(channel.clone(), args(&["n".into(), JsValue::from_str(&i.to_string())])));
+    // A fresh client on the same storage (aimed nowhere: it only reads) sees what is stored.
+    let probe_events = Events::new();
+    let stored_now = || {
+        let probe = WasmClient::new(
+            options(&[NOWHERE], &[("storagePrefix", JsValue::from_str(&prefix))]),
+            probe_events.function(),
+        )
+        .unwrap();
+        let stored = loaded(&probe, &channel).0;
+        probe.close();
+        stored
+    };
     for i in 0..5 {
-        call(client.publish(channel.clone(), args(&["n".into(), JsValue::from_str(&i.to_string())]))).await.unwrap();
+        publish(i).await.unwrap();
     }
-    wait_for("all messages despite the full storage", || events.messages(&channel).len() == 5).await;
+    wait_for("5 stored", || stored_now().len() == 5).await;
+
+    // Fill localStorage so that not even a small write fits: ever smaller pieces until none fits.
+    let mut fillers = Vec::new();
+    for size in [256 * 1024, 1024, 64, 1] {
+        let piece = "f".repeat(size);
+        loop {
+            let key = format!("filler:{}", fillers.len());
+            if storage.set_item(&key, &piece).is_err() {
+                break;
+            }
+            fillers.push(key);
+            assert!(fillers.len() < 2000, "localStorage never filled up");
+        }
+    }
+    for i in 5..15 {
+        publish(i).await.unwrap();
+    }
+    wait_for("all messages despite the full storage", || events.messages(&channel).len() == 15).await;
     wait_for("a storage_quota error event", || events.error_codes().iter().any(|c| c == "storage_quota")).await;
+    let all = xrange(&channel).await;
+    assert_eq!(loaded(&client, &channel).0, all, "this page still has every message, in memory");
+
+    // A reloaded page: its stored history stops at #4, and it resumes from there.
+    let reloaded_events = Events::new();
+    let reloaded = WasmClient::new(opts(), reloaded_events.function()).unwrap();
+    let (stored, last, gap) = loaded(&reloaded, &channel);
+    assert_eq!(stored, all[..5].to_vec(), "contiguous: no message after a hole");
+    assert_eq!(last.as_deref(), Some(all[4].as_str()));
+    if !gap.is_null() {
+        // Noted when even the full storage had room for the small record.
+        assert_eq!(get(&gap, "after").as_string().as_deref(), Some(all[4].as_str()));
+    }
+    call(reloaded.subscribe(channel.clone(), None)).await.unwrap();
+    wait_for("the replayed rest", || reloaded_events.messages(&channel).len() == 10).await;
+    assert_eq!(reloaded_events.offsets(&channel), all[5..].to_vec(), "exactly the unstored ones, once");
+    reloaded.close();
+
+    // Room again: the next message makes the first page write everything waiting, in order.
+    for key in &fillers {
+        storage.remove_item(key).unwrap();
+    }
+    publish(15).await.unwrap();
+    let all = {
+        wait_for("the 16th message", || events.messages(&channel).len() == 16).await;
+        xrange(&channel).await
+    };
+    wait_for("all 16 stored, in order", || stored_now() == all).await;
     client.close();
-    for i in 0..n {
-        storage.remove_item(&format!("filler:{i}")).unwrap();
-    }
-    for i in 0..m {
-        storage.remove_item(&format!("filler:small:{i}")).unwrap();
-    }
     clear_storage(&prefix);
 }
 
