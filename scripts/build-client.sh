@@ -15,9 +15,26 @@ tarball=dist/redistribute-client-$version.tgz
 
 cargo build --quiet --locked -p redistribute-client --lib --target wasm32-unknown-unknown --profile wasm-release
 
+# What a browser downloads, each file gzipped on its own, must stay within the budget (bytes).
+# The goal is 60 KB (issue 14); the budget is where the package stands, so it cannot grow unseen.
+budget=${SIZE_BUDGET:-75000}
+check_size() {
+  local total=0 f
+  for f in "$dist/wasm/redistribute_client_bg.wasm" "$dist/wasm/redistribute_client.js" "$dist/index.js"; do
+    printf '  %-30s %8d B raw %8d B gzip\n' "$(basename "$f")" "$(wc -c <"$f")" "$(gzip -9c "$f" | wc -c)"
+    total=$((total + $(gzip -9c "$f" | wc -c)))
+  done
+  echo "  downloaded by a browser: $total B gzip (budget $budget B)"
+  if [ "$total" -gt "$budget" ]; then
+    echo "the client package is over its size budget: $total > $budget bytes gzipped" >&2
+    exit 1
+  fi
+}
+
 # Up to date: the tarball is newer than the wasm and every file of the package template.
 if [ -f "$tarball" ] && [ -z "$(find "$wasm" pkg-template -newer "$tarball" -print -quit)" ]; then
   echo "client package up to date: $tarball"
+  check_size
   exit 0
 fi
 
@@ -35,6 +52,5 @@ cp pkg-template/package.json pkg-template/index.js pkg-template/index.d.ts pkg-t
 cp "$out/redistribute_client.js" "$out/redistribute_client_bg.wasm" "$dist/wasm/"
 (cd dist && npm pack --silent ./redistribute-client >/dev/null)
 
-size() { printf '  %-30s %8d B raw %8d B gzip\n' "$(basename "$1")" "$(wc -c <"$1")" "$(gzip -9c "$1" | wc -c)"; }
 echo "built $tarball"
-for f in "$dist/wasm/redistribute_client_bg.wasm" "$dist/wasm/redistribute_client.js" "$dist/index.js"; do size "$f"; done
+check_size

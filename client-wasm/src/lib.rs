@@ -11,6 +11,7 @@ mod convert;
 mod driver;
 mod glue;
 pub mod json;
+mod keyed;
 pub mod machine;
 pub mod options;
 pub mod store;

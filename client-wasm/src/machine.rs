@@ -15,9 +15,10 @@
 //!   have been stored), never left pending;
 //! - reconnects use exponential backoff with full jitter and rotate through the targets.
 
+use crate::keyed::Keyed;
 use crate::wire::{self, Frame, ReplyBody, Request, ServerError};
 use redistribute_protocol::{Backoff, Entry, Start, StreamId};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::Duration;
 
 /// An error an API call rejects with, or an `error` event carries.
@@ -241,7 +242,7 @@ pub struct Machine<R> {
     backoff: Backoff,
     next_id: u64,
     /// Requests waiting for their reply, with when they were sent.
-    in_flight: HashMap<u64, (InFlight<R>, f64)>,
+    in_flight: Keyed<u64, (InFlight<R>, f64)>,
     queue: VecDeque<(String, Vec<String>, R)>,
     subscriptions: Keyed<SubKey, Subscription<R>>,
     /// The time (ms) as of the last [`Machine::tick`].
@@ -250,43 +251,6 @@ pub struct Machine<R> {
     attempt_started: Option<f64>,
     /// When the connection became usable.
     opened_at: Option<f64>,
-}
-
-/// A small map kept as a list. A client holds few subscriptions (the server allows 256 per
-/// connection), and each `BTreeMap` instantiation costs the WebAssembly about 10 KB.
-#[derive(Debug)]
-struct Keyed<K, V>(Vec<(K, V)>);
-
-impl<K: PartialEq + Clone, V> Keyed<K, V> {
-    fn new() -> Self {
-        Keyed(Vec::new())
-    }
-
-    fn get_mut<Q: PartialEq<K> + ?Sized>(&mut self, key: &Q) -> Option<&mut V> {
-        self.0.iter_mut().find(|(k, _)| key == k).map(|(_, v)| v)
-    }
-
-    fn contains<Q: PartialEq<K> + ?Sized>(&self, key: &Q) -> bool {
-        self.0.iter().any(|(k, _)| key == k)
-    }
-
-    /// Adds an entry whose key is not present yet (callers check first).
-    fn insert(&mut self, key: K, value: V) {
-        self.0.push((key, value));
-    }
-
-    fn remove<Q: PartialEq<K> + ?Sized>(&mut self, key: &Q) -> Option<V> {
-        let index = self.0.iter().position(|(k, _)| key == k)?;
-        Some(self.0.remove(index).1)
-    }
-
-    fn keys(&self) -> Vec<K> {
-        self.0.iter().map(|(k, _)| k.clone()).collect()
-    }
-
-    fn take(&mut self) -> Vec<(K, V)> {
-        std::mem::take(&mut self.0)
-    }
 }
 
 impl<R> Machine<R> {
@@ -300,7 +264,7 @@ impl<R> Machine<R> {
             target: 0,
             backoff,
             next_id: 0,
-            in_flight: HashMap::new(),
+            in_flight: Keyed::new(),
             queue: VecDeque::new(),
             subscriptions: Keyed::new(),
             now: 0.0,
@@ -328,9 +292,9 @@ impl<R> Machine<R> {
         self.now = now_ms;
         let mut effects = Vec::new();
         let limit = self.settings.request_timeout.as_millis() as f64;
-        let mut expired: Vec<u64> =
+        // In the order they were sent.
+        let expired: Vec<u64> =
             self.in_flight.iter().filter(|(_, (_, sent))| now_ms - sent >= limit).map(|(id, _)| *id).collect();
-        expired.sort_unstable();
         for id in expired {
             if let Some((InFlight::Subscribe(key), sent)) = self.in_flight.get_mut(&id) {
                 // The callers hear of the timeout, but the request stays in flight: a late
@@ -354,7 +318,7 @@ impl<R> Machine<R> {
             }
             Link::Open => {
                 let healthy = self.opened_at.is_some_and(|at| now_ms - at >= HEALTHY_AFTER_MS)
-                    && self.subscriptions.0.iter().all(|(_, s)| s.confirmed);
+                    && self.subscriptions.iter().all(|(_, s)| s.confirmed);
                 if healthy {
                     self.backoff.reset();
                     self.opened_at = None;
@@ -409,7 +373,7 @@ impl<R> Machine<R> {
 
     /// Channels subscribed (confirmed or not).
     pub fn channels(&self) -> impl Iterator<Item = &str> {
-        self.subscriptions.0.iter().filter(|((_, group), _)| group.is_none()).map(|((channel, _), _)| channel.as_str())
+        self.subscriptions.iter().filter(|((_, group), _)| group.is_none()).map(|((channel, _), _)| channel.as_str())
     }
 
     fn request(&mut self, request: Request, pending: InFlight<R>) -> Effect<R> {
@@ -633,7 +597,7 @@ impl<R> Machine<R> {
                 );
                 match e.id {
                     // The call it answers is settled with the error, not left waiting.
-                    Some(id) if self.in_flight.contains_key(&id) => self.on_reply(Some(id), Err(error)),
+                    Some(id) if self.in_flight.contains(&id) => self.on_reply(Some(id), Err(error)),
                     _ => vec![Effect::Error(error)],
                 }
             }
@@ -767,7 +731,7 @@ impl<R> Machine<R> {
             let attempt = Attempt { target: self.target().to_owned(), code, reason: reason.to_owned() };
             effects.push(Effect::ConnectFailed(attempt));
         }
-        for (_, (pending, _)) in self.in_flight.drain() {
+        for (_, (pending, _)) in self.in_flight.take() {
             match pending {
                 // Resent by `opened`.
                 InFlight::Subscribe(_) | InFlight::Auth => {}
@@ -810,7 +774,7 @@ impl<R> Machine<R> {
         }
         self.link = Link::Closed;
         let mut effects = vec![Effect::CloseSocket, Effect::State(State::Closed)];
-        for (_, (pending, _)) in self.in_flight.drain() {
+        for (_, (pending, _)) in self.in_flight.take() {
             match pending {
                 InFlight::Subscribe(_) | InFlight::Auth => {}
                 InFlight::Unsubscribe(done) => effects.push(Effect::Resolve(done, Resolution::Unsubscribed)),
@@ -831,7 +795,7 @@ fn rejected_entries<R>(channel: &str, reasons: Vec<String>) -> Vec<Effect<R>> {
         return Vec::new();
     }
     let message = format!(
-        "the server sent {} unusable entr{} of {channel:?}, left out: {}",
+        "the server sent {} unusable entr{} of \"{channel}\", left out: {}",
         reasons.len(),
         if reasons.len() == 1 { "y" } else { "ies" },
         reasons.join("; ")

@@ -26,8 +26,8 @@
 //! layout, eviction and error handling are tested natively.
 
 use crate::json::{self, Json};
+use crate::keyed::Keyed;
 use redistribute_protocol::{Entry, StreamId};
-use std::collections::HashMap;
 use std::fmt::Write as _;
 
 /// A string key/value store (`localStorage`, or memory in tests).
@@ -180,7 +180,7 @@ pub struct Store<K> {
     kv: K,
     prefix: String,
     cap: usize,
-    channels: HashMap<String, Channel>,
+    channels: Keyed<String, Channel>,
 }
 
 impl<K: KeyValue> Store<K> {
@@ -189,7 +189,7 @@ impl<K: KeyValue> Store<K> {
 
     /// A store keeping at most `cap` entries per channel under keys starting with `prefix`.
     pub fn new(kv: K, prefix: impl Into<String>, cap: usize) -> Self {
-        Store { kv, prefix: prefix.into(), cap: cap.max(1), channels: HashMap::new() }
+        Store { kv, prefix: prefix.into(), cap: cap.max(1), channels: Keyed::new() }
     }
 
     /// The key/value backend (for tests and diagnostics).
@@ -214,7 +214,7 @@ impl<K: KeyValue> Store<K> {
 
     /// Loads a channel's meta and tail chunk (once per channel per session).
     fn open(&mut self, channel: &str, problems: &mut Vec<StoreProblem>) {
-        if self.channels.contains_key(channel) {
+        if self.channels.contains(channel) {
             return;
         }
         let loaded = match self.kv.get(&self.meta_key(channel)) {
@@ -264,7 +264,7 @@ impl<K: KeyValue> Store<K> {
 
     /// True when appended entries wait to be written.
     pub fn is_dirty(&self) -> bool {
-        self.channels.values().any(|c| !c.pending.is_empty())
+        self.channels.iter().any(|(_, c)| !c.pending.is_empty())
     }
 
     /// Writes everything appended since the last flush.
@@ -456,7 +456,7 @@ impl<K: KeyValue> Store<K> {
     pub fn last_offset(&mut self, channel: &str) -> (Option<StreamId>, Vec<StoreProblem>) {
         let mut problems = Vec::new();
         self.open(channel, &mut problems);
-        let state = &self.channels[channel];
+        let state = self.channels.get(channel).expect("opened above");
         (state.pending.last().map(|e| e.offset).or(state.meta.last_offset), problems)
     }
 }

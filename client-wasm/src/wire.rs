@@ -272,7 +272,7 @@ fn push(value: &Json, channel: &str) -> Result<Frame, &'static str> {
 /// One pushed entry: an offset and a non-empty, even list of string fields.
 fn checked_entry(value: &Json) -> Result<Entry, String> {
     let offset = match value.get("offset").and_then(Json::as_str) {
-        Some(text) => text.parse::<StreamId>().map_err(|_| format!("offset {text:?} is not an offset"))?,
+        Some(text) => text.parse::<StreamId>().map_err(|_| format!("offset \"{text}\" is not an offset"))?,
         None => return Err("no offset".into()),
     };
     let list = value.get("fields").and_then(Json::as_array).ok_or_else(|| format!("{offset}: no fields list"))?;

@@ -42,7 +42,7 @@ impl fmt::Display for StreamId {
 
 /// Why a string is not a valid offset.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("offset must be \"$\", \"0\" or a stream ID like \"1518951480106-0\", got {0:?}")]
+#[error("offset must be \"$\", \"0\" or a stream ID like \"1518951480106-0\", got \"{0}\"")]
 pub struct ParseOffsetError(pub String);
 
 impl FromStr for StreamId {

@@ -304,7 +304,9 @@ pub fn validate_name(what: &str, name: &str, max_len: usize) -> Result<(), Proto
     }
     if let Some(bad) = name.chars().find(|c| !c.is_ascii_alphanumeric() && !CHANNEL_PUNCTUATION.contains(*c)) {
         return Err(ProtocolError::bad_request(format!(
-            "{what} name contains {bad:?}; allowed are ASCII letters, digits and {CHANNEL_PUNCTUATION}"
+            "{what} name contains '{}' (U+{:04X}); allowed are ASCII letters, digits and {CHANNEL_PUNCTUATION}",
+            bad.escape_default(),
+            u32::from(bad)
         )));
     }
     Ok(())
