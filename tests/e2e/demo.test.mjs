@@ -1,6 +1,7 @@
 // End-to-end: the demo app (www-demo, built on the packed npm package) in Debian's headless
 // Chromium, against a real Redis and two real server instances that tests/harness.mjs starts.
 // Every wait is on the page's own signals (body data-state / data-target, rendered offsets).
+import net from 'node:net';
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
@@ -169,6 +170,19 @@ test('bad input shows a clear error and the page keeps working', async () => {
   await say(page, 'ann', 'still working');
   await waitForMessages(page, channel, 1, 'after the errors');
   assert.equal(await page.isHidden('#error'), true, 'the error clears after a successful send');
+  await context.close();
+});
+
+test('the page shows each failed attempt, then the connection', async () => {
+  const dead = await new Promise((resolve) => {
+    const server = net.createServer();
+    server.listen(0, '127.0.0.1', () => { const { port } = server.address(); server.close(() => resolve(`ws://127.0.0.1:${port}/`)); });
+  });
+  const context = await browser.newContext();
+  const page = await open(context, httpA, [dead, RD_SERVER_A], unique('state'));
+  await connectedTo(page, RD_SERVER_A);
+  assert.match(await page.textContent('#log'), new RegExp(`could not connect to ${dead.replace(/[/.]/g, '\\$&')} \\(1006`));
+  assert.equal(await page.evaluate(() => window.demo.client.state), 'connected');
   await context.close();
 });
 

@@ -94,8 +94,9 @@ function add(channel, messages, source) {
 async function showHistory(channel) {
   if (state.seen.has(channel)) return;
   state.seen.set(channel, new Map());
-  const { messages } = await client.load(channel);
+  const { messages, gap } = await client.load(channel);
   add(channel, messages, 'storage');
+  if (gap) log(`#${channel}: ${gap.count} messages after the stored ones could not be stored; the server sends them again`);
   renderChannels();
 }
 
@@ -114,6 +115,13 @@ client.on('connect', (url) => {
 client.on('disconnect', (code, reason) => {
   setStatus('disconnected', `reconnecting… (${code}${reason ? ` ${reason}` : ''})`);
   log(`disconnected (${code}${reason ? `: ${reason}` : ''}); trying the next server`, 'bad');
+});
+client.on('state', (now) => {
+  if (now === 'connecting') setStatus('connecting', `connecting · ${client.target}`);
+});
+client.on('connect_error', ({ target, code, reason }) => {
+  setStatus('disconnected', `cannot reach ${target} (${code}${reason ? ` ${reason}` : ''}); retrying…`);
+  log(`could not connect to ${target} (${code}${reason ? `: ${reason}` : ''})`, 'bad');
 });
 client.on('messages', (channel, messages) => add(channel, messages, 'live'));
 client.on('error', (err) => { log(`${err.code}: ${err.message}`, 'bad'); });
