@@ -178,6 +178,11 @@ impl Client {
                 out.push(Outcall::Emit("disconnect", vec![JsValue::from(code), JsValue::from_str(&reason)]));
             }
             Effect::Error(error) => out.push(Outcall::Emit("error", vec![js_error(&error)])),
+            Effect::HistoryLost(channel) => {
+                if let Some(store) = &mut inner.store {
+                    store.forget(&channel);
+                }
+            }
             Effect::FetchToken => match &inner.tokens {
                 TokenSource::Fixed(token) => {
                     let effects = inner.machine.token(Ok(token.clone()));

@@ -140,6 +140,9 @@ pub enum Effect<R> {
     Disconnected(u16, String),
     /// Emit `error`.
     Error(ClientError),
+    /// The stream lost entries this client had (its resume offset was ahead of the stream): the
+    /// channel's stored history no longer matches it and is discarded.
+    HistoryLost(String),
     /// Get a token (the `token` option, or a call of `getToken`) and pass it to
     /// [`Machine::token`].
     FetchToken,
@@ -640,7 +643,10 @@ impl<R> Machine<R> {
                 match outcome {
                     Ok(body) => {
                         subscription.confirmed = true;
-                        if subscription.kind == Kind::Stream && subscription.resume.is_none() {
+                        // Where the server starts: the requested offset, or the stream's end when
+                        // the stream lost what this client had (`ahead`).
+                        let lost = subscription.kind == Kind::Stream && body.ahead;
+                        if subscription.kind == Kind::Stream && (subscription.resume.is_none() || lost) {
                             subscription.resume = body.offset;
                         }
                         let mut effects: Vec<Effect<R>> = subscription
@@ -648,7 +654,10 @@ impl<R> Machine<R> {
                             .drain(..)
                             .map(|w| Effect::Resolve(w, Resolution::Subscribed))
                             .collect();
-                        if body.truncated {
+                        if lost {
+                            effects.push(Effect::HistoryLost(key.0.clone()));
+                            effects.push(Effect::Error(history_lost(&key.0)));
+                        } else if body.truncated {
                             effects.push(Effect::Error(truncated(&key.0)));
                         }
                         effects
@@ -820,10 +829,32 @@ fn truncated(channel: &str) -> ClientError {
     .on(channel)
 }
 
+fn history_lost(channel: &str) -> ClientError {
+    ClientError::new(
+        "truncated",
+        format!(
+            "the server no longer has the messages of \"{channel}\" this client had (its storage lost them): the subscription starts again at the stream's end, and the stored messages were discarded"
+        ),
+    )
+    .on(channel)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_stream_that_lost_what_the_client_had_restarts_the_subscription_at_its_end() {
+        let mut core = open();
+        core.subscribe("chat", None, Some(StreamId::new(900, 0)), 1);
+        let effects = core.received(r#"{"id":1,"ok":{"offset":"0-0","truncated":true,"reason":"ahead"}}"#);
+        assert!(effects.contains(&Effect::HistoryLost("chat".into())), "{effects:?}");
+        assert!(effects.iter().any(|e| matches!(e, Effect::Error(e) if e.code == "truncated")));
+        // New entries, below the old resume point, are delivered.
+        let effects = core.received(r#"{"channel":"chat","messages":[{"offset":"5-0","fields":["k","v"]}]}"#);
+        assert!(matches!(&effects[..], [Effect::Messages(_, e)] if e[0].offset == StreamId::new(5, 0)), "{effects:?}");
+    }
 
     fn settings() -> Settings {
         Settings {

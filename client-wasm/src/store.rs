@@ -252,6 +252,13 @@ impl<K: KeyValue> Store<K> {
         }
     }
 
+    /// Discards everything stored for `channel` (its stream lost what was stored: the history no
+    /// longer matches it).
+    pub fn forget(&mut self, channel: &str) {
+        self.wipe(channel);
+        self.channels.remove(channel);
+    }
+
     /// Queues entries for the next flush. Entries at or below the stored last offset are ignored.
     pub fn append(&mut self, channel: &str, entries: &[Entry]) -> Vec<StoreProblem> {
         let mut problems = Vec::new();

@@ -121,8 +121,11 @@ pub fn encode(id: u64, request: &Request) -> String {
 pub struct ReplyBody {
     /// `subscribe`: the offset the subscription starts after; `publish`: the new entry's.
     pub offset: Option<StreamId>,
-    /// `subscribe`: history after the offset was trimmed before it could be read.
+    /// `subscribe`: history after the offset was trimmed before it could be read, or the offset
+    /// is ahead of the stream.
     pub truncated: bool,
+    /// `subscribe` with `truncated`: `"ahead"` when the stream lost what the client had.
+    pub ahead: bool,
     /// `ack`: how many entries were acknowledged.
     pub acked: Option<u64>,
     /// `auth`: the token's user.
@@ -233,6 +236,7 @@ fn reply_body(ok: &Json) -> Result<ReplyBody, &'static str> {
             None => None,
         },
         truncated: ok.get("truncated").and_then(Json::as_bool).unwrap_or(false),
+        ahead: ok.get("reason").and_then(Json::as_str) == Some("ahead"),
         acked: ok.get("acked").and_then(Json::as_u64),
         user: ok.get("user").and_then(Json::as_str).map(str::to_owned),
         expires: ok.get("expires").and_then(Json::as_u64),
@@ -354,6 +358,18 @@ mod tests {
                 Ok(ReplyBody { acked: Some(3), ..ReplyBody::default() }),
             ),
             (Reply::ok(Some(1), OkBody::default()), Ok(ReplyBody::default())),
+            (
+                Reply::ok(
+                    Some(1),
+                    OkBody {
+                        offset: Some(offset),
+                        truncated: true,
+                        reason: Some(redistribute_protocol::frame::Truncation::Ahead),
+                        ..OkBody::default()
+                    },
+                ),
+                Ok(ReplyBody { offset: Some(offset), truncated: true, ahead: true, ..ReplyBody::default() }),
+            ),
             (
                 Reply::ok(
                     Some(1),

@@ -41,9 +41,13 @@ pub struct OkBody {
     /// `publish`: the new entry's ID.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offset: Option<StreamId>,
-    /// `subscribe`: entries after the requested offset were trimmed or deleted before delivery.
+    /// `subscribe`: entries after the requested offset were trimmed or deleted before delivery,
+    /// or the offset is ahead of the stream (see `reason`).
     #[serde(default, skip_serializing_if = "is_false")]
     pub truncated: bool,
+    /// `subscribe` with `truncated`: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Truncation>,
     /// `ack`: how many entries were acknowledged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acked: Option<u64>,
@@ -53,6 +57,18 @@ pub struct OkBody {
     /// `auth`: when the token expires, in Unix seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires: Option<u64>,
+}
+
+/// Why a subscription is `truncated` (its `reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Truncation {
+    /// Entries after the offset were trimmed or deleted before they could be delivered.
+    Trimmed,
+    /// The offset is ahead of the stream's last entry, so the stream lost entries the client had
+    /// (storage restarted without persistence, a failover that lost writes, or an offset the
+    /// stream never had); the subscription starts at the stream's end.
+    Ahead,
 }
 
 /// The payload of an error reply.

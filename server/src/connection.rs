@@ -21,7 +21,7 @@ use crate::rate::Throttle;
 use crate::writer::{Writer, close_message};
 use crate::{Shared, groups, membership, replay};
 use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
-use redistribute_protocol::frame::{OkBody, Outcome};
+use redistribute_protocol::frame::{OkBody, Outcome, Truncation};
 use redistribute_protocol::{ErrorCode, Op, ProtocolError, Reply, Request, Start, close};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -471,14 +471,19 @@ impl Handler {
         self.permit(channel, needed)?;
         self.admit(channel, start).await?;
         let state = self.shared.engine.state(channel).await.map_err(|e| client_error(&e))?;
+        // An offset ahead of the stream's last entry is one the stream lost (or never had):
+        // waiting for entries after it could wait forever, so the subscription starts at the
+        // stream's end and the client is told.
+        let ahead = matches!(start, Start::After(id) if id > state.last_generated);
         let after = match start {
-            Start::Latest => state.last_generated,
-            Start::After(id) => id,
+            Start::After(id) if !ahead => id,
+            _ => state.last_generated,
         };
         let partition = self.shared.partition_of(channel);
         partition.join(channel, &self.conn, &self.outbox, state.last_generated);
         let loss = state.loss_after(after);
-        let body = OkBody { offset: Some(after), truncated: loss.is_some(), ..OkBody::default() };
+        let reason = if ahead { Some(Truncation::Ahead) } else { loss.map(|_| Truncation::Trimmed) };
+        let body = OkBody { offset: Some(after), truncated: reason.is_some(), reason, ..OkBody::default() };
         let plan = replay::Replay {
             shared: self.shared.clone(),
             conn: self.conn.clone(),

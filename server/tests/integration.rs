@@ -165,6 +165,70 @@ async fn handover_from_replay_to_live_has_no_gap_and_no_duplicate_under_load() {
     b.stop().await;
 }
 
+/// Subscribes on a fresh connection, retrying while the storage is coming back; the `ok` body.
+async fn subscribe_once_storage_answers(
+    server: &TestServer,
+    channel: &str,
+    offset: &str,
+) -> (support::PlainClient, Value) {
+    for _ in 0..200 {
+        let mut client = connect(&server.url()).await;
+        let reply = client.request(json!({"op": "subscribe", "channel": channel, "offset": offset})).await;
+        if let Some(ok) = reply.get("ok") {
+            return (client, ok.clone());
+        }
+        assert_eq!(reply["error"]["code"], "unavailable", "{reply}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the storage did not come back")
+}
+
+/// A resume offset ahead of the stream's last entry is one the stream lost: the subscriber is
+/// told (`truncated`, reason `ahead`) and starts at the stream's end, instead of waiting silently
+/// for entries after an offset the stream may never reach.
+async fn check_ahead_of_the_stream(server: &TestServer, lost: &str) {
+    let (mut resumed, ok) = subscribe_once_storage_answers(server, "lost", lost).await;
+    assert_eq!(ok["truncated"], json!(true), "{ok}");
+    assert_eq!(ok["reason"], json!("ahead"), "{ok}");
+    let start = ok["offset"].as_str().unwrap().to_owned();
+    assert!(
+        start.parse::<redistribute::protocol::StreamId>().unwrap() < lost.parse().unwrap(),
+        "starts at the stream's end"
+    );
+    let mut publisher = connect(&server.url()).await;
+    let fresh = publisher.publish("lost", &["n", "after the loss"]).await;
+    let got = resumed.entries("lost", 1).await;
+    assert_eq!(got[0].0, fresh, "new entries reach the subscriber");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_offset_ahead_of_the_stream_after_redis_lost_its_data_is_reported() {
+    let mut redis = Redis::start();
+    let server = TestServer::start(config(&redis)).await;
+    let mut client = connect(&server.url()).await;
+    let seen: Vec<String> = {
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            ids.push(client.publish("lost", &["n", &i.to_string()]).await);
+        }
+        ids
+    };
+    // Redis comes back without persistence: the stream the client followed is gone.
+    redis.restart_empty();
+    check_ahead_of_the_stream(&server, &seen[2]).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_offset_ahead_of_the_stream_is_reported_on_the_memory_engine() {
+    let server = TestServer::start(Config::default()).await;
+    let mut client = connect(&server.url()).await;
+    client.publish("lost", &["n", "0"]).await;
+    // An offset this stream never had (a server restarted, or a client that kept a bad one).
+    check_ahead_of_the_stream(&server, "99999999999999-0").await;
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trimmed_history_is_reported_as_truncated() {
     let redis = Redis::start();
@@ -174,7 +238,7 @@ async fn trimmed_history_is_reported_as_truncated() {
 
     let mut client = connect(&server.url()).await;
     let ok = client.subscribe("t", &ids[5]).await;
-    assert_eq!(ok, json!({"offset": ids[5], "truncated": true}));
+    assert_eq!(ok, json!({"offset": ids[5], "truncated": true, "reason": "trimmed"}));
     assert_eq!(client.entries("t", 10).await, redis.xrange_after("t", "0"), "what is left is still delivered");
 
     let mut intact = connect(&server.url()).await;
@@ -351,9 +415,12 @@ async fn extreme_numbers_get_clear_answers_on_redis() {
     let error = client.expect_error(huge).await;
     assert_eq!(error["code"], "bad_request", "{error}");
     let max = format!("{0}-{0}", u64::MAX);
-    client.publish("c", &["k", "v"]).await;
-    assert_eq!(client.subscribe("c", &max).await["offset"], max.as_str());
-    client.publish("c", &["k", "w"]).await;
+    let first = client.publish("c", &["k", "v"]).await;
+    // The largest offset is past the stream's end: reported, and the subscription starts there.
+    let ok = client.subscribe("c", &max).await;
+    assert_eq!(ok, json!({"offset": first, "truncated": true, "reason": "ahead"}));
+    let next = client.publish("c", &["k", "w"]).await;
+    assert_eq!(client.entries("c", 1).await[0].0, next);
     assert_eq!(client.request(json!({"op": "ping"})).await["ok"], json!({}), "still open");
     client.assert_quiet().await;
     server.stop().await;

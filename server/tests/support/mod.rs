@@ -98,6 +98,15 @@ impl Redis {
         self.spawn();
     }
 
+    /// Stops and starts again on the same port with no data, as a Redis without persistence
+    /// comes back.
+    pub fn restart_empty(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        std::fs::create_dir_all(&self.dir).unwrap();
+        self.spawn();
+    }
+
     /// `XADD <key of channel> * fields…` straight into Redis, as another program would.
     pub fn xadd(&self, channel: &str, fields: &[(&str, &str)]) -> String {
         let mut cmd = redis::cmd("XADD");
