@@ -308,7 +308,9 @@ mod tests {
             }
             Request::LeaveGroup { channel, group } => Op::GroupUnsubscribe { channel, group },
             Request::Ack { channel, group, offsets } => Op::Ack { channel, group, offsets },
-            Request::Publish { channel, fields } => Op::Publish { channel, fields, maxlen: None },
+            Request::Publish { channel, fields } => {
+                Op::Publish { channel, fields, maxlen: None, idempotency_key: None }
+            }
             Request::Auth { token } => Op::Auth { token },
         }
     }

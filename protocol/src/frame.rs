@@ -48,6 +48,10 @@ pub struct OkBody {
     /// `subscribe` with `truncated`: why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<Truncation>,
+    /// `publish` with an `idempotency_key` seen before: nothing was stored, `offset` is the
+    /// first publish's.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub duplicate: bool,
     /// `ack`: how many entries were acknowledged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acked: Option<u64>,

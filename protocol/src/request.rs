@@ -99,6 +99,10 @@ pub enum Op {
         /// Approximate cap on the stream length (`MAXLEN ~`), overriding the server's default.
         #[serde(skip_serializing_if = "Option::is_none")]
         maxlen: Option<u64>,
+        /// A key the client made for this publish: a retry with the same key (within the
+        /// server's window) is not stored again and is answered with the first one's offset.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        idempotency_key: Option<String>,
     },
     /// Liveness check; answered with an empty `ok`.
     Ping,
@@ -243,7 +247,16 @@ fn parse_op(object: &Map<String, Value>, limits: &Limits) -> Result<Op, Protocol
                 },
                 Some(_) => return Err(out_of_range()),
             };
-            Ok(Op::Publish { channel, fields, maxlen })
+            let idempotency_key = match object.get("idempotency_key") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(key)) if is_idempotency_key(key) => Some(key.clone()),
+                Some(_) => {
+                    return Err(ProtocolError::bad_request(format!(
+                        "\"idempotency_key\" must be a string of 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters"
+                    )));
+                }
+            };
+            Ok(Op::Publish { channel, fields, maxlen, idempotency_key })
         }
         "ping" => Ok(Op::Ping),
         "auth" => match object.get("token") {
@@ -252,6 +265,14 @@ fn parse_op(object: &Map<String, Value>, limits: &Limits) -> Result<Op, Protocol
         },
         other => Err(ProtocolError::new(ErrorCode::UnknownOp, format!("unknown op {other:?}"))),
     }
+}
+
+/// Longest `idempotency_key`, in bytes.
+pub const MAX_IDEMPOTENCY_KEY: usize = 64;
+
+/// 1 to [`MAX_IDEMPOTENCY_KEY`] printable ASCII characters (no spaces).
+pub fn is_idempotency_key(key: &str) -> bool {
+    (1..=MAX_IDEMPOTENCY_KEY).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic())
 }
 
 fn channel(object: &Map<String, Value>, limits: &Limits) -> Result<String, ProtocolError> {
@@ -361,7 +382,12 @@ mod tests {
         let pubr = parse(r#"{"id":2,"op":"publish","channel":"chat","fields":["a","b"],"maxlen":5000}"#).unwrap();
         assert_eq!(
             pubr.op,
-            Op::Publish { channel: "chat".into(), fields: vec!["a".into(), "b".into()], maxlen: Some(5000) }
+            Op::Publish {
+                channel: "chat".into(),
+                fields: vec!["a".into(), "b".into()],
+                maxlen: Some(5000),
+                idempotency_key: None
+            }
         );
         assert_eq!(
             parse(r#"{"id":3,"op":"unsubscribe","channel":"chat"}"#).unwrap().op,

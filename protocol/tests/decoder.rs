@@ -40,11 +40,18 @@ fn op() -> impl Strategy<Value = Op> {
             group,
             offsets
         }),
-        (name(), fields, proptest::option::of(1..=MAX_MAXLEN)).prop_map(|(channel, fields, maxlen)| Op::Publish {
-            channel,
+        (
+            name(),
             fields,
-            maxlen
-        }),
+            proptest::option::of(1..=MAX_MAXLEN),
+            proptest::option::of(text(proptest::char::range('!', '~'), 1..65))
+        )
+            .prop_map(|(channel, fields, maxlen, idempotency_key)| Op::Publish {
+                channel,
+                fields,
+                maxlen,
+                idempotency_key
+            }),
         Just(Op::Ping),
         text(proptest::char::range('!', '~'), 1..200).prop_map(|token| Op::Auth { token }),
     ]

@@ -67,6 +67,9 @@ pub struct Config {
     pub group_max_deliveries: u64,
     /// Consumer groups: `MAXLEN ~` of the dead-letter streams.
     pub dead_letter_maxlen: u64,
+    /// How long a publish's `idempotency_key` is remembered: a retry within it is answered with
+    /// the first publish's offset (`duplicate`), not stored again.
+    pub idempotency_ttl: Duration,
     /// Prepended to channel names to make Redis keys: channel `chat` is key `rd:chat` by default,
     /// so clients can only reach keys under it. Empty: channel names are keys (any key a client
     /// names, including other applications' data, can then be read, written and trimmed).
@@ -105,6 +108,7 @@ impl Default for Config {
             group_claim_idle: Duration::from_secs(30),
             group_max_deliveries: 5,
             dead_letter_maxlen: 10_000,
+            idempotency_ttl: Duration::from_secs(600),
             key_prefix: "rd:".to_owned(),
             access: crate::access::AccessConfig::default(),
         }
@@ -158,6 +162,7 @@ impl Config {
             ("write_timeout", self.write_timeout),
             ("ping_interval", self.ping_interval),
             ("idle_timeout", self.idle_timeout),
+            ("idempotency_ttl", self.idempotency_ttl),
         ];
         if let Some((name, _)) = durations.iter().find(|(_, d)| d.is_zero()) {
             return Err(crate::Error::Config(format!("{name} must be longer than zero")));

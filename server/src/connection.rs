@@ -10,6 +10,7 @@
 //! tests without a network.
 
 use crate::access::{Identity, Op as AccessOp, Verdict};
+use crate::engine::{Appended, Once, Write};
 use crate::error::client_error;
 use crate::hooks::{ConnInfo, Decision};
 use crate::hub::Watch;
@@ -147,6 +148,7 @@ struct PendingPublish {
     channel: String,
     fields: Vec<String>,
     maxlen: Option<u64>,
+    idempotency_key: Option<String>,
 }
 
 /// What reading ahead for publishes met, to be handled next.
@@ -339,11 +341,11 @@ impl Handler {
                 return None;
             }
         };
-        let Request { id, op: Op::Publish { channel, fields, maxlen } } = first else {
+        let Request { id, op: Op::Publish { channel, fields, maxlen, idempotency_key } } = first else {
             self.on_request(first).await;
             return None;
         };
-        let mut batch = vec![PendingPublish { id, channel, fields, maxlen }];
+        let mut batch = vec![PendingPublish { id, channel, fields, maxlen, idempotency_key }];
         let mut stashed = None;
         while batch.len() < MAX_PUBLISH_BATCH {
             // Only what has arrived already: waiting here would delay the publishes in hand.
@@ -353,8 +355,8 @@ impl Handler {
                 break;
             };
             match self.accept(&text) {
-                Ok(Request { id, op: Op::Publish { channel, fields, maxlen } }) => {
-                    batch.push(PendingPublish { id, channel, fields, maxlen });
+                Ok(Request { id, op: Op::Publish { channel, fields, maxlen, idempotency_key } }) => {
+                    batch.push(PendingPublish { id, channel, fields, maxlen, idempotency_key });
                 }
                 other => {
                     stashed = Some(Stashed::Accepted(other));
@@ -385,8 +387,9 @@ impl Handler {
                 self.unsubscribe(&channel).await;
                 self.reply(Reply::ok(id, OkBody::default())).await;
             }
-            Op::Publish { channel, fields, maxlen } => {
-                self.publish_batch(vec![PendingPublish { id: request.id, channel, fields, maxlen }]).await;
+            Op::Publish { channel, fields, maxlen, idempotency_key } => {
+                let publish = PendingPublish { id: request.id, channel, fields, maxlen, idempotency_key };
+                self.publish_batch(vec![publish]).await;
             }
             Op::GroupSubscribe { channel, group, consumer, start } => {
                 match self.join_group(&channel, &group, &consumer, start).await {
@@ -570,11 +573,24 @@ impl Handler {
         for publish in &batch {
             checked.push(self.check_publish(&publish.channel, &publish.fields, publish.maxlen).await);
         }
-        let writes: Vec<(&str, &[String], Option<u64>)> = batch
+        // Keys are the user's own: another user cannot match (and so suppress) someone's publish.
+        let user = self.identity.as_ref().map_or("", |identity| identity.user.as_str());
+        let keys: Vec<Option<String>> = batch
+            .iter()
+            .map(|p| p.idempotency_key.as_ref().map(|key| format!("{}:{user}:{key}", user.len())))
+            .collect();
+        let ttl = self.shared.config.idempotency_ttl;
+        let writes: Vec<Write<'_>> = batch
             .iter()
             .zip(&checked)
-            .filter_map(|(p, check)| {
-                check.as_ref().ok().map(|maxlen| (p.channel.as_str(), p.fields.as_slice(), *maxlen))
+            .zip(&keys)
+            .filter_map(|((p, check), key)| {
+                check.as_ref().ok().map(|maxlen| Write {
+                    channel: &p.channel,
+                    fields: &p.fields,
+                    maxlen: *maxlen,
+                    once: key.as_deref().map(|key| Once { key, ttl }),
+                })
             })
             .collect();
         let mut stored = self.shared.engine.publish_many(&writes).await.into_iter();
@@ -583,9 +599,11 @@ impl Handler {
             let reply = match check {
                 Err(error) => Reply::error(id, error),
                 Ok(_) => match stored.next().expect("one outcome per write") {
-                    Ok(offset) => {
-                        self.shared.metrics.publishes.inc();
-                        Reply::ok(id, OkBody { offset: Some(offset), ..OkBody::default() })
+                    Ok(Appended { offset, duplicate }) => {
+                        if !duplicate {
+                            self.shared.metrics.publishes.inc();
+                        }
+                        Reply::ok(id, OkBody { offset: Some(offset), duplicate, ..OkBody::default() })
                     }
                     Err(e) => Reply::error(id, client_error(&e)),
                 },

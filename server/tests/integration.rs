@@ -229,6 +229,63 @@ async fn a_resume_offset_ahead_of_the_stream_is_reported_on_the_memory_engine() 
     server.stop().await;
 }
 
+/// A publish retried with the same `idempotency_key` is stored once and answered with the first
+/// one's offset, also when both arrive in one pipelined batch; bad keys are refused.
+async fn check_idempotent_publishes(server: &TestServer) {
+    let mut client = connect(&server.url()).await;
+    let publish = |key: &str, value: &str| json!({"op": "publish", "channel": "once", "fields": ["v", value], "idempotency_key": key});
+    let first = client.request(publish("k-1", "a")).await["ok"].clone();
+    assert!(first.get("duplicate").is_none(), "{first}");
+    let retry = client.request(publish("k-1", "a (retried)")).await["ok"].clone();
+    assert_eq!(retry, json!({"offset": first["offset"], "duplicate": true}));
+    // Back to back, stored in one round trip: still once.
+    client
+        .send_text(
+            &json!({"id": 901, "op": "publish", "channel": "once", "fields": ["v", "b"], "idempotency_key": "k-2"})
+                .to_string(),
+        )
+        .await;
+    client
+        .send_text(
+            &json!({"id": 902, "op": "publish", "channel": "once", "fields": ["v", "b"], "idempotency_key": "k-2"})
+                .to_string(),
+        )
+        .await;
+    let (one, two) = (client.reply().await, client.reply().await);
+    assert_eq!(two["ok"], json!({"offset": one["ok"]["offset"], "duplicate": true}), "{one} {two}");
+    let without_key = client.publish("once", &["v", "c"]).await;
+    for bad in [json!(""), json!("x".repeat(65)), json!("has space"), json!(7)] {
+        let error = client
+            .expect_error(json!({"op": "publish", "channel": "once", "fields": ["v", "d"], "idempotency_key": bad}))
+            .await;
+        assert_eq!(error["code"], "bad_request", "{error}");
+    }
+    let mut reader = connect(&server.url()).await;
+    reader.subscribe("once", "0").await;
+    let stored: Vec<String> = reader.entries("once", 3).await.into_iter().map(|(offset, _)| offset).collect();
+    assert_eq!(
+        stored,
+        [first["offset"].as_str().unwrap(), one["ok"]["offset"].as_str().unwrap(), without_key.as_str()]
+    );
+    reader.assert_quiet().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_publishes_are_stored_once_on_redis() {
+    let redis = Redis::start();
+    let server = TestServer::start(config(&redis)).await;
+    check_idempotent_publishes(&server).await;
+    assert_eq!(redis.xrange_after("once", "0").len(), 3, "one entry per key in Redis");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_publishes_are_stored_once_on_the_memory_engine() {
+    let server = TestServer::start(Config::default()).await;
+    check_idempotent_publishes(&server).await;
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trimmed_history_is_reported_as_truncated() {
     let redis = Redis::start();

@@ -16,6 +16,7 @@ mod redis;
 
 pub(crate) use self::error::list as offset_list;
 pub use self::error::{Chain, EngineError};
+
 pub use self::memory::{MemoryEngine, MemoryLimits, MemoryMember};
 pub(crate) use self::redis::channel_hash;
 pub use self::redis::follow::RedisFollower;
@@ -78,9 +79,11 @@ impl Engine {
         }
     }
 
-    /// Appends several entries (`(channel, fields, maxlen)`), in order, in one round trip per
-    /// Redis target; returns each one's outcome, as [`Engine::publish`] would.
-    pub async fn publish_many(&self, writes: &[(&str, &[String], Option<u64>)]) -> Vec<Result<StreamId, EngineError>> {
+    /// Appends several entries, in order, in one round trip per Redis target; returns each one's
+    /// outcome, as [`Engine::publish`] would. A write with a key ([`Write::once`]) seen within
+    /// its window is not appended again: its outcome is the first write's offset, marked
+    /// `duplicate` (checked and recorded atomically with the append).
+    pub async fn publish_many(&self, writes: &[Write<'_>]) -> Vec<Result<Appended, EngineError>> {
         match self {
             Engine::Redis(redis) => redis.publish_many(writes).await,
             Engine::Memory(memory) => memory.publish_many(writes),
@@ -387,6 +390,37 @@ impl StreamState {
     pub fn lost_after(&self, offset: StreamId) -> bool {
         self.loss_after(offset).is_some()
     }
+}
+
+/// One entry to append, for [`Engine::publish_many`].
+#[derive(Debug, Clone, Copy)]
+pub struct Write<'a> {
+    /// The channel.
+    pub channel: &'a str,
+    /// Field/value pairs, flattened.
+    pub fields: &'a [String],
+    /// Approximate cap on the stream length.
+    pub maxlen: Option<u64>,
+    /// Store it at most once per key.
+    pub once: Option<Once<'a>>,
+}
+
+/// An idempotency key and how long it is remembered.
+#[derive(Debug, Clone, Copy)]
+pub struct Once<'a> {
+    /// Unique per logical publish (scoped by the caller, e.g. to the user).
+    pub key: &'a str,
+    /// How long a retry with the same key is recognised.
+    pub ttl: std::time::Duration,
+}
+
+/// What a write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// The entry's offset (the first write's, for a duplicate).
+    pub offset: StreamId,
+    /// The key was seen before: nothing was appended.
+    pub duplicate: bool,
 }
 
 /// One page of history, read atomically with the stream's state.

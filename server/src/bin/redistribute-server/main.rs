@@ -203,6 +203,11 @@ struct Args {
     #[arg(long, env = "REDISTRIBUTE_DEAD_LETTER_MAXLEN", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     dead_letter_maxlen: u64,
 
+    /// How long a publish's `idempotency_key` is remembered: a retry within it gets the first
+    /// publish's offset (`"duplicate": true`) instead of a second entry (e.g. `10m`).
+    #[arg(long, env = "REDISTRIBUTE_IDEMPOTENCY_TTL", default_value = "10m", value_parser = parse_duration)]
+    idempotency_ttl: Duration,
+
     /// Seconds to wait for connections to close on shutdown.
     #[arg(long, env = "REDISTRIBUTE_SHUTDOWN_GRACE", default_value_t = 10)]
     shutdown_grace: u64,
@@ -339,6 +344,7 @@ impl Args {
         config.group_claim_idle = Duration::from_millis(self.group_claim_idle_ms);
         config.group_max_deliveries = self.group_max_deliveries;
         config.dead_letter_maxlen = self.dead_letter_maxlen;
+        config.idempotency_ttl = self.idempotency_ttl;
         config.key_prefix = self.key_prefix.clone();
         config.access = AccessConfig {
             tokens: self.tokens()?,

@@ -24,7 +24,7 @@ mod groups;
 
 pub use self::groups::MemoryMember;
 
-use super::{EngineError, HistoryPage, StreamState};
+use super::{Appended, EngineError, HistoryPage, StreamState, Write};
 use redistribute_protocol::{Entry, StreamId};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -115,6 +115,55 @@ struct Streams {
     entries: usize,
     /// The largest ID generated so far, on any channel.
     high_water: StreamId,
+    /// Idempotency keys of recent writes (under the same lock as the appends they guard).
+    seen: SeenKeys,
+}
+
+/// Most idempotency keys the memory engine remembers; beyond it the oldest are forgotten first
+/// (their window shrinks under a flood of unique keys, memory does not grow).
+const MAX_SEEN_KEYS: usize = 100_000;
+
+/// Idempotency keys with the offset of the write that first used each, until they expire.
+#[derive(Debug, Default)]
+struct SeenKeys {
+    /// `channel \0 key` → (offset, expiry in ms).
+    offsets: HashMap<String, (StreamId, u64)>,
+    /// The same keys in the order they were recorded, with their expiry.
+    order: VecDeque<(u64, String)>,
+}
+
+impl SeenKeys {
+    fn id(channel: &str, key: &str) -> String {
+        format!("{channel}\0{key}")
+    }
+
+    /// The offset recorded for `key` on `channel`, if it has not expired at `now`.
+    fn get(&mut self, channel: &str, key: &str, now: u64) -> Option<StreamId> {
+        self.expire(now);
+        self.offsets.get(&Self::id(channel, key)).map(|(offset, _)| *offset)
+    }
+
+    fn record(&mut self, channel: &str, key: &str, offset: StreamId, expires: u64) {
+        let id = Self::id(channel, key);
+        self.offsets.insert(id.clone(), (offset, expires));
+        self.order.push_back((expires, id));
+        while self.order.len() > MAX_SEEN_KEYS {
+            let (_, id) = self.order.pop_front().expect("over the cap");
+            self.offsets.remove(&id);
+        }
+    }
+
+    /// Forgets expired keys (a key recorded again keeps its latest expiry).
+    fn expire(&mut self, now: u64) {
+        while let Some((expires, _)) = self.order.front()
+            && *expires <= now
+        {
+            let (_, id) = self.order.pop_front().expect("looked at");
+            if self.offsets.get(&id).is_some_and(|(_, at)| *at <= now) {
+                self.offsets.remove(&id);
+            }
+        }
+    }
 }
 
 impl Streams {
@@ -259,34 +308,45 @@ impl MemoryEngine {
         fields: &[String],
         maxlen: Option<u64>,
     ) -> Result<StreamId, EngineError> {
-        let id = self.append_all(&[(channel, fields, maxlen)], now_ms())[0];
+        let write = Write { channel, fields, maxlen, once: None };
+        let appended = self.append_all(&[write], now_ms())[0];
         self.inner.appended.notify_waiters();
-        Ok(id)
+        Ok(appended.offset)
     }
 
-    /// Appends several entries, in order, under one lock.
-    pub(crate) fn publish_many(&self, writes: &[(&str, &[String], Option<u64>)]) -> Vec<Result<StreamId, EngineError>> {
-        let ids = self.append_all(writes, now_ms());
-        if !ids.is_empty() {
+    /// Appends several entries, in order, under one lock (keys are checked under it too).
+    pub(crate) fn publish_many(&self, writes: &[Write<'_>]) -> Vec<Result<Appended, EngineError>> {
+        let appended = self.append_all(writes, now_ms());
+        if appended.iter().any(|a| !a.duplicate) {
             self.inner.appended.notify_waiters();
         }
-        ids.into_iter().map(Ok).collect()
+        appended.into_iter().map(Ok).collect()
     }
 
     /// Appends `(channel, fields, maxlen)` entries at wall-clock time `now`, each channel capped
     /// at its `maxlen` (exactly, which `MAXLEN ~` allows) and the whole at the byte budget.
-    fn append_all(&self, writes: &[(&str, &[String], Option<u64>)], now: u64) -> Vec<StreamId> {
+    fn append_all(&self, writes: &[Write<'_>], now: u64) -> Vec<Appended> {
         let limits = self.inner.limits;
         let mut streams = self.lock();
-        let ids = writes
+        let appended = writes
             .iter()
-            .map(|(channel, fields, maxlen)| {
+            .map(|&Write { channel, fields, maxlen, once }| {
+                if let Some(once) = once
+                    && let Some(offset) = streams.seen.get(channel, once.key, now)
+                {
+                    return Appended { offset, duplicate: true };
+                }
                 let cap = maxlen.unwrap_or(u64::MAX).min(limits.max_entries_per_channel).max(1);
-                streams.append(channel, fields.to_vec(), cap, now)
+                let offset = streams.append(channel, fields.to_vec(), cap, now);
+                if let Some(once) = once {
+                    let expires = now.saturating_add(once.ttl.as_millis() as u64);
+                    streams.seen.record(channel, once.key, offset, expires);
+                }
+                Appended { offset, duplicate: false }
             })
             .collect();
         streams.trim_to(limits.max_bytes);
-        ids
+        appended
     }
 
     /// The channel's state; a missing channel is empty.
@@ -374,7 +434,7 @@ mod tests {
     impl MemoryEngine {
         /// One entry at wall-clock time `now`.
         fn append(&self, channel: &str, fields: Vec<String>, maxlen: Option<u64>, now: u64) -> StreamId {
-            self.append_all(&[(channel, &fields, maxlen)], now)[0]
+            self.append_all(&[Write { channel, fields: &fields, maxlen, once: None }], now)[0].offset
         }
     }
 
@@ -419,12 +479,27 @@ mod tests {
         let engine = MemoryEngine::default();
         let fields = |n: &str| vec!["n".to_owned(), n.to_owned()];
         let (one, two, three) = (fields("1"), fields("2"), fields("3"));
-        let writes: Vec<(&str, &[String], Option<u64>)> =
-            vec![("a", &one, None), ("b", &two, None), ("a", &three, Some(1))];
-        let ids: Vec<StreamId> = engine.publish_many(&writes).into_iter().map(Result::unwrap).collect();
+        let write = |channel, fields, maxlen| Write { channel, fields, maxlen, once: None };
+        let writes = [write("a", &one, None), write("b", &two, None), write("a", &three, Some(1))];
+        let ids: Vec<StreamId> = engine.publish_many(&writes).into_iter().map(|a| a.unwrap().offset).collect();
         assert!(ids[0] < ids[1] && ids[1] < ids[2], "{ids:?}");
         let a = engine.lock().map["a"].entries.iter().map(|e| e.fields[1].clone()).collect::<Vec<_>>();
         assert_eq!(a, ["3"], "each write keeps its own maxlen");
+    }
+
+    #[test]
+    fn an_idempotency_key_is_remembered_for_its_window_only() {
+        let engine = MemoryEngine::default();
+        let fields = vec!["k".to_owned(), "v".to_owned()];
+        let once = Some(super::super::Once { key: "a", ttl: Duration::from_millis(1_000) });
+        let write = Write { channel: "c", fields: &fields, maxlen: None, once };
+        let first = engine.append_all(&[write], 10_000)[0];
+        assert!(!first.duplicate);
+        assert_eq!(engine.append_all(&[write], 10_999)[0], Appended { offset: first.offset, duplicate: true });
+        let later = engine.append_all(&[write], 11_000)[0];
+        assert!(!later.duplicate && later.offset > first.offset, "expired: stored again");
+        let other_channel = Write { channel: "d", ..write };
+        assert!(!engine.append_all(&[other_channel], 11_001)[0].duplicate, "keys are per channel");
     }
 
     #[test]

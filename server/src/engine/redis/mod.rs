@@ -14,7 +14,7 @@ pub(super) mod groups;
 pub(crate) mod reply;
 
 use self::error::{Context, classify, classify_write};
-use super::{EngineError, HistoryPage, StreamState};
+use super::{Appended, EngineError, HistoryPage, Once, StreamState, Write};
 use prometheus::HistogramVec;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Client, Value};
@@ -185,33 +185,37 @@ impl RedisEngine {
     }
 
     /// Appends several entries in order: one pipeline per target (a round trip for all of them;
-    /// Redis runs one connection's commands in order). Returns each one's outcome.
-    pub(crate) async fn publish_many(
-        &self,
-        writes: &[(&str, &[String], Option<u64>)],
-    ) -> Vec<Result<StreamId, EngineError>> {
-        if let [(channel, fields, maxlen)] = writes {
-            return vec![self.publish(channel, fields, *maxlen).await];
+    /// Redis runs one connection's commands in order). Returns each one's outcome. A write with
+    /// a key goes through [`APPEND_ONCE`], which checks and records the key atomically with the
+    /// `XADD`.
+    pub(crate) async fn publish_many(&self, writes: &[Write<'_>]) -> Vec<Result<Appended, EngineError>> {
+        if let [Write { channel, fields, maxlen, once: None }] = writes {
+            let appended = self.publish(channel, fields, *maxlen).await;
+            return vec![appended.map(|offset| Appended { offset, duplicate: false })];
         }
-        let mut outcomes: Vec<Option<Result<StreamId, EngineError>>> = writes.iter().map(|_| None).collect();
+        let mut outcomes: Vec<Option<Result<Appended, EngineError>>> = writes.iter().map(|_| None).collect();
         for (index, target) in self.targets.iter().enumerate() {
-            let mine: Vec<usize> = (0..writes.len()).filter(|&i| self.target_of(writes[i].0) == index).collect();
+            let mine: Vec<usize> = (0..writes.len()).filter(|&i| self.target_of(writes[i].channel) == index).collect();
             if mine.is_empty() {
                 continue;
             }
             let mut pipe = redis::pipe();
             pipe.ignore_errors();
             for &i in &mine {
-                let (channel, fields, maxlen) = writes[i];
-                pipe.add_command(xadd(target.key(channel), fields, maxlen));
+                let Write { channel, fields, maxlen, once } = writes[i];
+                let key = target.key(channel);
+                pipe.add_command(match once {
+                    None => xadd(key, fields, maxlen),
+                    Some(once) => append_once(&key, fields, maxlen, once),
+                });
             }
             let replies: Result<Vec<Value>, _> = target.timed("XADD", pipe.query_async(&mut target.commands())).await;
             match replies {
                 Ok(replies) if replies.len() == mine.len() => {
                     for (&i, reply) in mine.iter().zip(replies) {
                         outcomes[i] = Some(match reply {
-                            Value::ServerError(e) => Err(classify_write(e.into(), &target.at(writes[i].0, None))),
-                            id => reply::stream_id(&id),
+                            Value::ServerError(e) => Err(classify_write(e.into(), &target.at(writes[i].channel, None))),
+                            reply => appended(&reply),
                         });
                     }
                 }
@@ -223,7 +227,7 @@ impl RedisEngine {
                 }
                 Err(e) => {
                     for &i in &mine {
-                        outcomes[i] = Some(Err(classify_write(e.clone(), &target.at(writes[i].0, None))));
+                        outcomes[i] = Some(Err(classify_write(e.clone(), &target.at(writes[i].channel, None))));
                     }
                 }
             }
@@ -304,6 +308,44 @@ pub(crate) fn xadd(key: String, fields: &[String], maxlen: Option<u64>) -> redis
     }
     cmd.arg("*").arg(fields);
     cmd
+}
+
+/// Appends an entry unless its idempotency key was recorded: `KEYS[1]` the stream, `KEYS[2]` the
+/// key's record (the stream's key with a suffix no channel can have), `ARGV[1]` how long to keep
+/// the record (ms), `ARGV[2]` the `MAXLEN ~` or `""`, then the fields. Returns `{id, 0}` for a
+/// new entry, `{first id, 1}` for a duplicate. One script, so no other client's command runs
+/// between the check and the append.
+pub(crate) const APPEND_ONCE: &str = r"
+local seen = redis.call('GET', KEYS[2])
+if seen then return {seen, 1} end
+local args = {KEYS[1]}
+if ARGV[2] ~= '' then
+  args[#args + 1] = 'MAXLEN'; args[#args + 1] = '~'; args[#args + 1] = ARGV[2]
+end
+args[#args + 1] = '*'
+for i = 3, #ARGV do args[#args + 1] = ARGV[i] end
+local id = redis.call('XADD', unpack(args))
+redis.call('SET', KEYS[2], id, 'PX', ARGV[1])
+return {id, 0}
+";
+
+/// `EVAL` of [`APPEND_ONCE`] (Redis caches the compiled script by its hash).
+fn append_once(key: &str, fields: &[String], maxlen: Option<u64>, once: Once<'_>) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(APPEND_ONCE).arg(2).arg(key).arg(format!("{key}~idempotency~{}", once.key));
+    cmd.arg(once.ttl.as_millis().max(1) as u64).arg(maxlen.map_or_else(String::new, |n| n.to_string()));
+    cmd.arg(fields);
+    cmd
+}
+
+/// The reply of an `XADD` (an ID) or of [`APPEND_ONCE`] (`[id, duplicate]`).
+fn appended(reply: &Value) -> Result<Appended, EngineError> {
+    match reply {
+        Value::Array(parts) if parts.len() == 2 => {
+            Ok(Appended { offset: reply::stream_id(&parts[0])?, duplicate: parts[1] == Value::Int(1) })
+        }
+        id => Ok(Appended { offset: reply::stream_id(id)?, duplicate: false }),
+    }
 }
 
 fn is_no_such_key(detail: &str) -> bool {
