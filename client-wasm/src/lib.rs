@@ -62,6 +62,7 @@ impl WasmClient {
             authenticate: !matches!(tokens, TokenSource::None),
             connect_timeout: parsed.connect_timeout,
             request_timeout: parsed.request_timeout,
+            client_id: client_id(),
         };
         let (mut machine, effects) = Machine::start(settings);
         // The clock starts now (nothing is due yet); the driver ticks it every second.
@@ -222,4 +223,28 @@ fn check_channel(channel: &str) -> Result<(), JsValue> {
 fn check_name(what: &str, name: &str) -> Result<(), JsValue> {
     let max_len = redistribute_protocol::request::Limits::default().max_channel_len;
     redistribute_protocol::request::validate_name(what, name, max_len).map_err(|e| argument_error(e.message))
+}
+
+/// 64 random bits in hex, from the browser's (or Node's) CSPRNG when there is one: the prefix of
+/// this client's idempotency keys, so no two clients' keys meet.
+fn client_id() -> String {
+    let mut bytes = [0u8; 8];
+    let crypto = Reflect::get(&js_sys::global(), &"crypto".into()).ok().filter(|c| c.is_object());
+    let filled = crypto.is_some_and(|crypto| {
+        let array = js_sys::Uint8Array::new_with_length(8);
+        let fill = Reflect::get(&crypto, &"getRandomValues".into()).ok().and_then(|f| f.dyn_into::<Function>().ok());
+        fill.is_some_and(|fill| fill.call1(&crypto, &array).is_ok()) && {
+            array.copy_to(&mut bytes);
+            true
+        }
+    });
+    if !filled {
+        for byte in &mut bytes {
+            *byte = (js_sys::Math::random() * 256.0) as u8;
+        }
+    }
+    bytes.iter().fold(String::with_capacity(16), |mut hex, b| {
+        let _ = std::fmt::Write::write_fmt(&mut hex, format_args!("{b:02x}"));
+        hex
+    })
 }

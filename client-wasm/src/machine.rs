@@ -11,8 +11,9 @@
 //!   start offset the server confirmed), and entries at or below it are dropped: no gap, no
 //!   duplicate across reconnects;
 //! - publishes made while disconnected wait in a bounded queue and go out in order once
-//!   connected; a publish cut off mid-flight is rejected with `disconnected` (it may or may not
-//!   have been stored), never left pending;
+//!   connected; each carries an idempotency key, so a publish cut off mid-flight goes out again
+//!   (first, with the same key) and the server stores it once; every call settles (a reply that
+//!   does not come within the request timeout rejects it);
 //! - reconnects use exponential backoff with full jitter and rotate through the targets.
 
 use crate::keyed::Keyed;
@@ -178,6 +179,17 @@ pub struct Settings {
     pub connect_timeout: Duration,
     /// Longest a request waits for its reply before its call fails with `timeout`.
     pub request_timeout: Duration,
+    /// Random, unique to this client: its publishes' idempotency keys are `<client_id>-<n>`.
+    pub client_id: String,
+}
+
+/// A publish, kept with its idempotency key until the server answered: a connection that drops
+/// first makes it go out again with the same key, and the server stores it once.
+#[derive(Debug)]
+struct Publication {
+    channel: String,
+    fields: Vec<String>,
+    key: String,
 }
 
 /// A subscription's identity: the channel, and the consumer group for a group membership.
@@ -219,7 +231,7 @@ impl<R> Subscription<R> {
 enum InFlight<R> {
     Subscribe(SubKey),
     Unsubscribe(R),
-    Publish(R),
+    Publish(Publication, R),
     Ack(R),
     Auth,
 }
@@ -246,7 +258,9 @@ pub struct Machine<R> {
     next_id: u64,
     /// Requests waiting for their reply, with when they were sent.
     in_flight: Keyed<u64, (InFlight<R>, f64)>,
-    queue: VecDeque<(String, Vec<String>, R)>,
+    queue: VecDeque<(Publication, R)>,
+    /// Publishes made so far (numbers their idempotency keys).
+    published: u64,
     subscriptions: Keyed<SubKey, Subscription<R>>,
     /// The time (ms) as of the last [`Machine::tick`].
     now: f64,
@@ -269,6 +283,7 @@ impl<R> Machine<R> {
             next_id: 0,
             in_flight: Keyed::new(),
             queue: VecDeque::new(),
+            published: 0,
             subscriptions: Keyed::new(),
             now: 0.0,
             attempt_started: None,
@@ -351,7 +366,7 @@ impl<R> Machine<R> {
     fn timed_out(&mut self, pending: InFlight<R>) -> Vec<Effect<R>> {
         let error = |what: &str| self.timeout_error(what);
         match pending {
-            InFlight::Publish(done) => {
+            InFlight::Publish(_, done) => {
                 vec![Effect::Reject(done, error(": the message may or may not have been stored"))]
             }
             InFlight::Ack(done) => vec![Effect::Reject(done, error(": unacknowledged entries come back"))],
@@ -477,7 +492,8 @@ impl<R> Machine<R> {
         match self.link {
             Link::Closed => vec![Effect::Reject(done, closed())],
             Link::Open => {
-                vec![self.request(Request::Publish { channel: channel.to_owned(), fields }, InFlight::Publish(done))]
+                let publication = self.publication(channel, fields);
+                vec![self.send_publish(publication, done)]
             }
             Link::Down | Link::Connecting | Link::Authenticating if self.queue.len() >= self.settings.max_queue => {
                 let max = self.settings.max_queue;
@@ -488,10 +504,26 @@ impl<R> Machine<R> {
                 )]
             }
             Link::Down | Link::Connecting | Link::Authenticating => {
-                self.queue.push_back((channel.to_owned(), fields, done));
+                let publication = self.publication(channel, fields);
+                self.queue.push_back((publication, done));
                 Vec::new()
             }
         }
+    }
+
+    fn publication(&mut self, channel: &str, fields: Vec<String>) -> Publication {
+        self.published += 1;
+        let key = format!("{}-{}", self.settings.client_id, self.published);
+        Publication { channel: channel.to_owned(), fields, key }
+    }
+
+    fn send_publish(&mut self, publication: Publication, done: R) -> Effect<R> {
+        let request = Request::Publish {
+            channel: publication.channel.clone(),
+            fields: publication.fields.clone(),
+            idempotency_key: publication.key.clone(),
+        };
+        self.request(request, InFlight::Publish(publication, done))
     }
 
     /// `ack(channel, group, offsets)`: acknowledge deliveries. Needs a connection: while
@@ -535,8 +567,8 @@ impl<R> Machine<R> {
         for key in self.subscriptions.keys() {
             effects.push(self.send_subscribe(&key));
         }
-        while let Some((channel, fields, done)) = self.queue.pop_front() {
-            effects.push(self.request(Request::Publish { channel, fields }, InFlight::Publish(done)));
+        while let Some((publication, done)) = self.queue.pop_front() {
+            effects.push(self.send_publish(publication, done));
         }
         effects
     }
@@ -566,7 +598,7 @@ impl<R> Machine<R> {
         if self.link != Link::Authenticating {
             return effects; // a refresh failed: the server closes with 4001 at expiry
         }
-        effects.extend(self.queue.drain(..).map(|(channel, _, done)| Effect::Reject(done, error.clone().on(&channel))));
+        effects.extend(self.queue.drain(..).map(|(p, done)| Effect::Reject(done, error.clone().on(&p.channel))));
         for (key, subscription) in self.subscriptions.take() {
             if subscription.confirmed {
                 self.subscriptions.insert(key, subscription);
@@ -614,11 +646,11 @@ impl<R> Machine<R> {
             return outcome.err().map(Effect::Error).into_iter().collect();
         };
         match (pending, outcome) {
-            (InFlight::Publish(done), Ok(body)) => match body.offset {
+            (InFlight::Publish(_, done), Ok(body)) => match body.offset {
                 Some(offset) => vec![Effect::Resolve(done, Resolution::Published(offset))],
                 None => vec![Effect::Reject(done, ClientError::new("protocol", "publish reply without an offset"))],
             },
-            (InFlight::Publish(done), Err(e)) => vec![Effect::Reject(done, e)],
+            (InFlight::Publish(_, done), Err(e)) => vec![Effect::Reject(done, e)],
             (InFlight::Unsubscribe(done), _) => vec![Effect::Resolve(done, Resolution::Unsubscribed)],
             (InFlight::Ack(done), Ok(body)) => vec![Effect::Resolve(done, Resolution::Acked(body.acked.unwrap_or(0)))],
             (InFlight::Ack(done), Err(e)) => vec![Effect::Reject(done, e)],
@@ -740,21 +772,27 @@ impl<R> Machine<R> {
             let attempt = Attempt { target: self.target().to_owned(), code, reason: reason.to_owned() };
             effects.push(Effect::ConnectFailed(attempt));
         }
+        // Publishes cut off go out again first, in the order they were sent, with their keys:
+        // the server stores each once whether or not it got them before the drop.
+        let mut resend = Vec::new();
         for (_, (pending, _)) in self.in_flight.take() {
             match pending {
                 // Resent by `opened`.
                 InFlight::Subscribe(_) | InFlight::Auth => {}
+                InFlight::Publish(publication, done) => resend.push((publication, done)),
                 InFlight::Ack(done) => effects.push(Effect::Reject(
                     done,
-                    ClientError::new("disconnected", "the connection dropped before the server answered; unacknowledged entries come back"),
+                    ClientError::new(
+                        "disconnected",
+                        "the connection dropped before the server answered; unacknowledged entries come back",
+                    ),
                 )),
                 // The server forgets subscriptions with the connection.
                 InFlight::Unsubscribe(done) => effects.push(Effect::Resolve(done, Resolution::Unsubscribed)),
-                InFlight::Publish(done) => effects.push(Effect::Reject(
-                    done,
-                    ClientError::new("disconnected", "the connection dropped before the server answered; the message may or may not have been stored"),
-                )),
             }
+        }
+        for publication in resend.into_iter().rev() {
+            self.queue.push_front(publication);
         }
         if code == redistribute_protocol::close::POLICY_VIOLATION {
             effects.push(Effect::Error(ClientError::new(
@@ -787,10 +825,10 @@ impl<R> Machine<R> {
             match pending {
                 InFlight::Subscribe(_) | InFlight::Auth => {}
                 InFlight::Unsubscribe(done) => effects.push(Effect::Resolve(done, Resolution::Unsubscribed)),
-                InFlight::Publish(done) | InFlight::Ack(done) => effects.push(Effect::Reject(done, closed())),
+                InFlight::Publish(_, done) | InFlight::Ack(done) => effects.push(Effect::Reject(done, closed())),
             }
         }
-        effects.extend(self.queue.drain(..).map(|(_, _, done)| Effect::Reject(done, closed())));
+        effects.extend(self.queue.drain(..).map(|(_, done)| Effect::Reject(done, closed())));
         for (_, subscription) in self.subscriptions.take() {
             effects.extend(subscription.waiters.into_iter().map(|w| Effect::Reject(w, closed())));
         }
@@ -865,6 +903,7 @@ mod tests {
             authenticate: false,
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(15),
+            client_id: "c1".into(),
         }
     }
 
@@ -978,7 +1017,7 @@ mod tests {
     }
 
     #[test]
-    fn publishes_queue_while_disconnected_and_in_flight_ones_are_rejected() {
+    fn publishes_queue_while_disconnected_and_cut_off_ones_go_out_again_with_their_keys() {
         let (mut core, _) = Machine::start(settings());
         assert!(core.publish("c", vec!["a".into(), "1".into()], 1).is_empty());
         assert!(core.publish("c", vec!["a".into(), "2".into()], 2).is_empty());
@@ -995,10 +1034,19 @@ mod tests {
             core.received(r#"{"id":1,"ok":{"offset":"9-0"}}"#),
             vec![Effect::Resolve(1, Resolution::Published(StreamId::new(9, 0)))]
         );
+        // #2 is cut off by the drop: it goes out again, first, with its key, and settles once.
         let effects = core.closed(1001, "restart", 0.0);
-        assert!(
-            effects.iter().any(|e| matches!(e, Effect::Reject(2, err) if err.code == "disconnected")),
-            "{effects:?}"
+        assert!(!effects.iter().any(|e| matches!(e, Effect::Reject(..))), "{effects:?}");
+        assert!(core.publish("c", vec!["a".into(), "4".into()], 4).is_empty());
+        core.reconnect();
+        let resent = sent(&core.opened());
+        assert_eq!(resent.iter().map(|f| f["fields"][1].clone()).collect::<Vec<_>>(), vec![json!("2"), json!("4")]);
+        assert_eq!(resent[0]["idempotency_key"], frames[1]["idempotency_key"], "the same key");
+        assert_ne!(resent[1]["idempotency_key"], frames[1]["idempotency_key"]);
+        let id = resent[0]["id"].as_u64().unwrap();
+        assert_eq!(
+            core.received(&format!(r#"{{"id":{id},"ok":{{"offset":"9-1","duplicate":true}}}}"#)),
+            vec![Effect::Resolve(2, Resolution::Published(StreamId::new(9, 1)))]
         );
     }
 

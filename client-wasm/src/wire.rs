@@ -54,6 +54,8 @@ pub enum Request {
         channel: String,
         /// Field/value pairs, flattened.
         fields: Vec<String>,
+        /// Makes a retry safe: the server stores one entry per key.
+        idempotency_key: String,
     },
     /// Authenticate (or refresh) with a token.
     Auth {
@@ -101,11 +103,12 @@ pub fn encode(id: u64, request: &Request) -> String {
             }
             out.push(']');
         }
-        Request::Publish { channel, fields } => {
+        Request::Publish { channel, fields, idempotency_key } => {
             out.push_str("\"publish\"");
             string(&mut out, "channel", channel);
             out.push_str(",\"fields\":");
             Json::Array(fields.iter().cloned().map(Json::String).collect()).write(&mut out);
+            string(&mut out, "idempotency_key", idempotency_key);
         }
         Request::Auth { token } => {
             out.push_str("\"auth\"");
@@ -308,8 +311,8 @@ mod tests {
             }
             Request::LeaveGroup { channel, group } => Op::GroupUnsubscribe { channel, group },
             Request::Ack { channel, group, offsets } => Op::Ack { channel, group, offsets },
-            Request::Publish { channel, fields } => {
-                Op::Publish { channel, fields, maxlen: None, idempotency_key: None }
+            Request::Publish { channel, fields, idempotency_key } => {
+                Op::Publish { channel, fields, maxlen: None, idempotency_key: Some(idempotency_key) }
             }
             Request::Auth { token } => Op::Auth { token },
         }
@@ -321,8 +324,16 @@ mod tests {
             Request::Subscribe { channel: "a:b".into(), start: Start::Latest },
             Request::Subscribe { channel: "c".into(), start: Start::After(StreamId::new(5, 1)) },
             Request::Unsubscribe { channel: "c".into() },
-            Request::Publish { channel: "c".into(), fields: vec!["k\"\n".into(), "{\"x\":1} é".into()] },
-            Request::Publish { channel: "c".into(), fields: vec!["k".into(), "v".into()] },
+            Request::Publish {
+                channel: "c".into(),
+                fields: vec!["k\"\n".into(), "{\"x\":1} é".into()],
+                idempotency_key: "a1-1".into(),
+            },
+            Request::Publish {
+                channel: "c".into(),
+                fields: vec!["k".into(), "v".into()],
+                idempotency_key: "a1-2".into(),
+            },
             Request::JoinGroup {
                 channel: "c".into(),
                 group: "g".into(),

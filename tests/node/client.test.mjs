@@ -311,3 +311,33 @@ test('a reply the client cannot read settles its call with protocol; a silent se
   client.close();
   server.close();
 });
+
+test('a publish cut off by a dropped connection goes out again with its key and settles once', async () => {
+  const keys = [];
+  let connections = 0;
+  const server = await fakeServer((ws) => {
+    connections += 1;
+    const first = connections === 1;
+    ws.on('message', (data) => {
+      const request = JSON.parse(data);
+      if (request.op !== 'publish') return;
+      keys.push(request.idempotency_key);
+      // The first connection drops before answering; the second answers as a server that
+      // already stored the entry under that key.
+      if (first) ws.terminate();
+      else ws.send(JSON.stringify({ id: request.id, ok: { offset: '7-0', duplicate: true } }));
+    });
+  });
+  const client = createClient({ targets: server.url, WebSocket, localStorage: false, reconnectDelay: 20 });
+  client.on('error', () => {});
+  assert.equal(await client.publish('c', 'k', 'v'), '7-0');
+  assert.equal(keys.length, 2);
+  assert.equal(keys[0], keys[1], 'the same key both times');
+  assert.match(keys[0], /^[0-9a-f]{16}-\d+$/);
+  const other = createClient({ targets: server.url, WebSocket, localStorage: false });
+  await other.publish('c', 'k', 'v');
+  assert.notEqual(keys[2].split('-')[0], keys[0].split('-')[0], 'each client has its own key prefix');
+  client.close();
+  other.close();
+  server.close();
+});
