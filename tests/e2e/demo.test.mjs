@@ -51,8 +51,14 @@ async function waitForMessages(page, channel, count, what) {
     await page.waitForFunction(([c, n]) => window.demo.received(c).length >= n, [channel, count], { timeout: PATIENCE });
   } catch {
     const got = await received(page, channel);
-    assert.fail(`${what}: expected ${count} messages on #${channel}, the page shows ${got.length}`);
+    const stream = await xrange(channel);
+    const missing = stream.filter((offset) => !got.includes(offset));
+    const duplicates = await page.evaluate(() => window.demo.duplicates());
+    assert.fail(`${what}: expected ${count} messages on #${channel}, the page shows ${got.length}; ` +
+      `the stream holds ${stream.length}, missing ${JSON.stringify(missing.slice(0, 10))}, duplicates ${JSON.stringify(duplicates)}; ` +
+      `page log: ${await page.textContent('#log')}`);
   }
+  assert.deepEqual(await page.evaluate(() => window.demo.duplicates()), [], `${what}: no message twice`);
 }
 
 async function say(page, author, text) {
