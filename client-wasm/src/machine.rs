@@ -319,7 +319,10 @@ impl<R> Machine<R> {
                 // confirmation still sets where the subscription resumes.
                 *sent = f64::INFINITY;
                 let key = key.clone();
-                effects.extend(self.subscribe_timed_out(&key));
+                let error = self.timeout_error("").on(&key.0);
+                if let Some(subscription) = self.subscriptions.get_mut(&key) {
+                    effects.extend(subscription.waiters.drain(..).map(|w| Effect::Reject(w, error.clone())));
+                }
                 continue;
             }
             let (pending, _) = self.in_flight.remove(&id).expect("listed above");
@@ -352,17 +355,8 @@ impl<R> Machine<R> {
         ClientError::new("timeout", format!("no reply from the server within {ms} ms{what}"))
     }
 
-    /// A subscription's confirmation is late: its callers fail with `timeout`; the subscription
-    /// stays (it is confirmed later, or resent after a reconnect).
-    fn subscribe_timed_out(&mut self, key: &SubKey) -> Vec<Effect<R>> {
-        let error = self.timeout_error("").on(&key.0);
-        match self.subscriptions.get_mut(key) {
-            Some(subscription) => subscription.waiters.drain(..).map(|w| Effect::Reject(w, error.clone())).collect(),
-            None => Vec::new(),
-        }
-    }
-
-    /// A request got no reply in time: its call fails with `timeout`.
+    /// A request (other than a subscription, which `tick` keeps in flight) got no reply in time:
+    /// its call fails with `timeout`.
     fn timed_out(&mut self, pending: InFlight<R>) -> Vec<Effect<R>> {
         let error = |what: &str| self.timeout_error(what);
         match pending {
@@ -371,7 +365,8 @@ impl<R> Machine<R> {
             }
             InFlight::Ack(done) => vec![Effect::Reject(done, error(": unacknowledged entries come back"))],
             InFlight::Unsubscribe(done) => vec![Effect::Resolve(done, Resolution::Unsubscribed)],
-            InFlight::Subscribe(key) => self.subscribe_timed_out(&key),
+            // Kept in flight by `tick`, never handed here.
+            InFlight::Subscribe(_) => Vec::new(),
             InFlight::Auth => {
                 let error = error(" to the token");
                 self.auth_failed(error)

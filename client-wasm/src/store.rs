@@ -426,7 +426,9 @@ impl<K: KeyValue> Store<K> {
         let state = self.channels.get(channel).expect("opened above");
         let meta = state.meta.clone();
         let mut entries = Vec::with_capacity(meta.count + state.pending.len());
-        if meta.count > 0 {
+        // With entries given up, the waiting ones start a new log (see `write`): the stored one
+        // is not read.
+        if meta.count > 0 && state.given_up == 0 {
             for n in meta.first..meta.last {
                 match self.read_chunk(channel, n) {
                     Ok(chunk) => entries.extend(chunk),
@@ -446,10 +448,6 @@ impl<K: KeyValue> Store<K> {
             entries.extend(state.tail.iter().cloned());
         }
         let waiting = !state.pending.is_empty();
-        if state.given_up > 0 {
-            // The waiting entries start a new log (see `write`).
-            entries.clear();
-        }
         entries.extend(state.pending.iter().cloned());
         let last_offset = entries.last().map(|e| e.offset).or(meta.last_offset);
         let skip = entries.len().saturating_sub(self.cap);

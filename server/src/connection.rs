@@ -151,6 +151,18 @@ struct PendingPublish {
     idempotency_key: Option<String>,
 }
 
+impl PendingPublish {
+    /// The request as a publish, or the request back when it is another op.
+    fn from_request(request: Request) -> Result<PendingPublish, Request> {
+        match request {
+            Request { id, op: Op::Publish { channel, fields, maxlen, idempotency_key } } => {
+                Ok(PendingPublish { id, channel, fields, maxlen, idempotency_key })
+            }
+            other => Err(other),
+        }
+    }
+}
+
 /// What reading ahead for publishes met, to be handled next.
 enum Stashed {
     /// A frame other than a text frame (or the end of the stream).
@@ -341,11 +353,14 @@ impl Handler {
                 return None;
             }
         };
-        let Request { id, op: Op::Publish { channel, fields, maxlen, idempotency_key } } = first else {
-            self.on_request(first).await;
-            return None;
+        let first = match PendingPublish::from_request(first) {
+            Ok(publish) => publish,
+            Err(other) => {
+                self.on_request(other).await;
+                return None;
+            }
         };
-        let mut batch = vec![PendingPublish { id, channel, fields, maxlen, idempotency_key }];
+        let mut batch = vec![first];
         let mut stashed = None;
         while batch.len() < MAX_PUBLISH_BATCH {
             // Only what has arrived already: waiting here would delay the publishes in hand.
@@ -354,12 +369,14 @@ impl Handler {
                 stashed = Some(Stashed::Frame(next));
                 break;
             };
-            match self.accept(&text) {
-                Ok(Request { id, op: Op::Publish { channel, fields, maxlen, idempotency_key } }) => {
-                    batch.push(PendingPublish { id, channel, fields, maxlen, idempotency_key });
+            match self.accept(&text).map(PendingPublish::from_request) {
+                Ok(Ok(publish)) => batch.push(publish),
+                Ok(Err(other)) => {
+                    stashed = Some(Stashed::Accepted(Ok(other)));
+                    break;
                 }
-                other => {
-                    stashed = Some(Stashed::Accepted(other));
+                Err(reply) => {
+                    stashed = Some(Stashed::Accepted(Err(reply)));
                     break;
                 }
             }
@@ -369,6 +386,10 @@ impl Handler {
     }
 
     async fn on_request(&mut self, request: Request) {
+        let request = match PendingPublish::from_request(request) {
+            Ok(publish) => return self.publish_batch(vec![publish]).await,
+            Err(other) => other,
+        };
         let id = Some(request.id);
         match request.op {
             Op::Subscribe { channel, start } => match self.subscribe(&channel, start).await {
@@ -386,10 +407,6 @@ impl Handler {
             Op::Unsubscribe { channel } => {
                 self.unsubscribe(&channel).await;
                 self.reply(Reply::ok(id, OkBody::default())).await;
-            }
-            Op::Publish { channel, fields, maxlen, idempotency_key } => {
-                let publish = PendingPublish { id: request.id, channel, fields, maxlen, idempotency_key };
-                self.publish_batch(vec![publish]).await;
             }
             Op::GroupSubscribe { channel, group, consumer, start } => {
                 match self.join_group(&channel, &group, &consumer, start).await {
