@@ -48,8 +48,19 @@ wasm_opt=node_modules/.bin/wasm-opt
 mv "$out/redistribute_client_bg.opt.wasm" "$out/redistribute_client_bg.wasm"
 
 mkdir -p "$dist/wasm"
-cp pkg-template/package.json pkg-template/index.js pkg-template/index.d.ts pkg-template/README.md "$dist/"
-cp "$out/redistribute_client.js" "$out/redistribute_client_bg.wasm" "$dist/wasm/"
+cp pkg-template/package.json pkg-template/index.d.ts pkg-template/README.md "$dist/"
+cp "$out/redistribute_client_bg.wasm" "$dist/wasm/"
+# The JavaScript ships minified (whitespace and syntax; names stay readable in stack traces).
+esbuild=node_modules/.bin/esbuild
+[ -x "$esbuild" ] || { echo "esbuild missing: run scripts/setup.sh build" >&2; exit 1; }
+minify() { "$esbuild" "$1" --format=esm --minify-whitespace --minify-syntax --log-level=warning --outfile="$2"; }
+minify "$out/redistribute_client.js" "$dist/wasm/redistribute_client.js"
+minify pkg-template/index.js "$dist/index.js"
+# Minifying drops the comments that tell bundlers to leave the Node-only import alone; put them
+# back (and fail loudly if the code they belong to changed shape).
+hint='import(/* @vite-ignore */ /* webpackIgnore: true */ NODE_FS)'
+[ "$(grep -o 'import(NODE_FS)' "$dist/index.js" | wc -l)" = 1 ] || { echo "index.js: expected one import(NODE_FS)" >&2; exit 1; }
+sed -i "s|import(NODE_FS)|$hint|" "$dist/index.js"
 (cd dist && npm pack --silent ./redistribute-client >/dev/null)
 
 echo "built $tarball"

@@ -50,8 +50,10 @@ impl Default for Options {
 /// # Errors
 /// A message naming the target when it has another scheme or no host.
 pub fn websocket_url(target: &str) -> Result<String, String> {
+    // By hand rather than `split_once("://")`: a substring search costs the module a kilobyte.
     let (scheme, rest) = target
-        .split_once("://")
+        .split_once(':')
+        .and_then(|(scheme, rest)| Some((scheme, rest.strip_prefix("//")?)))
         .ok_or_else(|| format!("target \"{target}\" is not a URL (expected ws://, wss://, http:// or https://)"))?;
     let scheme = match scheme.to_ascii_lowercase().as_str() {
         "ws" | "http" => "ws",
