@@ -44,7 +44,7 @@ export type ErrorCode =
   | 'bad_request' | 'unknown_op' | 'forbidden' | 'unauthorized' | 'conflict' | 'too_large' | 'limit_exceeded'
   | 'rate_limited' | 'unavailable' | 'unknown_outcome' | 'internal'
   | 'invalid_argument' | 'disconnected' | 'closed' | 'queue_full' | 'unsubscribed' | 'truncated' | 'protocol'
-  | 'storage_quota' | 'storage_corrupt' | 'storage_failed' | 'decode_failed' | 'timeout';
+  | 'storage_quota' | 'storage_corrupt' | 'storage_failed' | 'decode_failed' | 'timeout' | 'cancelled';
 
 /** An Error with a stable `code` (and the `channel` concerned, when there is one). */
 export interface RedistributeError extends Error {
@@ -52,6 +52,8 @@ export interface RedistributeError extends Error {
   channel?: string;
   /** `decode_failed`: the offset of the message whose value `decode` threw on. */
   offset?: Offset;
+  /** A publish an earlier page left in the outbox that the server refused: its outbox id. */
+  id?: string;
 }
 
 /** A WebSocket constructor: the browser's, Node's global one, or the `ws` package's. */
@@ -81,7 +83,10 @@ export interface ClientOptions {
   reconnectDelay?: number;
   /** Largest reconnect delay in ms. Default 10000. */
   reconnectDelayMax?: number;
-  /** Publishes that may wait for a connection before further ones are rejected. Default 1000. */
+  /**
+   * Publishes that may wait for a connection (including those restored from an earlier page's
+   * outbox) before further ones are rejected with `queue_full`. Default 1000.
+   */
   maxQueue?: number;
   /** Longest time in ms received messages wait before being written to storage. Default 100. */
   flushInterval?: number;
@@ -125,6 +130,19 @@ export interface Loaded<T = unknown> {
   gap: Gap | null;
 }
 
+/** A publish the server has not answered yet, from `outbox()`. */
+export interface OutboxItem<T = unknown> {
+  /** Its idempotency key: every attempt to send it carries it, so the server stores it once. */
+  id: string;
+  channel: string;
+  /** The published fields, decoded. */
+  message: Record<string, T>;
+  /** On the wire, waiting for the reply: it can no longer be cancelled. */
+  sent: boolean;
+  /** When it was published, in ms since the epoch. */
+  at: number;
+}
+
 /** Where the connection stands: `disconnected` means waiting to try again. */
 export type ConnectionState = 'connecting' | 'connected' | 'disconnected' | 'closed';
 
@@ -155,6 +173,13 @@ export interface ClientEvents<T = unknown> {
   messages: (channel: string, messages: Message<T>[], info?: DeliveryInfo) => void;
   /** A transient message a server application broadcast (not stored, no offset). */
   broadcast: (channel: string, message: unknown) => void;
+  /** The number of publishes waiting for the server's answer changed (see `outbox()`). */
+  outbox: (waiting: number) => void;
+  /**
+   * A publish an earlier page left in the outbox was stored (its promise went with that page).
+   * `id` is its outbox id. A refusal is an `error` event with the same `id`.
+   */
+  published: (channel: string, offset: Offset, id: string) => void;
   /** Something went wrong that no call can report (a lost history, full storage…). */
   error: (error: RedistributeError) => void;
 }
@@ -187,13 +212,24 @@ export declare class Client<T = unknown> {
   publish(channel: string, ...fieldsAndValues: unknown[]): Promise<Offset>;
   /** Stored messages and last offset of `channel`, from localStorage only. */
   load(channel: string): Promise<Loaded<T>>;
+  /**
+   * Publishes the server has not answered, oldest first. They are kept in localStorage until
+   * answered: a page closed or reloaded meanwhile leaves them to the next client on the same
+   * storage, which sends them first.
+   */
+  outbox(): Promise<OutboxItem<T>[]>;
+  /** Takes an unsent publish out of the outbox (its call rejects with `cancelled`); resolves whether it was there. */
+  cancel(id: string): Promise<boolean>;
   /** True while a connection is open. */
   readonly connected: boolean;
   /** Where the connection stands; each change is a `state` event. */
   readonly state: ConnectionState;
   /** The server URL in use or being tried. */
   readonly target: string | null;
-  /** Closes for good: stops reconnecting and timers, writes stored messages, settles calls. */
+  /**
+   * Closes for good: stops reconnecting and timers, writes stored messages, settles calls. The
+   * outbox is abandoned (its publishes reject with `closed`); a page that is simply left keeps it.
+   */
   close(): void;
 }
 

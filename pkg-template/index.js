@@ -24,7 +24,7 @@ function loadWasm() {
   return loading;
 }
 
-const EVENTS = new Set(['state', 'connect', 'connect_error', 'disconnect', 'messages', 'broadcast', 'error']);
+const EVENTS = new Set(['state', 'connect', 'connect_error', 'disconnect', 'messages', 'broadcast', 'outbox', 'published', 'error']);
 const TARGET = /^(wss?|https?):\/\/[^/?#]/i;
 
 // Lossless by default: every value goes out as JSON (strings too) and comes back as it was.
@@ -164,7 +164,7 @@ export class Client {
     this.#ready.catch((err) => queueMicrotask(() => this.#emit('error', err)));
   }
 
-  /** Adds a listener for `state`, `connect`, `connect_error`, `disconnect`, `messages`, `broadcast` or `error`. */
+  /** Adds a listener for `state`, `connect`, `connect_error`, `disconnect`, `messages`, `broadcast`, `outbox`, `published` or `error`. */
   on(event, listener) {
     if (!EVENTS.has(event)) throw new TypeError(`redistribute-client: unknown event ${JSON.stringify(event)}`);
     if (typeof listener !== 'function') throw new TypeError('redistribute-client: listener must be a function');
@@ -203,19 +203,26 @@ export class Client {
   /** Entries `{ offset, fields, deliveries? }` as messages `{ offset, field: value, … }`. */
   #messages(channel, entries) {
     return entries.map(({ offset, fields, deliveries }) => {
-      const message = {};
-      for (let i = 0; i + 1 < fields.length; i += 2) define(message, fields[i], this.#decodeValue(channel, offset, fields[i], fields[i + 1]));
+      const message = this.#fields(channel, offset, fields);
       define(message, 'offset', offset);
       if (deliveries !== undefined) define(message, 'deliveries', deliveries);
       return message;
     });
   }
 
+  /** `[field, value, …]` (values encoded) as an object of decoded values. */
+  #fields(channel, offset, fields) {
+    const message = {};
+    for (let i = 0; i + 1 < fields.length; i += 2) define(message, fields[i], this.#decodeValue(channel, offset, fields[i], fields[i + 1]));
+    return message;
+  }
+
   #decodeValue(channel, offset, field, text) {
     try {
       return this.#decode(text);
     } catch (err) {
-      const reason = `decode threw for field ${JSON.stringify(field)} of message ${offset} of ${JSON.stringify(channel)}: ${err?.message ?? String(err)}; the raw string is delivered`;
+      const which = offset === null ? 'a waiting publish' : `message ${offset}`;
+      const reason = `decode threw for field ${JSON.stringify(field)} of ${which} of ${JSON.stringify(channel)}: ${err?.message ?? String(err)}; the raw string is delivered`;
       const report = codedError('decode_failed', reason, channel);
       report.offset = offset;
       queueMicrotask(() => this.#emit('error', report));
@@ -322,6 +329,21 @@ export class Client {
     return { messages: this.#messages(channel, entries), lastOffset, gap };
   }
 
+  /**
+   * Publishes the server has not answered yet, oldest first: `{ id, channel, message, sent, at }`.
+   * They are kept in localStorage, so those an earlier page left go out from this one.
+   */
+  async outbox() {
+    return (await this.#client()).outbox().map(({ id, channel, fields, sent, at }) =>
+      ({ id, channel, message: this.#fields(channel, null, fields), sent, at }));
+  }
+
+  /** Takes an unsent publish out of the outbox (its call rejects with `cancelled`); resolves whether it was there. */
+  async cancel(id) {
+    requireString(id, 'id');
+    return (await this.#client()).cancel(id);
+  }
+
   /** True while a connection is open. */
   get connected() {
     return this.#inner !== null && this.#inner.connected;
@@ -338,7 +360,10 @@ export class Client {
     return this.#inner === null ? null : this.#inner.target;
   }
 
-  /** Closes the connection for good: timers stop, stored messages are written, calls settle. */
+  /**
+   * Closes the connection for good: timers stop, stored messages are written, calls settle, and
+   * the outbox is abandoned (its publishes reject with `closed`; a page that is simply left keeps them).
+   */
   close() {
     this.#closed = true;
     if (this.#inner !== null) {

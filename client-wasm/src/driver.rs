@@ -56,6 +56,8 @@ pub(crate) struct Inner {
     ws_ctor: Function,
     tokens: TokenSource,
     flush_interval_ms: u32,
+    /// The outbox size last reported by an `outbox` event.
+    outbox_reported: usize,
 }
 
 impl Inner {
@@ -79,6 +81,7 @@ impl Inner {
             ws_ctor,
             tokens,
             flush_interval_ms,
+            outbox_reported: 0,
         }
     }
 }
@@ -117,6 +120,11 @@ impl Client {
             let mut inner = self.inner.borrow_mut();
             for effect in effects {
                 self.apply(&mut inner, effect, &mut out);
+            }
+            let waiting = inner.machine.outbox_len();
+            if waiting != inner.outbox_reported {
+                inner.outbox_reported = waiting;
+                out.push(Outcall::Emit("outbox", vec![JsValue::from(waiting as f64)]));
             }
         }
         for outcall in out {
@@ -178,6 +186,25 @@ impl Client {
                 out.push(Outcall::Emit("disconnect", vec![JsValue::from(code), JsValue::from_str(&reason)]));
             }
             Effect::Error(error) => out.push(Outcall::Emit("error", vec![js_error(&error)])),
+            Effect::Outboxed(publication) => {
+                if let Some(Err(problem)) = inner.store.as_mut().map(|store| store.save_publish(&publication)) {
+                    self.apply(inner, problem_effect(&problem), out);
+                }
+            }
+            Effect::Settled(key) => {
+                if let Some(store) = &mut inner.store {
+                    store.forget_publish(&key);
+                }
+            }
+            Effect::Restored(key, channel, Ok(offset)) => {
+                let args = [channel.as_str(), &offset.to_string(), &key].map(JsValue::from_str).to_vec();
+                out.push(Outcall::Emit("published", args));
+            }
+            Effect::Restored(key, _, Err(error)) => {
+                let error = js_error(&error);
+                let _ = Reflect::set(&error, &"id".into(), &JsValue::from_str(&key));
+                out.push(Outcall::Emit("error", vec![error]));
+            }
             Effect::HistoryLost(channel) => {
                 if let Some(store) = &mut inner.store {
                     store.forget(&channel);

@@ -3,7 +3,8 @@
 //! This module holds only the `#[wasm_bindgen]` export, [`WasmClient`], which the npm package's
 //! JavaScript facade (`pkg-template/index.js`) wraps into the public `Client` API. The logic lives
 //! in plain Rust modules that test natively: [`machine`] (requests, subscriptions, reconnects),
-//! [`wire`] (the protocol's frames), [`store`] (persistence layout), [`options`], [`json`].
+//! [`wire`] (the protocol's frames), [`store`] (persistence layout), [`outbox`] (publishes kept
+//! until answered), [`options`], [`json`].
 //! The browser side is `driver` (carries out the machine's effects), `convert` (JavaScript values
 //! in and out) and `glue` (the thin `web-sys` layer).
 
@@ -14,6 +15,7 @@ pub mod json;
 mod keyed;
 pub mod machine;
 pub mod options;
+pub mod outbox;
 pub mod store;
 pub mod wire;
 
@@ -64,9 +66,16 @@ impl WasmClient {
             request_timeout: parsed.request_timeout,
             client_id: client_id(),
         };
-        let (mut machine, effects) = Machine::start(settings);
+        let (mut machine, mut effects) = Machine::start(settings);
         // The clock starts now (nothing is due yet); the driver ticks it every second.
         let _ = machine.tick(js_sys::Date::now(), 0.5);
+        let mut store = store;
+        if let Some(store) = &mut store {
+            // What earlier pages published and never had answered goes out first.
+            let (saved, problems) = store.saved_publishes();
+            effects.extend(problems.iter().map(problem_effect));
+            effects.extend(machine.restore(saved));
+        }
         let inner = Inner::new(machine, store, ws_ctor, tokens, parsed.flush_interval_ms);
         let client = Client::new(inner, emit);
         client.run(effects);
@@ -189,6 +198,40 @@ impl WasmClient {
         };
         let _ = Reflect::set(&result, &"gap".into(), &gap);
         Ok(result.into())
+    }
+
+    /// The publishes the server has not answered, oldest first:
+    /// `[{ id, channel, fields, sent, at }]` (`fields` as `[field, value, …]`, values encoded;
+    /// `sent`: on the wire, no longer cancellable; `at`: when it was made, ms since the epoch).
+    pub fn outbox(&self) -> Array {
+        let inner = self.client.inner.borrow();
+        inner
+            .machine
+            .outbox()
+            .into_iter()
+            .map(|(publication, sent)| {
+                let item = Object::new();
+                let fields: Array = publication.fields.iter().map(|f| JsValue::from_str(f)).collect();
+                let _ = Reflect::set(&item, &"id".into(), &JsValue::from_str(&publication.key));
+                let _ = Reflect::set(&item, &"channel".into(), &JsValue::from_str(&publication.channel));
+                let _ = Reflect::set(&item, &"fields".into(), &fields);
+                let _ = Reflect::set(&item, &"sent".into(), &JsValue::from_bool(sent));
+                let _ = Reflect::set(&item, &"at".into(), &JsValue::from_f64(publication.at));
+                JsValue::from(item)
+            })
+            .collect()
+    }
+
+    /// Takes the unsent publish `id` out of the outbox (its call rejects with `cancelled`);
+    /// false when no unsent publish has that id.
+    pub fn cancel(&self, id: String) -> bool {
+        let mut cancelled = false;
+        self.client.step(|inner| {
+            let effects = inner.machine.cancel(&id);
+            cancelled = effects.is_some();
+            effects.unwrap_or_default()
+        });
+        cancelled
     }
 
     /// True while connected.

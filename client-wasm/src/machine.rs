@@ -14,6 +14,10 @@
 //!   connected; each carries an idempotency key, so a publish cut off mid-flight goes out again
 //!   (first, with the same key) and the server stores it once; every call settles (a reply that
 //!   does not come within the request timeout rejects it);
+//! - every publish the server has not answered is in the outbox: [`Effect::Outboxed`] when it is
+//!   made, [`Effect::Settled`] when it is answered, cancelled or abandoned, so the driver can
+//!   persist it; publishes persisted by an earlier page come back through [`Machine::restore`]
+//!   and go out first, with their keys, their outcome reported by [`Effect::Restored`];
 //! - reconnects use exponential backoff with full jitter and rotate through the targets.
 
 use crate::keyed::Keyed;
@@ -144,6 +148,13 @@ pub enum Effect<R> {
     /// The stream lost entries this client had (its resume offset was ahead of the stream): the
     /// channel's stored history no longer matches it and is discarded.
     HistoryLost(String),
+    /// A publish now waits for the server: persist it until [`Effect::Settled`] names its key.
+    Outboxed(Publication),
+    /// The publish with this idempotency key left the outbox (answered, cancelled, abandoned).
+    Settled(String),
+    /// A publish restored from storage (its call belonged to an earlier page) was answered:
+    /// its key, channel and outcome.
+    Restored(String, String, Result<StreamId, ClientError>),
     /// Get a token (the `token` option, or a call of `getToken`) and pass it to
     /// [`Machine::token`].
     FetchToken,
@@ -185,12 +196,20 @@ pub struct Settings {
 
 /// A publish, kept with its idempotency key until the server answered: a connection that drops
 /// first makes it go out again with the same key, and the server stores it once.
-#[derive(Debug)]
-struct Publication {
-    channel: String,
-    fields: Vec<String>,
-    key: String,
+#[derive(Debug, Clone, PartialEq)]
+pub struct Publication {
+    /// The channel published to.
+    pub channel: String,
+    /// Field/value pairs, values encoded.
+    pub fields: Vec<String>,
+    /// The idempotency key: `<client id>-<n>`.
+    pub key: String,
+    /// When it was made (ms since the epoch, as of the machine's clock).
+    pub at: f64,
 }
+
+/// A publish waiting in the outbox and the call it settles (`None`: restored from storage).
+type Waiting<R> = (Publication, Option<R>);
 
 /// A subscription's identity: the channel, and the consumer group for a group membership.
 type SubKey = (String, Option<String>);
@@ -231,7 +250,7 @@ impl<R> Subscription<R> {
 enum InFlight<R> {
     Subscribe(SubKey),
     Unsubscribe(R),
-    Publish(Publication, R),
+    Publish(Publication, Option<R>),
     Ack(R),
     Auth,
 }
@@ -258,7 +277,7 @@ pub struct Machine<R> {
     next_id: u64,
     /// Requests waiting for their reply, with when they were sent.
     in_flight: Keyed<u64, (InFlight<R>, f64)>,
-    queue: VecDeque<(Publication, R)>,
+    queue: VecDeque<Waiting<R>>,
     /// Publishes made so far (numbers their idempotency keys).
     published: u64,
     subscriptions: Keyed<SubKey, Subscription<R>>,
@@ -333,7 +352,7 @@ impl<R> Machine<R> {
                 let started = *self.attempt_started.get_or_insert(now_ms);
                 let timeout = self.settings.connect_timeout;
                 if now_ms - started >= timeout.as_millis() as f64 {
-                    let reason = format!("the connection was not ready within {} ms", timeout.as_millis());
+                    let reason = format!("the connection was not ready within {} ms", timeout.as_millis() as u64);
                     effects.extend(self.closed(HANDSHAKE_TIMEOUT, &reason, random));
                 }
             }
@@ -351,7 +370,7 @@ impl<R> Machine<R> {
     }
 
     fn timeout_error(&self, what: &str) -> ClientError {
-        let ms = self.settings.request_timeout.as_millis();
+        let ms = self.settings.request_timeout.as_millis() as u64;
         ClientError::new("timeout", format!("no reply from the server within {ms} ms{what}"))
     }
 
@@ -360,8 +379,8 @@ impl<R> Machine<R> {
     fn timed_out(&mut self, pending: InFlight<R>) -> Vec<Effect<R>> {
         let error = |what: &str| self.timeout_error(what);
         match pending {
-            InFlight::Publish(_, done) => {
-                vec![Effect::Reject(done, error(": the message may or may not have been stored"))]
+            InFlight::Publish(publication, done) => {
+                settle(publication, done, Err(error(": the message may or may not have been stored")))
             }
             InFlight::Ack(done) => vec![Effect::Reject(done, error(": unacknowledged entries come back"))],
             InFlight::Unsubscribe(done) => vec![Effect::Resolve(done, Resolution::Unsubscribed)],
@@ -488,7 +507,7 @@ impl<R> Machine<R> {
             Link::Closed => vec![Effect::Reject(done, closed())],
             Link::Open => {
                 let publication = self.publication(channel, fields);
-                vec![self.send_publish(publication, done)]
+                vec![Effect::Outboxed(publication.clone()), self.send_publish(publication, Some(done))]
             }
             Link::Down | Link::Connecting | Link::Authenticating if self.queue.len() >= self.settings.max_queue => {
                 let max = self.settings.max_queue;
@@ -500,19 +519,58 @@ impl<R> Machine<R> {
             }
             Link::Down | Link::Connecting | Link::Authenticating => {
                 let publication = self.publication(channel, fields);
-                self.queue.push_back((publication, done));
-                Vec::new()
+                self.queue.push_back((publication.clone(), Some(done)));
+                vec![Effect::Outboxed(publication)]
             }
         }
+    }
+
+    /// Publishes an earlier page persisted and never had answered: they go out first, in the
+    /// order given, with their keys (so one the server already stored is not stored again), and
+    /// their outcomes are reported by [`Effect::Restored`]. Call before anything is published.
+    pub fn restore(&mut self, publications: Vec<Publication>) -> Vec<Effect<R>> {
+        let mut effects = Vec::new();
+        for publication in publications {
+            if self.link == Link::Open {
+                effects.push(self.send_publish(publication, None));
+            } else {
+                self.queue.push_back((publication, None));
+            }
+        }
+        effects
+    }
+
+    /// Publishes the server has not answered, oldest first, each with whether it was sent (a
+    /// sent one can no longer be cancelled).
+    pub fn outbox(&self) -> Vec<(&Publication, bool)> {
+        let sent = self.in_flight.iter().filter_map(|(_, (pending, _))| match pending {
+            InFlight::Publish(publication, _) => Some((publication, true)),
+            _ => None,
+        });
+        sent.chain(self.queue.iter().map(|(publication, _)| (publication, false))).collect()
+    }
+
+    /// How many publishes the server has not answered.
+    pub fn outbox_len(&self) -> usize {
+        self.queue.len() + self.in_flight.iter().filter(|(_, (p, _))| matches!(p, InFlight::Publish(..))).count()
+    }
+
+    /// `cancel(id)`: takes a publish that was not sent yet out of the outbox; its call fails
+    /// with `cancelled`. `None` when no unsent publish has that key.
+    pub fn cancel(&mut self, key: &str) -> Option<Vec<Effect<R>>> {
+        let index = self.queue.iter().position(|(p, _)| p.key == key)?;
+        let (publication, done) = self.queue.remove(index).expect("found above");
+        let error = ClientError::new("cancelled", "the publish was cancelled before it was sent");
+        Some(settle(publication, done, Err(error)))
     }
 
     fn publication(&mut self, channel: &str, fields: Vec<String>) -> Publication {
         self.published += 1;
         let key = format!("{}-{}", self.settings.client_id, self.published);
-        Publication { channel: channel.to_owned(), fields, key }
+        Publication { channel: channel.to_owned(), fields, key, at: self.now }
     }
 
-    fn send_publish(&mut self, publication: Publication, done: R) -> Effect<R> {
+    fn send_publish(&mut self, publication: Publication, done: Option<R>) -> Effect<R> {
         let request = Request::Publish {
             channel: publication.channel.clone(),
             fields: publication.fields.clone(),
@@ -593,7 +651,10 @@ impl<R> Machine<R> {
         if self.link != Link::Authenticating {
             return effects; // a refresh failed: the server closes with 4001 at expiry
         }
-        effects.extend(self.queue.drain(..).map(|(p, done)| Effect::Reject(done, error.clone().on(&p.channel))));
+        for (publication, done) in std::mem::take(&mut self.queue) {
+            let error = error.clone().on(&publication.channel);
+            effects.extend(settle(publication, done, Err(error)));
+        }
         for (key, subscription) in self.subscriptions.take() {
             if subscription.confirmed {
                 self.subscriptions.insert(key, subscription);
@@ -641,11 +702,15 @@ impl<R> Machine<R> {
             return outcome.err().map(Effect::Error).into_iter().collect();
         };
         match (pending, outcome) {
-            (InFlight::Publish(_, done), Ok(body)) => match body.offset {
-                Some(offset) => vec![Effect::Resolve(done, Resolution::Published(offset))],
-                None => vec![Effect::Reject(done, ClientError::new("protocol", "publish reply without an offset"))],
-            },
-            (InFlight::Publish(_, done), Err(e)) => vec![Effect::Reject(done, e)],
+            (InFlight::Publish(publication, done), Ok(body)) => {
+                let outcome =
+                    body.offset.ok_or_else(|| ClientError::new("protocol", "publish reply without an offset"));
+                settle(publication, done, outcome)
+            }
+            (InFlight::Publish(publication, done), Err(e)) => {
+                let error = e.on(&publication.channel);
+                settle(publication, done, Err(error))
+            }
             (InFlight::Unsubscribe(done), _) => vec![Effect::Resolve(done, Resolution::Unsubscribed)],
             (InFlight::Ack(done), Ok(body)) => vec![Effect::Resolve(done, Resolution::Acked(body.acked.unwrap_or(0)))],
             (InFlight::Ack(done), Err(e)) => vec![Effect::Reject(done, e)],
@@ -820,15 +885,31 @@ impl<R> Machine<R> {
             match pending {
                 InFlight::Subscribe(_) | InFlight::Auth => {}
                 InFlight::Unsubscribe(done) => effects.push(Effect::Resolve(done, Resolution::Unsubscribed)),
-                InFlight::Publish(_, done) | InFlight::Ack(done) => effects.push(Effect::Reject(done, closed())),
+                InFlight::Publish(publication, done) => effects.extend(settle(publication, done, Err(closed()))),
+                InFlight::Ack(done) => effects.push(Effect::Reject(done, closed())),
             }
         }
-        effects.extend(self.queue.drain(..).map(|(_, done)| Effect::Reject(done, closed())));
+        // Abandoned: a page that is closed (not `close()`d) keeps its outbox for the next one.
+        for (publication, done) in std::mem::take(&mut self.queue) {
+            effects.extend(settle(publication, done, Err(closed())));
+        }
         for (_, subscription) in self.subscriptions.take() {
             effects.extend(subscription.waiters.into_iter().map(|w| Effect::Reject(w, closed())));
         }
         effects
     }
+}
+
+/// A publish leaves the outbox with `outcome`: its call settles, or, for one restored from
+/// storage, [`Effect::Restored`] reports it.
+fn settle<R>(publication: Publication, done: Option<R>, outcome: Result<StreamId, ClientError>) -> Vec<Effect<R>> {
+    let Publication { channel, key, .. } = publication;
+    let told = match (done, outcome) {
+        (Some(done), Ok(offset)) => Effect::Resolve(done, Resolution::Published(offset)),
+        (Some(done), Err(error)) => Effect::Reject(done, error),
+        (None, outcome) => Effect::Restored(key.clone(), channel, outcome),
+    };
+    vec![Effect::Settled(key), told]
 }
 
 /// One `protocol` error for the entries of a push that were left out, if any.
@@ -907,6 +988,15 @@ mod tests {
             .iter()
             .filter_map(|e| if let Effect::Send(t) = e { Some(serde_json::from_str(t).unwrap()) } else { None })
             .collect()
+    }
+
+    /// What the app hears: the effects without the outbox's bookkeeping.
+    fn heard(effects: Vec<Effect<u32>>) -> Vec<Effect<u32>> {
+        effects.into_iter().filter(|e| !matches!(e, Effect::Outboxed(_) | Effect::Settled(_))).collect()
+    }
+
+    fn queued(effects: &[Effect<u32>]) -> bool {
+        matches!(effects, [Effect::Outboxed(_)])
     }
 
     fn open() -> Machine<u32> {
@@ -993,7 +1083,7 @@ mod tests {
     fn a_reply_the_client_cannot_read_settles_its_call() {
         let mut core = open();
         core.publish("chat", vec!["k".into(), "v".into()], 1);
-        let effects = core.received(r#"{"id":1,"ok":{"offset":"not an offset"}}"#);
+        let effects = heard(core.received(r#"{"id":1,"ok":{"offset":"not an offset"}}"#));
         assert!(matches!(&effects[..], [Effect::Reject(1, e)] if e.code == "protocol"), "{effects:?}");
         // A subscription confirmed without its offset is refused rather than resumed from "$" later.
         core.subscribe("chat", None, None, 2);
@@ -1014,8 +1104,8 @@ mod tests {
     #[test]
     fn publishes_queue_while_disconnected_and_cut_off_ones_go_out_again_with_their_keys() {
         let (mut core, _) = Machine::start(settings());
-        assert!(core.publish("c", vec!["a".into(), "1".into()], 1).is_empty());
-        assert!(core.publish("c", vec!["a".into(), "2".into()], 2).is_empty());
+        assert!(queued(&core.publish("c", vec!["a".into(), "1".into()], 1)));
+        assert!(queued(&core.publish("c", vec!["a".into(), "2".into()], 2)));
         let full = core.publish("c", vec!["a".into(), "3".into()], 3);
         assert!(matches!(&full[0], Effect::Reject(3, e) if e.code == "queue_full"));
         let effects = core.opened();
@@ -1027,12 +1117,12 @@ mod tests {
         );
         assert_eq!(
             core.received(r#"{"id":1,"ok":{"offset":"9-0"}}"#),
-            vec![Effect::Resolve(1, Resolution::Published(StreamId::new(9, 0)))]
+            vec![Effect::Settled("c1-1".into()), Effect::Resolve(1, Resolution::Published(StreamId::new(9, 0)))]
         );
         // #2 is cut off by the drop: it goes out again, first, with its key, and settles once.
         let effects = core.closed(1001, "restart", 0.0);
         assert!(!effects.iter().any(|e| matches!(e, Effect::Reject(..))), "{effects:?}");
-        assert!(core.publish("c", vec!["a".into(), "4".into()], 4).is_empty());
+        assert!(queued(&core.publish("c", vec!["a".into(), "4".into()], 4)));
         core.reconnect();
         let resent = sent(&core.opened());
         assert_eq!(resent.iter().map(|f| f["fields"][1].clone()).collect::<Vec<_>>(), vec![json!("2"), json!("4")]);
@@ -1040,16 +1130,87 @@ mod tests {
         assert_ne!(resent[1]["idempotency_key"], frames[1]["idempotency_key"]);
         let id = resent[0]["id"].as_u64().unwrap();
         assert_eq!(
-            core.received(&format!(r#"{{"id":{id},"ok":{{"offset":"9-1","duplicate":true}}}}"#)),
+            heard(core.received(&format!(r#"{{"id":{id},"ok":{{"offset":"9-1","duplicate":true}}}}"#))),
             vec![Effect::Resolve(2, Resolution::Published(StreamId::new(9, 1)))]
         );
+    }
+
+    fn publication(key: &str, value: &str) -> Publication {
+        Publication { channel: "c".into(), fields: vec!["a".into(), value.into()], key: key.into(), at: 5.0 }
+    }
+
+    #[test]
+    fn every_publish_is_in_the_outbox_until_answered_and_unsent_ones_can_be_cancelled() {
+        let (mut core, _) = Machine::start(settings());
+        core.tick(1_000.0, 0.0);
+        let effects = core.publish("c", vec!["a".into(), "1".into()], 1);
+        assert_eq!(effects, vec![Effect::Outboxed(Publication { at: 1_000.0, ..publication("c1-1", "1") })]);
+        core.publish("c", vec!["a".into(), "2".into()], 2);
+        let listed =
+            |core: &Machine<u32>| core.outbox().iter().map(|(p, sent)| (p.key.clone(), *sent)).collect::<Vec<_>>();
+        assert_eq!(listed(&core), [("c1-1".into(), false), ("c1-2".into(), false)]);
+        // Cancelling an unsent publish fails its call and takes it out; a second time finds nothing.
+        let effects = core.cancel("c1-1").expect("unsent");
+        assert!(
+            matches!(&effects[..], [Effect::Settled(k), Effect::Reject(1, e)] if k == "c1-1" && e.code == "cancelled")
+        );
+        assert!(core.cancel("c1-1").is_none());
+        // Once sent it cannot be cancelled; its answer takes it out.
+        core.opened();
+        assert_eq!(listed(&core), [("c1-2".into(), true)]);
+        assert!(core.cancel("c1-2").is_none());
+        let effects = core.received(r#"{"id":1,"ok":{"offset":"9-0"}}"#);
+        assert_eq!(effects[0], Effect::Settled("c1-2".into()));
+        assert_eq!(core.outbox_len(), 0);
+        // Online, a publish is in the outbox while it waits for its reply.
+        let effects = core.publish("c", vec!["a".into(), "3".into()], 3);
+        assert!(matches!(&effects[..], [Effect::Outboxed(p), Effect::Send(_)] if p.key == "c1-3"));
+        assert_eq!(core.outbox_len(), 1);
+    }
+
+    #[test]
+    fn restored_publishes_go_out_first_with_their_keys_and_report_their_outcome() {
+        let (mut core, _) = Machine::start(Settings { max_queue: 3, ..settings() });
+        assert!(core.restore(vec![publication("old-7", "x"), publication("old-8", "y")]).is_empty());
+        core.publish("c", vec!["a".into(), "new".into()], 1);
+        // They count toward `max_queue`.
+        assert!(matches!(&core.publish("c", vec![], 0)[..], [Effect::Reject(0, e)] if e.code == "queue_full"));
+        let frames = sent(&core.opened());
+        let keys: Vec<_> = frames.iter().map(|f| f["idempotency_key"].clone()).collect();
+        assert_eq!(keys, [json!("old-7"), json!("old-8"), json!("c1-1")], "restored first, keys kept");
+        assert_eq!(
+            core.received(r#"{"id":1,"ok":{"offset":"9-0","duplicate":true}}"#),
+            vec![
+                Effect::Settled("old-7".into()),
+                Effect::Restored("old-7".into(), "c".into(), Ok(StreamId::new(9, 0)))
+            ]
+        );
+        let effects = core.received(r#"{"id":2,"error":{"code":"forbidden","message":"no"}}"#);
+        assert!(
+            matches!(&effects[..], [Effect::Settled(_), Effect::Restored(k, c, Err(e))] if k == "old-8" && c == "c" && e.code == "forbidden"),
+            "{effects:?}"
+        );
+        // Restored while connected: sent at once.
+        let effects = core.restore(vec![publication("late-1", "z")]);
+        assert_eq!(sent(&effects)[0]["idempotency_key"], "late-1");
+    }
+
+    #[test]
+    fn close_abandons_the_outbox() {
+        let (mut core, _) = Machine::start(settings());
+        core.restore(vec![publication("old-1", "x")]);
+        core.publish("c", vec!["a".into(), "1".into()], 1);
+        let settled: Vec<_> =
+            core.close().into_iter().filter_map(|e| if let Effect::Settled(k) = e { Some(k) } else { None }).collect();
+        assert_eq!(settled, ["old-1", "c1-1"]);
+        assert_eq!(core.outbox_len(), 0);
     }
 
     #[test]
     fn server_errors_reject_the_call() {
         let mut core = open();
         core.publish("c", vec!["a".into(), "b".into()], 1);
-        let effects = core.received(r#"{"id":1,"error":{"code":"forbidden","message":"no"}}"#);
+        let effects = heard(core.received(r#"{"id":1,"error":{"code":"forbidden","message":"no"}}"#));
         assert!(matches!(&effects[0], Effect::Reject(1, e) if e.code == "forbidden" && e.message == "no"));
         core.subscribe("x", None, None, 2);
         let effects = core.received(r#"{"id":2,"error":{"code":"bad_request","message":"bad"}}"#);
@@ -1211,7 +1372,7 @@ mod tests {
         core.publish("c", vec!["k".into(), "v".into()], 1);
         core.subscribe("c", None, None, 2);
         assert!(core.tick(14_000.0, 0.0).is_empty());
-        let effects = core.tick(15_000.0, 0.0);
+        let effects = heard(core.tick(15_000.0, 0.0));
         assert!(
             matches!(&effects[..], [Effect::Reject(1, a), Effect::Reject(2, b)] if a.code == "timeout" && b.code == "timeout"),
             "{effects:?}"
@@ -1234,7 +1395,7 @@ mod tests {
     fn authenticates_before_resubscribing_and_publishing() {
         let mut machine = authenticating();
         assert!(machine.subscribe("c", None, None, 1).is_empty(), "waits for the token");
-        assert!(machine.publish("c", vec!["k".into(), "v".into()], 2).is_empty(), "queued");
+        assert!(queued(&machine.publish("c", vec!["k".into(), "v".into()], 2)));
         assert!(!machine.is_connected());
         let effects = machine.token(Ok("t0k3n".into()));
         assert_eq!(sent(&effects), vec![json!({"id": 1, "op": "auth", "token": "t0k3n"})]);

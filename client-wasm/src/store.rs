@@ -27,6 +27,8 @@
 
 use crate::json::{self, Json};
 use crate::keyed::Keyed;
+use crate::machine::Publication;
+use crate::outbox;
 use redistribute_protocol::{Entry, StreamId};
 use std::fmt::Write as _;
 
@@ -195,6 +197,24 @@ impl<K: KeyValue> Store<K> {
     /// The key/value backend (for tests and diagnostics).
     pub fn backend(&self) -> &K {
         &self.kv
+    }
+
+    /// Persists a publish the server has not answered (the durable outbox, [`crate::outbox`]).
+    ///
+    /// # Errors
+    /// What the application should hear when it cannot be saved.
+    pub fn save_publish(&mut self, publication: &Publication) -> Result<(), StoreProblem> {
+        outbox::save(&mut self.kv, &self.prefix, publication)
+    }
+
+    /// Forgets a saved publish by its idempotency key.
+    pub fn forget_publish(&mut self, key: &str) {
+        outbox::remove(&mut self.kv, &self.prefix, key);
+    }
+
+    /// The publishes saved and never answered (by this or an earlier page), oldest first.
+    pub fn saved_publishes(&mut self) -> (Vec<Publication>, Vec<StoreProblem>) {
+        outbox::load(&mut self.kv, &self.prefix)
     }
 
     fn meta_key(&self, channel: &str) -> String {

@@ -273,6 +273,73 @@ async fn persistence_survives_a_new_client_and_resumes_without_gap_or_repeat() {
     clear_storage(&prefix);
 }
 
+/// The ids of what `outbox()` lists, with whether each was sent.
+fn outbox(client: &WasmClient) -> Vec<(String, bool)> {
+    client.outbox().iter().map(|item| (get(&item, "id").as_string().unwrap(), get(&item, "sent").is_truthy())).collect()
+}
+
+#[wasm_bindgen_test]
+async fn publishes_made_offline_survive_the_page_and_are_stored_once_in_order() {
+    let prefix = unique("rdtest") + ":";
+    let channel = unique("outbox");
+    let storage = web_sys::window().unwrap().local_storage().unwrap().unwrap();
+    let opts = |target: &str| options(&[target], &[("storagePrefix", JsValue::from_str(&prefix))]);
+
+    // A page online publishes; its tab dies after the server stored the message but before the
+    // reply removed it from the outbox (simulated by putting the record back).
+    let online = WasmClient::new(opts(server_a()), Events::new().function()).unwrap();
+    connected(&online).await;
+    let publish = online.publish(channel.clone(), args(&["n".into(), "0".into()]));
+    let [(stored_id, true)] = &outbox(&online)[..] else { panic!("sent and waiting: {:?}", outbox(&online)) };
+    let record_key = format!("{prefix}~out~{stored_id}");
+    let record = storage.get_item(&record_key).unwrap().expect("saved before it was sent");
+    let first_offset = call(publish).await.unwrap().as_string().unwrap();
+    assert_eq!(storage.get_item(&record_key).unwrap(), None, "answered: out of the outbox");
+    online.close();
+    storage.set_item(&record_key, &record).unwrap();
+
+    // A page with no server publishes three, cancels one, and is closed without close().
+    let offline = WasmClient::new(opts(NOWHERE), Events::new().function()).unwrap();
+    let mut pending = Vec::new();
+    for n in 1..=3 {
+        pending.push(offline.publish(channel.clone(), args(&["n".into(), JsValue::from_str(&n.to_string())])));
+    }
+    let listed = outbox(&offline);
+    assert_eq!(listed.len(), 4, "the dead tab's publish and three new ones: {listed:?}");
+    assert_eq!(listed[0].0, *stored_id, "oldest first");
+    assert!(listed.iter().all(|(_, sent)| !sent));
+    assert!(offline.cancel(listed[2].0.clone()), "n=2 was not sent: it can be cancelled");
+    assert!(!offline.cancel(listed[2].0.clone()));
+    let error = call(pending.remove(1)).await.unwrap_err();
+    assert_eq!(get(&error, "code").as_string().unwrap(), "cancelled");
+    drop(offline);
+
+    // The next page, online, sends what waited, first, each stored once.
+    let events = Events::new();
+    let next = WasmClient::new(opts(server_a()), events.function()).unwrap();
+    assert_eq!(outbox(&next).len(), 3, "restored");
+    call(next.subscribe(channel.clone(), Some("0".into()))).await.unwrap();
+    wait_for("the restored publishes", || events.count("published") == 3 && outbox(&next).is_empty()).await;
+    wait_for("their messages", || events.messages(&channel).len() == 3).await;
+    let values: Vec<_> = events.messages(&channel).iter().map(|m| field(m, "n").unwrap()).collect();
+    assert_eq!(values, ["0", "1", "3"], "once each, in order, the cancelled one never");
+    let stream = xrange(&channel).await;
+    assert_eq!(stream.len(), 3);
+    assert_eq!(stream[0], first_offset, "the retry of a stored publish was recognised");
+    let published: Vec<(String, String)> = events
+        .log
+        .borrow()
+        .iter()
+        .filter(|(e, _, _)| e == "published")
+        .map(|(_, c, offset)| (c.as_string().unwrap(), offset.as_string().unwrap()))
+        .collect();
+    assert_eq!(published, stream.iter().map(|o| (channel.clone(), o.clone())).collect::<Vec<_>>());
+    let keys: Vec<String> = (0..storage.length().unwrap()).filter_map(|i| storage.key(i).unwrap()).collect();
+    assert!(!keys.iter().any(|k| k.starts_with(&format!("{prefix}~out~"))), "nothing left: {keys:?}");
+    next.close();
+    clear_storage(&prefix);
+}
+
 fn clear_storage(prefix: &str) {
     let storage = web_sys::window().unwrap().local_storage().unwrap().unwrap();
     let keys: Vec<String> = (0..storage.length().unwrap()).filter_map(|i| storage.key(i).unwrap()).collect();

@@ -127,6 +127,42 @@ test('a reload shows stored history at once, even with both servers down, then c
   await context.close();
 });
 
+test('messages sent offline wait in the outbox across a reload and are stored once each, in order', async () => {
+  const channel = unique('outbox');
+  const context = await browser.newContext();
+  let page = await open(context, RD_APP, [RD_SERVER_A, RD_SERVER_B], channel);
+  await connectedTo(page, RD_SERVER_A);
+  await say(page, 'ann', 'before');
+  await waitForMessages(page, channel, 1, 'online');
+  const outbox = (n) => page.waitForFunction((count) => document.body.dataset.outbox === String(count), n, { timeout: PATIENCE });
+  await control('POST', '/server/0/stop');
+  await control('POST', '/server/1/stop');
+  try {
+    await page.waitForFunction(() => document.body.dataset.state !== 'connected', null, { timeout: PATIENCE });
+    for (const text of ['one', 'two', 'three']) await say(page, 'ann', text);
+    await outbox(3);
+    await page.reload();
+    await page.waitForFunction(() => document.body.dataset.ready === 'true', null, { timeout: PATIENCE });
+    await outbox(3);
+    assert.deepEqual(await page.$$eval('#outbox-items li span', (items) => items.map((li) => li.textContent)),
+      [`#${channel} · ann: one`, `#${channel} · ann: two`, `#${channel} · ann: three`], 'restored, in order');
+    // Changed my mind about "two".
+    await page.click('#outbox-items li:nth-child(2) button');
+    await outbox(2);
+  } finally {
+    await control('POST', '/server/1/start');
+    await control('POST', '/server/0/start');
+  }
+  await waitForMessages(page, channel, 3, 'the outbox sent once a server is back');
+  await outbox(0);
+  const stream = await control('GET', `/xrange?channel=${channel}`);
+  const texts = stream.map(([, fields]) => JSON.parse(fields[fields.indexOf('text') + 1]));
+  assert.deepEqual(texts, ['before', 'one', 'three'], 'each once, in order, the cancelled one never');
+  assert.deepEqual(await received(page, channel), stream.map(([offset]) => offset));
+  assert.match(await page.textContent('#log'), /sent a message an earlier page left/);
+  await context.close();
+});
+
 test('failover: the page moves to the other server and misses nothing', async () => {
   const channel = unique('failover');
   const context = await browser.newContext();

@@ -341,3 +341,28 @@ test('a publish cut off by a dropped connection goes out again with its key and 
   other.close();
   server.close();
 });
+
+test('the outbox lists what waits for the server, decoded; an unsent publish can be cancelled', async () => {
+  const target = `ws://127.0.0.1:${await freePort()}/`;
+  const client = createClient({ targets: target, WebSocket, localStorage: false, reconnectDelay: 20 });
+  const counts = [];
+  client.on('outbox', (n) => counts.push(n));
+  client.on('connect_error', () => {});
+  const first = client.publish('chat', 'text', 'hello', 'n', 1);
+  const second = client.publish('chat', 'text', 'bye');
+  const waiting = await client.outbox();
+  assert.deepEqual(waiting.map(({ channel, message, sent }) => ({ channel, message, sent })), [
+    { channel: 'chat', message: { text: 'hello', n: 1 }, sent: false },
+    { channel: 'chat', message: { text: 'bye' }, sent: false },
+  ]);
+  assert.match(waiting[0].id, /^[0-9a-f]{16}-1$/);
+  assert.ok(Math.abs(waiting[0].at - Date.now()) < 5000);
+  assert.equal(await client.cancel(waiting[1].id), true);
+  await assert.rejects(second, { code: 'cancelled' });
+  assert.equal(await client.cancel(waiting[1].id), false, 'only once');
+  await assert.rejects(client.cancel(7), { code: 'invalid_argument' });
+  assert.deepEqual(counts, [1, 2, 1]);
+  client.close();
+  await assert.rejects(first, { code: 'closed' });
+  assert.deepEqual(await client.outbox().catch((e) => e.code), 'closed');
+});

@@ -1,6 +1,6 @@
 // Compile-only check of the package's TypeScript declarations (`tsc -p tests/types`): what a
 // TypeScript app writes must type-check, and misuse must not.
-import createClient, { Client, type ClientOptions, type Message, type RedistributeError } from 'redistribute-client';
+import createClient, { Client, type ClientOptions, type Message, type RedistributeError, type OutboxItem } from 'redistribute-client';
 import WebSocket from 'ws';
 
 interface Chat { text: string }
@@ -59,3 +59,18 @@ createClient({ targets: 'wss://a.example', getToken: () => 'eyJ…' });
 createClient({ targets: 'wss://a.example', token: 42 });
 const refused: RedistributeError['code'] = 'unauthorized';
 void refused;
+
+// The outbox: list, cancel, and hear about publishes an earlier page left.
+async function outbox() {
+  const waiting: OutboxItem[] = await client.outbox();
+  const first = waiting[0];
+  if (first && !first.sent) {
+    const cancelled: boolean = await client.cancel(first.id);
+    void [cancelled, first.channel, first.message, first.at];
+  }
+}
+void outbox;
+client.on('outbox', (count) => void (count satisfies number));
+client.on('published', (channel, offset, id) => void [channel.length, offset.length, id.length]);
+// @ts-expect-error: cancel takes an outbox id
+client.cancel(42);

@@ -1,8 +1,9 @@
 // The demo chat: every feature of redistribute-client in a page a person can use.
 //
 // Servers come from `?targets=url1,url2` (default: the page's own origin). Each channel's history
-// is shown from localStorage before the network answers, then kept live. Test hooks: the body's
-// data-state / data-target attributes and `window.demo`.
+// is shown from localStorage before the network answers, then kept live. Messages sent while no
+// server is reachable wait in the outbox, shown under the messages, and survive a reload. Test
+// hooks: the body's data-state / data-target / data-outbox attributes and `window.demo`.
 import createClient from 'redistribute-client';
 
 const params = new URLSearchParams(location.search);
@@ -102,6 +103,30 @@ function add(channel, messages, source) {
   }
 }
 
+/** The publishes waiting for a server, each unsent one with a button that cancels it. */
+async function renderOutbox() {
+  const waiting = await client.outbox();
+  document.body.dataset.outbox = String(waiting.length);
+  $('outbox').hidden = waiting.length === 0;
+  $('outbox-count').textContent = String(waiting.length);
+  $('outbox-items').replaceChildren(...waiting.map(({ id, channel, message, sent, at }) => {
+    const li = document.createElement('li');
+    li.dataset.id = id;
+    const text = document.createElement('span');
+    text.textContent = `#${channel} · ${message.author ?? 'someone'}: ${message.text ?? JSON.stringify(message)}`;
+    const when = document.createElement('small');
+    when.textContent = `${new Date(at).toLocaleTimeString()}${sent ? ' · sending…' : ''}`;
+    li.append(text, when);
+    if (!sent) {
+      const cancel = document.createElement('button');
+      cancel.textContent = 'Cancel';
+      cancel.onclick = () => client.cancel(id);
+      li.append(cancel);
+    }
+    return li;
+  }));
+}
+
 /** Shows a channel's stored history at once: no network needed. */
 async function showHistory(channel) {
   if (state.seen.has(channel)) return;
@@ -136,6 +161,8 @@ client.on('connect_error', ({ target, code, reason }) => {
   log(`could not connect to ${target} (${code}${reason ? `: ${reason}` : ''})`, 'bad');
 });
 client.on('messages', (channel, messages) => add(channel, messages, 'live'));
+client.on('outbox', () => renderOutbox());
+client.on('published', (channel, offset) => log(`sent a message an earlier page left for #${channel} (${offset})`, 'good'));
 client.on('error', (err) => { log(`${err.code}: ${err.message}`, 'bad'); });
 
 $('publish').onsubmit = async (event) => {
@@ -149,7 +176,7 @@ $('publish').onsubmit = async (event) => {
     await client.publish(state.current, 'author', author, 'text', text);
     $('error').hidden = true;
   } catch (err) {
-    showError(err);
+    if (err.code !== 'cancelled') showError(err);
   }
 };
 
@@ -193,4 +220,5 @@ for (const channel of channels) {
 }
 renderChannels();
 renderMessages();
+await renderOutbox();
 document.body.dataset.ready = 'true';
