@@ -110,6 +110,12 @@ export interface ClientOptions {
    * the calls waiting for the connection with `unauthorized`.
    */
   getToken?: () => string | Promise<string>;
+  /**
+   * Share one connection among the tabs of this origin that use the same `targets` and
+   * `storagePrefix` (one tab leads, elected with Web Locks; the others relay over a
+   * BroadcastChannel). Default `true` where those APIs exist; Node.js always has one per client.
+   */
+  shareConnection?: boolean;
 }
 
 /** Messages an earlier page received after the stored log's end but could not store (storage was full). */

@@ -6,6 +6,7 @@
 // published values and turns received entries into messages.
 
 import init, { WasmClient } from './wasm/redistribute_client.js';
+import { DirectLink, SharedLink, canShare } from './tabs.js';
 
 let loading;
 
@@ -13,10 +14,11 @@ let loading;
 // (Vite, webpack) neither try to resolve it nor warn about it.
 const NODE_FS = 'node:fs/promises';
 
+const isNode = typeof process !== 'undefined' && process.versions != null && process.versions.node != null;
+
 function loadWasm() {
   if (!loading) {
     const url = new URL('./wasm/redistribute_client_bg.wasm', import.meta.url);
-    const isNode = typeof process !== 'undefined' && process.versions != null && process.versions.node != null;
     loading = isNode && url.protocol === 'file:'
       ? import(/* @vite-ignore */ /* webpackIgnore: true */ NODE_FS).then((fs) => fs.readFile(url)).then((bytes) => init({ module_or_path: bytes }))
       : init({ module_or_path: url });
@@ -100,7 +102,7 @@ function checkOptions(options) {
       throw invalid(`option ${name} must be a number ≥ ${min}, got ${describe(value)}`);
     }
   }
-  for (const [name, type] of [['localStorage', 'boolean'], ['storagePrefix', 'string']]) {
+  for (const [name, type] of [['localStorage', 'boolean'], ['storagePrefix', 'string'], ['shareConnection', 'boolean']]) {
     const value = options[name];
     if (value !== undefined && typeof value !== type) throw invalid(`option ${name} must be a ${type}, got ${describe(value)}`);
   }
@@ -147,21 +149,19 @@ const define = (object, key, value) =>
 export class Client {
   #listeners = new Map();
   #autoAck = new Set();
-  #inner = null;
-  #closed = false;
-  #ready;
+  #link;
   #encode;
   #decode;
 
   constructor(options) {
     ({ encode: this.#encode, decode: this.#decode } = checkOptions(options));
-    this.#ready = loadWasm().then(() => {
-      if (!this.#closed) {
-        this.#inner = new WasmClient(options, (event, ...args) => this.#fromModule(event, args));
-      }
-    });
-    // Construction errors (bad options) reject every call and are reported once as an event.
-    this.#ready.catch((err) => queueMicrotask(() => this.#emit('error', err)));
+    const start = (emit) => loadWasm().then(() => new WasmClient(options, (event, ...args) => emit(event, args)));
+    const deliver = (event, args) => this.#fromModule(event, args);
+    // Tabs of one origin with the same servers and storage share one connection (see tabs.js).
+    const shared = !isNode && options.shareConnection !== false && canShare();
+    const targets = typeof options.targets === 'string' ? [options.targets] : options.targets;
+    const name = `${options.storagePrefix ?? 'redistribute:v1:'} ${targets.join(' ')}`;
+    this.#link = shared ? new SharedLink(name, start, deliver) : new DirectLink(start, deliver);
   }
 
   /** Adds a listener for `state`, `connect`, `connect_error`, `disconnect`, `messages`, `broadcast`, `outbox`, `published` or `error`. */
@@ -255,14 +255,8 @@ export class Client {
     this.ack(channel, meta.group, messages.map((m) => m.offset)).catch((err) => this.#emit('error', err));
   }
 
-  async #client() {
-    await this.#ready;
-    if (this.#inner === null) {
-      const err = new Error('the client was closed');
-      err.code = 'closed';
-      throw err;
-    }
-    return this.#inner;
+  #call(op, ...args) {
+    return this.#link.call(op, args);
   }
 
   /**
@@ -277,8 +271,7 @@ export class Client {
       requireString(consumer, 'consumer');
       if (offset !== undefined) requireString(offset, 'offset');
       if (typeof autoAck !== 'boolean') throw invalid(`autoAck must be a boolean, got ${describe(autoAck)}`);
-      const client = await this.#client();
-      const joined = await client.joinGroup(channel, group, consumer, offset);
+      const joined = await this.#call('joinGroup', channel, group, consumer, offset);
       const key = `${channel}\u0000${group}`;
       if (autoAck) this.#autoAck.add(key);
       else this.#autoAck.delete(key);
@@ -287,7 +280,7 @@ export class Client {
     if (options !== undefined && options !== null && typeof options !== 'string') {
       throw invalid(`the second argument of subscribe must be an offset string or { group, consumer }, got ${describe(options)}`);
     }
-    return (await this.#client()).subscribe(channel, options ?? undefined);
+    return this.#call('subscribe', channel, options ?? undefined);
   }
 
   /** Unsubscribes from `channel`, or leaves its consumer group with `{ group }`; resolves `true`. */
@@ -296,11 +289,10 @@ export class Client {
     if (options !== undefined && options !== null) {
       if (typeof options !== 'object') throw invalid(`the second argument of unsubscribe must be { group }, got ${describe(options)}`);
       const group = requireString(options.group, 'group');
-      const client = await this.#client();
       this.#autoAck.delete(`${channel}\u0000${group}`);
-      return client.leaveGroup(channel, group);
+      return this.#call('leaveGroup', channel, group);
     }
-    return (await this.#client()).unsubscribe(channel);
+    return this.#call('unsubscribe', channel);
   }
 
   /** Acknowledges consumer group deliveries (all or none); resolves with how many. */
@@ -309,14 +301,14 @@ export class Client {
     requireString(group, 'group');
     const list = Array.isArray(offsets) ? offsets : [offsets];
     list.forEach((offset, i) => requireString(offset, Array.isArray(offsets) ? `offsets[${i}]` : 'offsets'));
-    return (await this.#client()).ack(channel, group, list);
+    return this.#call('ack', channel, group, list);
   }
 
   /** Publishes field/value pairs to `channel`; resolves with the new message's offset. */
   async publish(channel, ...args) {
     requireString(channel, 'channel');
     const fields = encodeFields(args, this.#encode);
-    return (await this.#client()).publish(channel, fields);
+    return this.#call('publish', channel, fields, this.#link.key());
   }
 
   /**
@@ -325,7 +317,7 @@ export class Client {
    */
   async load(channel) {
     requireString(channel, 'channel');
-    const { entries, lastOffset, gap } = (await this.#client()).load(channel);
+    const { entries, lastOffset, gap } = await this.#call('load', channel);
     return { messages: this.#messages(channel, entries), lastOffset, gap };
   }
 
@@ -334,30 +326,29 @@ export class Client {
    * They are kept in localStorage, so those an earlier page left go out from this one.
    */
   async outbox() {
-    return (await this.#client()).outbox().map(({ id, channel, fields, sent, at }) =>
+    return (await this.#call('outbox')).map(({ id, channel, fields, sent, at }) =>
       ({ id, channel, message: this.#fields(channel, null, fields), sent, at }));
   }
 
   /** Takes an unsent publish out of the outbox (its call rejects with `cancelled`); resolves whether it was there. */
   async cancel(id) {
     requireString(id, 'id');
-    return (await this.#client()).cancel(id);
+    return this.#call('cancel', id);
   }
 
   /** True while a connection is open. */
   get connected() {
-    return this.#inner !== null && this.#inner.connected;
+    return this.#link.connected;
   }
 
   /** `'connecting'`, `'connected'`, `'disconnected'` (waiting to retry) or `'closed'`. */
   get state() {
-    if (this.#inner !== null) return this.#inner.state;
-    return this.#closed ? 'closed' : 'connecting';
+    return this.#link.state;
   }
 
   /** The server URL in use or being tried (null until the module has loaded). */
   get target() {
-    return this.#inner === null ? null : this.#inner.target;
+    return this.#link.target;
   }
 
   /**
@@ -365,12 +356,7 @@ export class Client {
    * the outbox is abandoned (its publishes reject with `closed`; a page that is simply left keeps them).
    */
   close() {
-    this.#closed = true;
-    if (this.#inner !== null) {
-      this.#inner.close();
-      this.#inner.free();
-      this.#inner = null;
-    }
+    this.#link.close();
   }
 }
 

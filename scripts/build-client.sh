@@ -16,11 +16,12 @@ tarball=dist/redistribute-client-$version.tgz
 cargo build --quiet --locked -p redistribute-client --lib --target wasm32-unknown-unknown --profile wasm-release
 
 # What a browser downloads, each file gzipped on its own, must stay within the budget (bytes).
-# The goal is 60 KB (issue 14); the budget is where the package stands, so it cannot grow unseen.
-budget=${SIZE_BUDGET:-75000}
+# The goal is 60 KB (issue 14); the budget is where the package stands, so it cannot grow unseen
+# (78.6 KB with the durable outbox and tab sharing; docs/BENCHMARKS.md has the breakdown).
+budget=${SIZE_BUDGET:-79000}
 check_size() {
   local total=0 f
-  for f in "$dist/wasm/redistribute_client_bg.wasm" "$dist/wasm/redistribute_client.js" "$dist/index.js"; do
+  for f in "$dist/wasm/redistribute_client_bg.wasm" "$dist/wasm/redistribute_client.js" "$dist/index.js" "$dist/tabs.js"; do
     printf '  %-30s %8d B raw %8d B gzip\n' "$(basename "$f")" "$(wc -c <"$f")" "$(gzip -9c "$f" | wc -c)"
     total=$((total + $(gzip -9c "$f" | wc -c)))
   done
@@ -56,6 +57,7 @@ esbuild=node_modules/.bin/esbuild
 minify() { "$esbuild" "$1" --format=esm --minify-whitespace --minify-syntax --log-level=warning --outfile="$2"; }
 minify "$out/redistribute_client.js" "$dist/wasm/redistribute_client.js"
 minify pkg-template/index.js "$dist/index.js"
+minify pkg-template/tabs.js "$dist/tabs.js"
 # Minifying drops the comments that tell bundlers to leave the Node-only import alone; put them
 # back (and fail loudly if the code they belong to changed shape).
 hint='import(/* @vite-ignore */ /* webpackIgnore: true */ NODE_FS)'

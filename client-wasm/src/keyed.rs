@@ -47,6 +47,10 @@ impl<K: PartialEq + Clone, V> Keyed<K, V> {
         self.0.iter().map(|(k, _)| k.clone()).collect()
     }
 
+    pub(crate) fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
+        self.0.iter_mut().map(|(_, v)| v)
+    }
+
     pub(crate) fn iter(&self) -> impl Iterator<Item = &(K, V)> {
         self.0.iter()
     }

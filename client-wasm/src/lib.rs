@@ -85,10 +85,16 @@ impl WasmClient {
 
     /// Subscribes; resolves `true` once the server confirmed. `offset`: `"$"`, `"0"` or an ID;
     /// without it, the client resumes after the last stored offset, else starts at `"$"`.
-    pub fn subscribe(&self, channel: String, offset: Option<String>) -> Result<Promise, JsValue> {
+    /// `seen`: the last offset the tabs sharing this client were given (a tab that takes over
+    /// the connection): without `offset`, the client resumes after it if that is earlier.
+    pub fn subscribe(&self, channel: String, offset: Option<String>, seen: Option<String>) -> Result<Promise, JsValue> {
         check_channel(&channel)?;
         let offset = match offset {
             Some(text) => Some(text.parse::<Start>().map_err(|e| argument_error(e.to_string()))?),
+            None => None,
+        };
+        let seen = match seen {
+            Some(text) => Some(text.parse::<StreamId>().map_err(|e| argument_error(e.to_string()))?),
             None => None,
         };
         let (promise, pending) = Client::promise();
@@ -96,6 +102,10 @@ impl WasmClient {
             let (stored, problems) = match (&mut inner.store, offset) {
                 (Some(store), None) => store.last_offset(&channel),
                 _ => (None, Vec::new()),
+            };
+            let stored = match (stored, seen) {
+                (Some(stored), Some(seen)) => Some(stored.min(seen)),
+                (stored, seen) => stored.or(seen),
             };
             let effects = inner.machine.subscribe(&channel, offset, stored, pending);
             problems.iter().map(problem_effect).chain(effects).collect()
@@ -164,12 +174,19 @@ impl WasmClient {
     }
 
     /// Publishes `fields` = `[field, value, …]`, strings (the package's JavaScript encodes the
-    /// values); resolves with the new offset.
-    pub fn publish(&self, channel: String, fields: Array) -> Result<Promise, JsValue> {
+    /// values); resolves with the new offset. `key`: the idempotency key, when the caller made
+    /// one (a tab relaying its publish); else the client makes one.
+    pub fn publish(&self, channel: String, fields: Array, key: Option<String>) -> Result<Promise, JsValue> {
         check_channel(&channel)?;
         let fields = publish_fields(&fields)?;
+        if key.as_deref().is_some_and(|key| !redistribute_protocol::request::is_idempotency_key(key)) {
+            return Err(argument_error("an idempotency key is 1 to 64 printable ASCII characters"));
+        }
         let (promise, pending) = Client::promise();
-        self.client.step(|inner| inner.machine.publish(&channel, fields, pending));
+        self.client.step(|inner| match key {
+            Some(key) => inner.machine.publish_as(key, &channel, fields, pending),
+            None => inner.machine.publish(&channel, fields, pending),
+        });
         Ok(promise)
     }
 
@@ -252,9 +269,16 @@ impl WasmClient {
         self.client.inner.borrow().machine.target().to_owned()
     }
 
-    /// Closes the socket, stops timers, writes buffered messages, and fails pending calls.
+    /// Closes the socket, stops timers, writes buffered messages, and fails pending calls; the
+    /// outbox is abandoned.
     pub fn close(&self) {
         self.client.step(|inner| inner.machine.close());
+    }
+
+    /// Like `close`, but the outbox stays in storage for the tab that takes over.
+    #[wasm_bindgen(js_name = handOver)]
+    pub fn hand_over(&self) {
+        self.client.step(|inner| inner.machine.hand_over());
     }
 }
 

@@ -503,10 +503,31 @@ impl<R> Machine<R> {
 
     /// `publish(channel, fields)`, with `fields` already validated and encoded.
     pub fn publish(&mut self, channel: &str, fields: Vec<String>, done: R) -> Vec<Effect<R>> {
+        self.publish_keyed(channel, fields, None, done)
+    }
+
+    /// `publish` with the caller's idempotency key (a tab relaying its publish to the leading
+    /// tab, see the package's tab sharing). When a publish with that key already waits with no
+    /// call to settle (restored from storage, where the previous leading tab saved it), the call
+    /// settles with it instead of publishing again.
+    pub fn publish_as(&mut self, key: String, channel: &str, fields: Vec<String>, done: R) -> Vec<Effect<R>> {
+        let queued = self.queue.iter_mut().map(|(p, d)| (&*p, d));
+        let sent = self.in_flight.values_mut().filter_map(|(pending, _)| match pending {
+            InFlight::Publish(p, d) => Some((&*p, d)),
+            _ => None,
+        });
+        if let Some((_, waiting)) = queued.chain(sent).find(|(p, d)| p.key == key && d.is_none()) {
+            *waiting = Some(done);
+            return Vec::new();
+        }
+        self.publish_keyed(channel, fields, Some(key), done)
+    }
+
+    fn publish_keyed(&mut self, channel: &str, fields: Vec<String>, key: Option<String>, done: R) -> Vec<Effect<R>> {
         match self.link {
             Link::Closed => vec![Effect::Reject(done, closed())],
             Link::Open => {
-                let publication = self.publication(channel, fields);
+                let publication = self.publication(channel, fields, key);
                 vec![Effect::Outboxed(publication.clone()), self.send_publish(publication, Some(done))]
             }
             Link::Down | Link::Connecting | Link::Authenticating if self.queue.len() >= self.settings.max_queue => {
@@ -518,7 +539,7 @@ impl<R> Machine<R> {
                 )]
             }
             Link::Down | Link::Connecting | Link::Authenticating => {
-                let publication = self.publication(channel, fields);
+                let publication = self.publication(channel, fields, key);
                 self.queue.push_back((publication.clone(), Some(done)));
                 vec![Effect::Outboxed(publication)]
             }
@@ -564,9 +585,11 @@ impl<R> Machine<R> {
         Some(settle(publication, done, Err(error)))
     }
 
-    fn publication(&mut self, channel: &str, fields: Vec<String>) -> Publication {
-        self.published += 1;
-        let key = format!("{}-{}", self.settings.client_id, self.published);
+    fn publication(&mut self, channel: &str, fields: Vec<String>, key: Option<String>) -> Publication {
+        let key = key.unwrap_or_else(|| {
+            self.published += 1;
+            format!("{}-{}", self.settings.client_id, self.published)
+        });
         Publication { channel: channel.to_owned(), fields, key, at: self.now }
     }
 
@@ -874,24 +897,39 @@ impl<R> Machine<R> {
         vec![Effect::State(State::Connecting), Effect::Connect(self.target().to_owned())]
     }
 
-    /// `close()`: everything pending fails with `closed`; nothing reconnects.
+    /// `close()`: everything pending fails with `closed`, the outbox is abandoned; nothing
+    /// reconnects.
     pub fn close(&mut self) -> Vec<Effect<R>> {
+        self.shut(false)
+    }
+
+    /// Like [`Machine::close`], but the outbox stays in storage for whoever takes over (the
+    /// next leading tab): the calls fail with `closed`, their publishes are not abandoned.
+    pub fn hand_over(&mut self) -> Vec<Effect<R>> {
+        self.shut(true)
+    }
+
+    fn shut(&mut self, keep_outbox: bool) -> Vec<Effect<R>> {
         if self.link == Link::Closed {
             return Vec::new();
         }
+        let leave = |publication, done: Option<R>| match keep_outbox {
+            true => done.map(|done| Effect::Reject(done, closed())).into_iter().collect(),
+            false => settle(publication, done, Err(closed())),
+        };
         self.link = Link::Closed;
         let mut effects = vec![Effect::CloseSocket, Effect::State(State::Closed)];
         for (_, (pending, _)) in self.in_flight.take() {
             match pending {
                 InFlight::Subscribe(_) | InFlight::Auth => {}
                 InFlight::Unsubscribe(done) => effects.push(Effect::Resolve(done, Resolution::Unsubscribed)),
-                InFlight::Publish(publication, done) => effects.extend(settle(publication, done, Err(closed()))),
+                InFlight::Publish(publication, done) => effects.extend(leave(publication, done)),
                 InFlight::Ack(done) => effects.push(Effect::Reject(done, closed())),
             }
         }
-        // Abandoned: a page that is closed (not `close()`d) keeps its outbox for the next one.
+        // A page that is closed (not `close()`d) keeps its outbox for the next one.
         for (publication, done) in std::mem::take(&mut self.queue) {
-            effects.extend(settle(publication, done, Err(closed())));
+            effects.extend(leave(publication, done));
         }
         for (_, subscription) in self.subscriptions.take() {
             effects.extend(subscription.waiters.into_iter().map(|w| Effect::Reject(w, closed())));
@@ -1193,6 +1231,30 @@ mod tests {
         // Restored while connected: sent at once.
         let effects = core.restore(vec![publication("late-1", "z")]);
         assert_eq!(sent(&effects)[0]["idempotency_key"], "late-1");
+    }
+
+    #[test]
+    fn a_relayed_publish_with_the_key_of_a_restored_one_settles_with_it() {
+        let (mut core, _) = Machine::start(settings());
+        core.restore(vec![publication("tab-3", "x")]);
+        assert!(core.publish_as("tab-3".into(), "c", vec!["a".into(), "x".into()], 1).is_empty(), "joined");
+        let frames = sent(&core.opened());
+        assert_eq!(frames.len(), 1, "sent once: {frames:?}");
+        let effects = heard(core.received(r#"{"id":1,"ok":{"offset":"4-0"}}"#));
+        assert_eq!(effects, vec![Effect::Resolve(1, Resolution::Published(StreamId::new(4, 0)))]);
+        // Another key is a new publish, sent with that key.
+        let effects = core.publish_as("tab-4".into(), "c", vec!["a".into(), "y".into()], 2);
+        assert_eq!(sent(&effects)[0]["idempotency_key"], "tab-4");
+    }
+
+    #[test]
+    fn handing_over_keeps_the_outbox_for_the_next_leader() {
+        let (mut core, _) = Machine::start(settings());
+        core.restore(vec![publication("old-1", "x")]);
+        core.publish("c", vec!["a".into(), "1".into()], 1);
+        let effects = core.hand_over();
+        assert!(!effects.iter().any(|e| matches!(e, Effect::Settled(_) | Effect::Restored(..))), "{effects:?}");
+        assert!(effects.iter().any(|e| matches!(e, Effect::Reject(1, e) if e.code == "closed")));
     }
 
     #[test]

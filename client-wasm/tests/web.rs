@@ -179,10 +179,11 @@ async fn round_trip_in_the_entry_shape() {
     let events = Events::new();
     let client = WasmClient::new(options(&[server_a()], &[("localStorage", false.into())]), events.function()).unwrap();
     let channel = unique("rt");
-    assert_eq!(call(client.subscribe(channel.clone(), None)).await.unwrap(), JsValue::TRUE);
+    assert_eq!(call(client.subscribe(channel.clone(), None, None)).await.unwrap(), JsValue::TRUE);
     let offset = call(client.publish(
         channel.clone(),
         args(&["TEST_MESSAGE".into(), r#"{"foo":"bar"}"#.into(), "__proto__".into(), "x".into()]),
+        None,
     ))
     .await
     .unwrap()
@@ -209,17 +210,17 @@ async fn argument_errors_reject_clearly_without_a_server() {
         (args(&["k".into(), JsValue::UNDEFINED]), "must be strings"),
         (args(&["k".into(), object(r#"{"a":1}"#)]), "must be strings"),
     ] {
-        let error = call(client.publish(channel.clone(), bad)).await.unwrap_err();
+        let error = call(client.publish(channel.clone(), bad, None)).await.unwrap_err();
         assert_eq!(get(&error, "code").as_string().unwrap(), "invalid_argument");
         assert!(get(&error, "message").as_string().unwrap().contains(expect), "{expect}");
     }
-    let error = call(client.publish("bad channel".into(), args(&["k".into(), "v".into()]))).await.unwrap_err();
+    let error = call(client.publish("bad channel".into(), args(&["k".into(), "v".into()]), None)).await.unwrap_err();
     assert_eq!(get(&error, "code").as_string().unwrap(), "invalid_argument");
-    let error = call(client.subscribe(channel.clone(), Some("yesterday".into()))).await.unwrap_err();
+    let error = call(client.subscribe(channel.clone(), Some("yesterday".into()), None)).await.unwrap_err();
     assert_eq!(get(&error, "code").as_string().unwrap(), "invalid_argument");
     // The server's channel rules, checked before anything is sent (a name over 256 bytes).
     let long = "x".repeat(300);
-    let error = call(client.publish(long.clone(), args(&["k".into(), "v".into()]))).await.unwrap_err();
+    let error = call(client.publish(long.clone(), args(&["k".into(), "v".into()]), None)).await.unwrap_err();
     assert!(get(&error, "message").as_string().unwrap().contains("limit is 256"));
     for error in [client.load(long.clone()).unwrap_err(), client.unsubscribe(long).unwrap_err()] {
         assert_eq!(get(&error, "code").as_string().unwrap(), "invalid_argument");
@@ -236,7 +237,7 @@ async fn server_errors_reach_the_caller_and_the_client_goes_on() {
     // A group operation on a channel this connection is not a member of: the server refuses.
     let error = call(client.ack(channel.clone(), "g".into(), args(&["1-1".into()]))).await.unwrap_err();
     assert_eq!(get(&error, "code").as_string().unwrap(), "bad_request");
-    assert!(call(client.publish(channel, args(&["k".into(), "v".into()]))).await.is_ok());
+    assert!(call(client.publish(channel, args(&["k".into(), "v".into()]), None)).await.is_ok());
     client.close();
 }
 
@@ -247,9 +248,11 @@ async fn persistence_survives_a_new_client_and_resumes_without_gap_or_repeat() {
     let first_events = Events::new();
     let opts = || options(&[server_a()], &[("storagePrefix", JsValue::from_str(&prefix)), ("flushInterval", 0.into())]);
     let first = WasmClient::new(opts(), first_events.function()).unwrap();
-    call(first.subscribe(channel.clone(), None)).await.unwrap();
+    call(first.subscribe(channel.clone(), None, None)).await.unwrap();
     for i in 0..3 {
-        call(first.publish(channel.clone(), args(&["n".into(), JsValue::from_str(&i.to_string())]))).await.unwrap();
+        call(first.publish(channel.clone(), args(&["n".into(), JsValue::from_str(&i.to_string())]), None))
+            .await
+            .unwrap();
     }
     wait_for("3 messages", || first_events.messages(&channel).len() == 3).await;
     first.close();
@@ -264,7 +267,7 @@ async fn persistence_survives_a_new_client_and_resumes_without_gap_or_repeat() {
     assert_eq!(stored, first_events.offsets(&channel), "load returns what the first client received");
     assert_eq!(get(&loaded, "lastOffset").as_string(), stored.last().cloned());
     // No explicit offset: resumes after the stored last offset.
-    call(second.subscribe(channel.clone(), None)).await.unwrap();
+    call(second.subscribe(channel.clone(), None, None)).await.unwrap();
     wait_for("the missed message", || events.messages(&channel).len() == 1).await;
     let all = xrange(&channel).await;
     assert_eq!(events.offsets(&channel), vec![all[3].clone()], "exactly the message published meanwhile");
@@ -289,7 +292,7 @@ async fn publishes_made_offline_survive_the_page_and_are_stored_once_in_order() 
     // reply removed it from the outbox (simulated by putting the record back).
     let online = WasmClient::new(opts(server_a()), Events::new().function()).unwrap();
     connected(&online).await;
-    let publish = online.publish(channel.clone(), args(&["n".into(), "0".into()]));
+    let publish = online.publish(channel.clone(), args(&["n".into(), "0".into()]), None);
     let [(stored_id, true)] = &outbox(&online)[..] else { panic!("sent and waiting: {:?}", outbox(&online)) };
     let record_key = format!("{prefix}~out~{stored_id}");
     let record = storage.get_item(&record_key).unwrap().expect("saved before it was sent");
@@ -302,7 +305,7 @@ async fn publishes_made_offline_survive_the_page_and_are_stored_once_in_order() 
     let offline = WasmClient::new(opts(NOWHERE), Events::new().function()).unwrap();
     let mut pending = Vec::new();
     for n in 1..=3 {
-        pending.push(offline.publish(channel.clone(), args(&["n".into(), JsValue::from_str(&n.to_string())])));
+        pending.push(offline.publish(channel.clone(), args(&["n".into(), JsValue::from_str(&n.to_string())]), None));
     }
     let listed = outbox(&offline);
     assert_eq!(listed.len(), 4, "the dead tab's publish and three new ones: {listed:?}");
@@ -318,7 +321,7 @@ async fn publishes_made_offline_survive_the_page_and_are_stored_once_in_order() 
     let events = Events::new();
     let next = WasmClient::new(opts(server_a()), events.function()).unwrap();
     assert_eq!(outbox(&next).len(), 3, "restored");
-    call(next.subscribe(channel.clone(), Some("0".into()))).await.unwrap();
+    call(next.subscribe(channel.clone(), Some("0".into()), None)).await.unwrap();
     wait_for("the restored publishes", || events.count("published") == 3 && outbox(&next).is_empty()).await;
     wait_for("their messages", || events.messages(&channel).len() == 3).await;
     let values: Vec<_> = events.messages(&channel).iter().map(|m| field(m, "n").unwrap()).collect();
@@ -353,7 +356,7 @@ async fn resumes_after_a_server_restart_while_another_process_publishes() {
     let events = Events::new();
     let client = WasmClient::new(options(&[server_a()], &[("localStorage", false.into())]), events.function()).unwrap();
     let channel = unique("restart");
-    call(client.subscribe(channel.clone(), Some("0".into()))).await.unwrap();
+    call(client.subscribe(channel.clone(), Some("0".into()), None)).await.unwrap();
     control("POST", &format!("/publisher?channel={channel}&count=300&interval=10")).await;
     wait_for("the first messages", || events.messages(&channel).len() >= 20).await;
     control("POST", "/server/0/stop").await;
@@ -385,14 +388,14 @@ async fn fails_over_to_the_second_target() {
     connected(&client).await;
     assert_eq!(client.target(), server_b());
     let channel = unique("failover");
-    call(client.subscribe(channel.clone(), None)).await.unwrap();
+    call(client.subscribe(channel.clone(), None, None)).await.unwrap();
     control("POST", &format!("/xadd?channel={channel}&field=n&value=0")).await;
     wait_for("the first message", || events.messages(&channel).len() == 1).await;
     control("POST", "/server/1/stop").await;
     // Published while the client moves: it must still arrive, once.
     control("POST", &format!("/xadd?channel={channel}&field=n&value=1")).await;
     // A publish made while disconnected waits and goes out after reconnecting.
-    let queued = client.publish(channel.clone(), args(&["n".into(), "2".into()]));
+    let queued = client.publish(channel.clone(), args(&["n".into(), "2".into()]), None);
     wait_for("a connection to the other target", || client.connected() && client.target() == server_a()).await;
     call(queued).await.unwrap();
     wait_for("all three messages", || events.messages(&channel).len() == 3).await;
@@ -417,9 +420,9 @@ async fn with_storage_full_the_stored_log_stops_contiguous_and_catches_up_once_t
     let opts = || options(&[server_a()], &[("storagePrefix", JsValue::from_str(&prefix)), ("flushInterval", 0.into())]);
     let events = Events::new();
     let client = WasmClient::new(opts(), events.function()).unwrap();
-    call(client.subscribe(channel.clone(), None)).await.unwrap();
+    call(client.subscribe(channel.clone(), None, None)).await.unwrap();
     let publish =
-        |i: u32| call(client.publish(channel.clone(), args(&["n".into(), JsValue::from_str(&i.to_string())])));
+        |i: u32| call(client.publish(channel.clone(), args(&["n".into(), JsValue::from_str(&i.to_string())]), None));
     // A fresh client on the same storage (aimed nowhere: it only reads) sees what is stored.
     let probe_events = Events::new();
     let stored_now = || {
@@ -468,7 +471,7 @@ async fn with_storage_full_the_stored_log_stops_contiguous_and_catches_up_once_t
         // Noted when even the full storage had room for the small record.
         assert_eq!(get(&gap, "after").as_string().as_deref(), Some(all[4].as_str()));
     }
-    call(reloaded.subscribe(channel.clone(), None)).await.unwrap();
+    call(reloaded.subscribe(channel.clone(), None, None)).await.unwrap();
     wait_for("the replayed rest", || reloaded_events.messages(&channel).len() == 10).await;
     assert_eq!(reloaded_events.offsets(&channel), all[5..].to_vec(), "exactly the unstored ones, once");
     reloaded.close();
@@ -502,8 +505,8 @@ async fn a_corrupted_stored_value_is_reported_and_discarded() {
     assert_eq!(events.error_codes(), vec!["storage_corrupt".to_owned()]);
     assert!(storage.get_item(&format!("{prefix}{channel}")).unwrap().is_none(), "the bad value is gone");
     // The client works normally afterwards, and stores again.
-    call(client.subscribe(channel.clone(), None)).await.unwrap();
-    call(client.publish(channel.clone(), args(&["n".into(), "1".into()]))).await.unwrap();
+    call(client.subscribe(channel.clone(), None, None)).await.unwrap();
+    call(client.publish(channel.clone(), args(&["n".into(), "1".into()]), None)).await.unwrap();
     wait_for("the message", || events.messages(&channel).len() == 1).await;
     wait_for("it to be stored", || Array::from(&get(&client.load(channel.clone()).unwrap(), "entries")).length() == 1)
         .await;
@@ -529,18 +532,18 @@ async fn get_token_authenticates_every_connection_and_refreshes_before_expiry() 
     let before = tokens_issued().await;
     let client = WasmClient::new(opts, events.function()).unwrap();
     let mine = "user:ann";
-    assert_eq!(call(client.subscribe(mine.into(), None)).await.unwrap(), JsValue::TRUE);
-    let offset = call(client.publish(mine.into(), args(&["k".into(), "v".into()]))).await.unwrap();
+    assert_eq!(call(client.subscribe(mine.into(), None, None)).await.unwrap(), JsValue::TRUE);
+    let offset = call(client.publish(mine.into(), args(&["k".into(), "v".into()]), None)).await.unwrap();
     wait_for("the message", || events.offsets(mine).contains(&offset.as_string().unwrap())).await;
     // Someone else's channel stays closed.
-    let error = call(client.subscribe("user:bob".into(), None)).await.unwrap_err();
+    let error = call(client.subscribe("user:bob".into(), None, None)).await.unwrap_err();
     assert_eq!(get(&error, "code").as_string().unwrap(), "forbidden");
     // A 3-second token is refreshed on the same connection (after about 1.5 s), not reconnected.
     sleep(4000).await;
     assert!(tokens_issued().await >= before + 2, "a fresh token was fetched");
     assert_eq!(events.count("connect"), 1, "the connection lived past the first token's expiry");
     assert_eq!(events.count("disconnect"), 0);
-    let again = call(client.publish(mine.into(), args(&["k".into(), "w".into()]))).await;
+    let again = call(client.publish(mine.into(), args(&["k".into(), "w".into()]), None)).await;
     assert!(again.is_ok(), "still authenticated: {again:?}");
     client.close();
 }
@@ -550,7 +553,7 @@ async fn a_refused_token_rejects_the_waiting_calls_and_says_why() {
     let events = Events::new();
     let opts = options(&[server_auth()], &[("localStorage", false.into()), ("token", "not.a.token".into())]);
     let client = WasmClient::new(opts, events.function()).unwrap();
-    let error = call(client.subscribe("user:ann".into(), None)).await.unwrap_err();
+    let error = call(client.subscribe("user:ann".into(), None, None)).await.unwrap_err();
     assert_eq!(get(&error, "code").as_string().unwrap(), "unauthorized");
     assert!(events.error_codes().contains(&"unauthorized".to_owned()));
     wait_for("the connection to go on without a token", || client.connected()).await;
@@ -560,7 +563,7 @@ async fn a_refused_token_rejects_the_waiting_calls_and_says_why() {
     let throws = Function::new_no_args("throw new Error('auth service down')");
     let opts = options(&[server_auth()], &[("localStorage", false.into()), ("getToken", throws.into())]);
     let client = WasmClient::new(opts, events.function()).unwrap();
-    let error = call(client.publish("user:ann".into(), args(&["k".into(), "v".into()]))).await.unwrap_err();
+    let error = call(client.publish("user:ann".into(), args(&["k".into(), "v".into()]), None)).await.unwrap_err();
     assert_eq!(get(&error, "code").as_string().unwrap(), "unauthorized");
     assert!(get(&error, "message").as_string().unwrap().contains("auth service down"));
     client.close();

@@ -163,6 +163,93 @@ test('messages sent offline wait in the outbox across a reload and are stored on
   await context.close();
 });
 
+/** WebSocket connections open on the two servers now, from their /metrics. */
+async function websockets() {
+  let total = 0;
+  for (const server of [httpA, httpB]) {
+    const text = await (await fetch(new URL('/metrics', server))).text();
+    total += Number(/^redistribute_websockets_open (\d+)$/m.exec(text)[1]);
+  }
+  return total;
+}
+
+/** Waits until `count()` returns `expected` (connections close asynchronously). */
+async function until(what, count, expected) {
+  const deadline = Date.now() + PATIENCE;
+  let last;
+  while ((last = await count()) !== expected) {
+    if (Date.now() > deadline) assert.fail(`${what}: ${last}, expected ${expected}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+test('three tabs share one connection; when the leading tab closes another takes over and misses nothing', async () => {
+  const channel = unique('tabs');
+  await until('no connection left from earlier tests', websockets, 0);
+  const context = await browser.newContext();
+  const tabs = [];
+  for (let i = 0; i < 3; i += 1) {
+    tabs.push(await open(context, RD_APP, [RD_SERVER_A, RD_SERVER_B], channel));
+    await connectedTo(tabs[i], RD_SERVER_A);
+  }
+  await until('connections for three tabs', websockets, 1);
+  // A follower publishes through the leader; every tab shows it.
+  await say(tabs[2], 'carol', 'from the third tab');
+  for (const tab of tabs) await waitForMessages(tab, channel, 1, 'a follower\'s publish');
+
+  await control('POST', `/publisher?channel=${channel}&count=300&interval=10`);
+  for (const tab of tabs) await waitForMessages(tab, channel, 30, 'before the leader goes');
+  await tabs[0].close();
+  await control('GET', '/publisher/wait');
+  const stream = await xrange(channel);
+  assert.equal(stream.length, 301);
+  for (const tab of tabs.slice(1)) {
+    await waitForMessages(tab, channel, 301, 'after the handover');
+    assert.deepEqual(await received(tab, channel), stream, 'exactly the stream, in order');
+  }
+  await until('connections for the two tabs left', websockets, 1);
+  await context.close();
+});
+
+test('shared tabs: each tab gets what it follows; publishes waiting at a handover are stored once', async () => {
+  const [main, side] = [unique('main'), unique('side')];
+  const context = await browser.newContext();
+  const leader = await open(context, RD_APP, [RD_SERVER_A, RD_SERVER_B], main);
+  await connectedTo(leader, RD_SERVER_A);
+  const follower = await open(context, RD_APP, [RD_SERVER_A, RD_SERVER_B], main);
+  await connectedTo(follower, RD_SERVER_A);
+  // Only the follower follows `side`.
+  await follower.evaluate((c) => window.demo.client.subscribe(c), side);
+  await control('POST', `/xadd?channel=${side}&field=text&value=only-for-the-follower`);
+  await waitForMessages(follower, side, 1, 'the follower\'s own channel');
+  // The follower leaves `main`; the leader still gets it.
+  await follower.evaluate((c) => window.demo.client.unsubscribe(c), main);
+  await control('POST', `/xadd?channel=${main}&field=text&value=still-followed`);
+  await waitForMessages(leader, main, 1, 'the leader still follows main');
+  assert.deepEqual(await received(leader, side), [], 'the leader never asked for side');
+
+  // No server: the follower's publishes wait in the leader's outbox; then the leader goes.
+  await control('POST', '/server/0/stop');
+  await control('POST', '/server/1/stop');
+  try {
+    await follower.waitForFunction(() => document.body.dataset.state !== 'connected', null, { timeout: PATIENCE });
+    await follower.evaluate((c) => {
+      window.sent = [1, 2].map((n) => window.demo.client.publish(c, 'n', n));
+    }, side);
+    await follower.waitForFunction(() => document.body.dataset.outbox === '2', null, { timeout: PATIENCE });
+    await leader.close();
+  } finally {
+    await control('POST', '/server/1/start');
+    await control('POST', '/server/0/start');
+  }
+  const offsets = await follower.evaluate(() => Promise.all(window.sent));
+  const stream = await xrange(side);
+  assert.deepEqual(stream.slice(1), offsets, 'each publish stored once, its call resolved with its offset');
+  await waitForMessages(follower, side, 3, 'its publishes');
+  assert.deepEqual(await received(follower, side), stream);
+  await context.close();
+});
+
 test('failover: the page moves to the other server and misses nothing', async () => {
   const channel = unique('failover');
   const context = await browser.newContext();
