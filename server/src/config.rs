@@ -11,6 +11,11 @@ pub struct Config {
     /// Redis URIs; channels are sharded over them by a stable hash of the channel name. Empty:
     /// the embedded memory engine (one instance only).
     pub targets: Vec<String>,
+    /// Seed nodes of a Redis Cluster to run on, instead of `targets` (give one or the other).
+    pub cluster: Vec<String>,
+    /// The cluster's partitions: each has one stream reader per instance and its own hash tag
+    /// in the keys of its channels, so the number is fixed for the life of the data.
+    pub partitions: usize,
     /// Bounds of the memory engine (used when `targets` is empty).
     pub memory: crate::engine::MemoryLimits,
     /// Largest text frame answered normally; larger ones get a `too_large` error reply.
@@ -99,6 +104,8 @@ impl Default for Config {
             history_page: 1000,
             read_count: 1000,
             readers_per_target: 1,
+            cluster: Vec::new(),
+            partitions: 16,
             block: Duration::from_secs(5),
             redis_timeout: Duration::from_secs(5),
             default_maxlen: None,
@@ -115,6 +122,9 @@ impl Default for Config {
     }
 }
 
+/// Most partitions a cluster may have: each is a stream reader (a Redis connection) per instance.
+pub const MAX_PARTITIONS: usize = 1024;
+
 impl Config {
     /// Defaults with the given Redis targets.
     pub fn with_targets<I, S>(targets: I) -> Self
@@ -123,6 +133,15 @@ impl Config {
         S: Into<String>,
     {
         Config { targets: targets.into_iter().map(Into::into).collect(), ..Config::default() }
+    }
+
+    /// Defaults on the Redis Cluster reached through these seed nodes.
+    pub fn with_cluster<I, S>(seeds: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Config { cluster: seeds.into_iter().map(Into::into).collect(), ..Config::default() }
     }
 
     /// Frames above this are not even read: the connection closes with 1009. Between
@@ -150,6 +169,7 @@ impl Config {
             ("history_page", self.history_page),
             ("read_count", self.read_count),
             ("readers_per_target", self.readers_per_target),
+            ("partitions", self.partitions),
             ("read_buffer_bytes", self.read_buffer_bytes),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
@@ -190,7 +210,16 @@ impl Config {
         if let Some(n) = maxlens.into_iter().find(|n| *n == 0 || *n > max) {
             return Err(crate::Error::Config(format!("maxlen {n} is out of range: 1 to {max}")));
         }
-        if self.targets.is_empty() && (self.memory.max_bytes == 0 || self.memory.max_entries_per_channel == 0) {
+        if !self.targets.is_empty() && !self.cluster.is_empty() {
+            return Err(crate::Error::Config("give Redis targets or a Redis Cluster, not both".into()));
+        }
+        if self.partitions > MAX_PARTITIONS {
+            return Err(crate::Error::Config(format!("at most {MAX_PARTITIONS} partitions")));
+        }
+        if self.targets.is_empty()
+            && self.cluster.is_empty()
+            && (self.memory.max_bytes == 0 || self.memory.max_entries_per_channel == 0)
+        {
             return Err(crate::Error::Config("memory engine limits must be at least 1".into()));
         }
         Ok(())

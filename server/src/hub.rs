@@ -174,6 +174,8 @@ struct ReaderSignal {
 pub(crate) struct Partition {
     /// Index of the Redis target these channels live on.
     pub(crate) target: usize,
+    /// Its index among the target's partitions (on a cluster, the `{p<n>}` of its keys).
+    pub(crate) within: usize,
     channels: Mutex<HashMap<String, Channel>>,
     hooks: Arc<dyn DynHooks>,
     join_buffer_limit: usize,
@@ -188,9 +190,10 @@ impl std::fmt::Debug for Partition {
 }
 
 impl Partition {
-    pub(crate) fn new(target: usize, hooks: Arc<dyn DynHooks>, join_buffer_limit: usize) -> Self {
+    pub(crate) fn new(target: usize, within: usize, hooks: Arc<dyn DynHooks>, join_buffer_limit: usize) -> Self {
         Partition {
             target,
+            within,
             channels: Mutex::default(),
             hooks,
             join_buffer_limit,
@@ -456,7 +459,7 @@ mod tests {
 
     #[test]
     fn shares_one_encoding_among_live_subscribers() {
-        let part = Partition::new(0, Arc::new(AllowAll), 100);
+        let part = Partition::new(0, 0, Arc::new(AllowAll), 100);
         let (a, mut rx_a) = Outbox::new(1 << 20, crate::outbox::tests::total());
         let (b, mut rx_b) = Outbox::new(1 << 20, crate::outbox::tests::total());
         assert!(part.join("c", &conn(1), &a, StreamId::ZERO));
@@ -472,7 +475,7 @@ mod tests {
 
     #[test]
     fn joining_parks_batches_then_hands_over_without_duplicates() {
-        let part = Partition::new(0, Arc::new(AllowAll), 100);
+        let part = Partition::new(0, 0, Arc::new(AllowAll), 100);
         let (a, mut rx) = Outbox::new(1 << 20, crate::outbox::tests::total());
         part.join("c", &conn(1), &a, StreamId::ZERO);
         part.deliver("c", StreamId::ZERO, vec![entry(1, "a"), entry(2, "b")]);
@@ -495,7 +498,7 @@ mod tests {
 
     #[test]
     fn stale_reads_are_ignored_and_live_skips_what_was_sent() {
-        let part = Partition::new(0, Arc::new(AllowAll), 100);
+        let part = Partition::new(0, 0, Arc::new(AllowAll), 100);
         let (a, mut rx) = Outbox::new(1 << 20, crate::outbox::tests::total());
         part.join("c", &conn(1), &a, StreamId::new(5, 0));
         part.take_buffer("c", 1, StreamId::new(6, 0));
@@ -506,7 +509,7 @@ mod tests {
 
     #[test]
     fn overflowing_join_buffer_kicks() {
-        let part = Partition::new(0, Arc::new(AllowAll), 2);
+        let part = Partition::new(0, 0, Arc::new(AllowAll), 2);
         let (a, rx) = Outbox::new(1 << 20, crate::outbox::tests::total());
         part.join("c", &conn(1), &a, StreamId::ZERO);
         part.deliver("c", StreamId::ZERO, vec![entry(1, "a"), entry(2, "b"), entry(3, "c")]);
@@ -515,7 +518,7 @@ mod tests {
 
     #[test]
     fn leaving_forgets_empty_channels() {
-        let part = Partition::new(0, Arc::new(AllowAll), 2);
+        let part = Partition::new(0, 0, Arc::new(AllowAll), 2);
         let (a, _rx) = Outbox::new(1 << 20, crate::outbox::tests::total());
         let g = part.generation();
         part.join("c", &conn(1), &a, StreamId::ZERO);

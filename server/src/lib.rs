@@ -99,13 +99,13 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// The partition (and so the reader) that follows `channel`: its target's share, then a
-    /// second hash over that target's readers.
+    /// The partition (and so the reader) that follows `channel`: its target's share, then
+    /// [`engine::partition_of`] over that target's readers (on a cluster, the partition its key
+    /// names).
     pub(crate) fn partition_of(&self, channel: &str) -> &Arc<Partition> {
-        let readers = self.config.readers_per_target;
+        let readers = self.partitions.len() / self.engine.target_count();
         let target = self.engine.target_of(channel);
-        let within = (engine::channel_hash(channel).rotate_left(32) % readers as u64) as usize;
-        &self.partitions[target * readers + within]
+        &self.partitions[target * readers + engine::partition_of(channel, readers)]
     }
 
     /// The trim of a publish that asks for none: the channel rule's, else the channel's own,
@@ -158,14 +158,19 @@ impl ServerBuilder {
     pub fn build(self) -> Result<Server, Error> {
         let config = self.config;
         config.validate()?;
-        let engine = if config.targets.is_empty() {
-            Engine::Memory(MemoryEngine::new(config.memory))
+        let (engine, readers) = if !config.cluster.is_empty() {
+            let cluster =
+                RedisEngine::cluster(&config.cluster, config.redis_timeout, &config.key_prefix, config.partitions)?;
+            (Engine::Redis(cluster), config.partitions)
+        } else if config.targets.is_empty() {
+            (Engine::Memory(MemoryEngine::new(config.memory)), config.readers_per_target)
         } else {
-            Engine::Redis(RedisEngine::new(&config.targets, config.redis_timeout, &config.key_prefix)?)
+            let redis = RedisEngine::new(&config.targets, config.redis_timeout, &config.key_prefix)?;
+            (Engine::Redis(redis), config.readers_per_target)
         };
         let partitions = (0..engine.target_count())
-            .flat_map(|target| (0..config.readers_per_target).map(move |_| target))
-            .map(|target| Arc::new(Partition::new(target, self.hooks.clone(), config.join_buffer)))
+            .flat_map(|target| (0..readers).map(move |within| (target, within)))
+            .map(|(target, within)| Arc::new(Partition::new(target, within, self.hooks.clone(), config.join_buffer)))
             .collect::<Vec<_>>();
         let access = Access::new(&config.access);
         let slots = slots::Slots::new(config.max_connections, config.max_connections_per_ip);

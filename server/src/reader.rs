@@ -56,7 +56,7 @@ async fn connect_and_follow(
     backoff: &mut Backoff,
     failing: &mut bool,
 ) -> Result<(), EngineError> {
-    let mut follower = shared.engine.follower(partition.target).await?;
+    let mut follower = shared.engine.follower(partition.target, partition.within).await?;
     partition.reader_connected(follower.wake_id());
     backoff.reset();
     if std::mem::take(failing) {
@@ -125,7 +125,7 @@ pub(crate) async fn run_waker(shared: Arc<Shared>, index: usize) {
             if shared.shutdown.is_cancelled() {
                 return;
             }
-            match shared.engine.wake(partition.target, wake_id).await {
+            match shared.engine.wake(partition.target, partition.within, wake_id).await {
                 Ok(true) => break,
                 // Not blocked yet: the read is in flight; try again in a moment.
                 Ok(false) => tokio::time::sleep(Duration::from_millis(1)).await,

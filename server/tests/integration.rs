@@ -1,6 +1,7 @@
 //! End-to-end tests of the server against a real `redis-server` and real WebSockets on loopback.
 
 mod access;
+mod cluster;
 mod conformance;
 mod fuzz;
 mod groups;

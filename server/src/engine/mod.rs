@@ -18,9 +18,9 @@ pub(crate) use self::error::list as offset_list;
 pub use self::error::{Chain, EngineError};
 
 pub use self::memory::{MemoryEngine, MemoryLimits, MemoryMember};
-pub(crate) use self::redis::channel_hash;
 pub use self::redis::follow::RedisFollower;
 pub use self::redis::groups::RedisMember;
+pub use self::redis::{Migration, cluster_key, migrate_to_cluster, partition_of, partition_tag, slot_of};
 pub use self::redis::{RedisEngine, Target};
 
 use redistribute_protocol::{Entry, Start, StreamId};
@@ -123,27 +123,32 @@ impl Engine {
         }
     }
 
-    /// A blocking reader for the channels of target `index` (for Redis, a dedicated connection).
+    /// A blocking reader for the channels of partition `within` of target `target` (for Redis,
+    /// a dedicated connection; on a cluster, to the master of the partition's slot).
     ///
     /// # Errors
     /// [`EngineError::Unavailable`] when the target cannot be reached.
-    pub async fn follower(&self, index: usize) -> Result<Follower, EngineError> {
+    pub async fn follower(&self, target: usize, within: usize) -> Result<Follower, EngineError> {
         match self {
             Engine::Redis(redis) => {
-                Ok(Follower::Redis(Box::new(RedisFollower::connect(&redis.targets()[index]).await?)))
+                Ok(Follower::Redis(Box::new(RedisFollower::connect(&redis.targets()[target], within).await?)))
             }
             Engine::Memory(memory) => Ok(Follower::Memory(memory.clone())),
         }
     }
 
-    /// Ends the blocked read of the follower with `wake_id` on target `index` early. Returns
-    /// whether it was blocked; if not, the caller tries again (the read may be about to block).
+    /// Ends the blocked read of the follower with `wake_id` (of partition `within` of target
+    /// `target`) early. Returns whether it was blocked; if not, the caller tries again (the read
+    /// may be about to block).
     ///
     /// # Errors
     /// When the command connection fails.
-    pub async fn wake(&self, index: usize, wake_id: i64) -> Result<bool, EngineError> {
+    pub async fn wake(&self, target: usize, within: usize, wake_id: i64) -> Result<bool, EngineError> {
         match self {
-            Engine::Redis(redis) => redis.targets()[index].unblock(wake_id).await,
+            Engine::Redis(redis) => {
+                let target = &redis.targets()[target];
+                target.unblock(&target.partition_key(within), wake_id).await
+            }
             Engine::Memory(memory) => Ok(memory.wake()),
         }
     }

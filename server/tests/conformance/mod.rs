@@ -1,7 +1,7 @@
 //! One conformance suite, run against both engines: the same code checks Redis (a real
 //! `redis-server`) and the embedded memory engine for the semantics the server relies on.
 
-use redistribute::engine::{Engine, EngineError, MemoryEngine};
+use redistribute::engine::{Engine, EngineError, MemoryEngine, partition_of};
 use redistribute::groups::{self, Consumer, GroupOptions};
 use redistribute::protocol::{Start, StreamId};
 use std::collections::HashSet;
@@ -18,6 +18,21 @@ macro_rules! conformance {
                     let redis = crate::support::Redis::start();
                     let engine = redistribute::engine::Engine::Redis(
                         redistribute::engine::RedisEngine::new(&[redis.url()], std::time::Duration::from_secs(5), crate::support::PREFIX)
+                            .unwrap(),
+                    );
+                    super::$case(&engine).await;
+                }
+            )*
+        }
+        mod cluster_engine {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    // One cluster for all cases; each has its own keys.
+                    let cluster = crate::support::RedisCluster::shared();
+                    let prefix = format!("{}:{}:", stringify!($case), std::process::id());
+                    let engine = redistribute::engine::Engine::Redis(
+                        redistribute::engine::RedisEngine::cluster(&cluster.seeds(), std::time::Duration::from_secs(5), &prefix, 16)
                             .unwrap(),
                     );
                     super::$case(&engine).await;
@@ -126,9 +141,12 @@ async fn trimming_keeps_the_newest_and_reports_the_loss(engine: &Engine) {
 
 async fn tail_reads_wake_on_append_and_on_wake(engine: &Engine) {
     let last = engine.publish("tail", &fields(0), None).await.unwrap();
-    let mut follower = engine.follower(0).await.unwrap();
+    // A follower reads one partition (on a cluster, one slot): "tail" and another of its channels.
+    let partition = partition_of("tail", 16);
+    let other = (0..).map(|i| format!("other-{i}")).find(|c| partition_of(c, 16) == partition).unwrap();
+    let mut follower = engine.follower(0, partition).await.unwrap();
     let block = Duration::from_secs(60); // longer than the test's patience: only a wake or data ends it
-    let streams = vec![("tail".to_owned(), last), ("other".to_owned(), StreamId::ZERO)];
+    let streams = vec![("tail".to_owned(), last), (other, StreamId::ZERO)];
     let reading = tokio::spawn(async move {
         let got = follower.read(&streams, 100, block, Duration::from_secs(5)).await.unwrap();
         (follower, got)
@@ -146,7 +164,7 @@ async fn tail_reads_wake_on_append_and_on_wake(engine: &Engine) {
     let reading =
         tokio::spawn(async move { follower.read(&streams, 100, block, Duration::from_secs(5)).await.unwrap() });
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !engine.wake(0, wake_id).await.unwrap() {
+    while !engine.wake(0, partition, wake_id).await.unwrap() {
         assert!(tokio::time::Instant::now() < deadline, "the read never blocked");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

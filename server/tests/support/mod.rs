@@ -37,22 +37,37 @@ pub struct Redis {
     child: Option<Child>,
     pub port: u16,
     dir: PathBuf,
+    /// A cluster node (`--cluster-enabled yes`).
+    cluster: bool,
 }
 
 impl Redis {
     /// Starts a Redis with append-only persistence in a fresh directory, so a restart keeps data.
     pub fn start() -> Redis {
-        let port = free_port();
+        Redis::start_with(free_port(), false)
+    }
+
+    /// Starts a cluster node (not joined yet) on `port`.
+    fn start_node(port: u16) -> Redis {
+        Redis::start_with(port, true)
+    }
+
+    fn start_with(port: u16, cluster: bool) -> Redis {
         let dir = std::env::temp_dir().join(format!("redistribute-test-redis-{port}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut redis = Redis { child: None, port, dir };
+        let mut redis = Redis { child: None, port, dir, cluster };
         redis.spawn();
         redis
     }
 
     fn spawn(&mut self) {
         let binary = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-        let child = Command::new(&binary)
+        let mut command = Command::new(&binary);
+        if self.cluster {
+            command.args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"]);
+            command.args(["--cluster-config-file", &format!("nodes-{}.conf", self.port)]);
+        }
+        let child = command
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
             .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
             .arg(&self.dir)
@@ -130,6 +145,157 @@ impl Drop for Redis {
     fn drop(&mut self) {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A real Redis Cluster of 3 masters and 3 replicas (`redis-server --cluster-enabled yes`,
+/// joined by `redis-cli --cluster create … --cluster-replicas 1`), on free loopback ports, with a
+/// short node timeout so a failover takes a few seconds. Killed on drop.
+pub struct RedisCluster {
+    nodes: Vec<Redis>,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let nodes: Vec<Redis> = (0..6).map(|_| Redis::start_node(cluster_port())).collect();
+        let addresses: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .expect("redis-cli is needed to create the test cluster");
+        assert!(created.status.success(), "redis-cli --cluster create: {}", String::from_utf8_lossy(&created.stderr));
+        let cluster = RedisCluster { nodes };
+        cluster.wait_until_ok();
+        cluster
+    }
+
+    /// One cluster for every test of this process that only reads and writes (tests that kill
+    /// nodes start their own): started on first use, and stopped by a watchdog process once
+    /// this process is gone (a static is never dropped).
+    pub fn shared() -> &'static RedisCluster {
+        static SHARED: std::sync::OnceLock<RedisCluster> = std::sync::OnceLock::new();
+        SHARED.get_or_init(|| {
+            let cluster = RedisCluster::start();
+            let pids: Vec<String> =
+                cluster.nodes.iter().filter_map(|n| n.child.as_ref()).map(|c| c.id().to_string()).collect();
+            let dirs: Vec<String> = cluster.nodes.iter().map(|n| n.dir.display().to_string()).collect();
+            let watchdog = format!(
+                "while kill -0 {} 2>/dev/null; do sleep 0.5; done; kill {} 2>/dev/null; rm -rf {}",
+                std::process::id(),
+                pids.join(" "),
+                dirs.join(" ")
+            );
+            // It outlives this process by design (it is what stops the cluster afterwards), so it
+            // is never waited for.
+            #[allow(clippy::zombie_processes)]
+            Command::new("sh").arg("-c").arg(watchdog).stdin(Stdio::null()).spawn().expect("sh for the watchdog");
+            cluster
+        })
+    }
+
+    /// Waits until every live node says the cluster is `ok` and agrees on the masters.
+    pub fn wait_until_ok(&self) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let states: Vec<String> = self
+                .nodes
+                .iter()
+                .filter(|n| n.child.is_some())
+                .map(|n| redis::cmd("CLUSTER").arg("INFO").query::<String>(&mut n.conn()).unwrap_or_default())
+                .collect();
+            if states.iter().all(|s| s.contains("cluster_state:ok") && s.contains("cluster_slots_ok:16384")) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the cluster did not become ok: {states:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Seed URIs (every node).
+    pub fn seeds(&self) -> Vec<String> {
+        self.nodes.iter().map(Redis::url).collect()
+    }
+
+    /// A client that follows the cluster, for checks straight in Redis.
+    pub fn client(&self) -> redis::cluster::ClusterClient {
+        redis::cluster::ClusterClient::new(self.seeds()).unwrap()
+    }
+
+    /// `XRANGE key - +` of a key, through the cluster, as `(id, fields)` pairs.
+    pub fn xrange(&self, key: &str) -> Vec<(String, Vec<String>)> {
+        let mut conn = self.client().get_connection().unwrap();
+        redis::cmd("XRANGE").arg(key).arg("-").arg("+").query(&mut conn).unwrap()
+    }
+
+    /// `XADD key * fields…` through the cluster, as another program would; returns the ID.
+    pub fn xadd(&self, key: &str, fields: &[(&str, &str)]) -> String {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(key).arg("*");
+        for (k, v) in fields {
+            cmd.arg(*k).arg(*v);
+        }
+        cmd.query(&mut self.client().get_connection().unwrap()).unwrap()
+    }
+
+    /// `(first slot, last slot, master port)` of every slot range, in slot order.
+    fn slot_ranges(&self) -> Vec<(i64, i64, u16)> {
+        let node = self.nodes.iter().find(|n| n.child.is_some()).expect("a live node");
+        let value: redis::Value = redis::cmd("CLUSTER").arg("SLOTS").query(&mut node.conn()).unwrap();
+        let int = |v: &redis::Value| if let redis::Value::Int(i) = v { *i } else { panic!("CLUSTER SLOTS: {v:?}") };
+        let redis::Value::Array(rows) = value else { panic!("CLUSTER SLOTS: {value:?}") };
+        let mut ranges: Vec<(i64, i64, u16)> = rows
+            .iter()
+            .map(|row| {
+                let redis::Value::Array(row) = row else { panic!("CLUSTER SLOTS row: {row:?}") };
+                let redis::Value::Array(master) = &row[2] else { panic!("CLUSTER SLOTS master: {row:?}") };
+                (int(&row[0]), int(&row[1]), int(&master[1]) as u16)
+            })
+            .collect();
+        ranges.sort_unstable();
+        ranges
+    }
+
+    /// The ports of the masters now, in the order of the first slot they serve.
+    pub fn masters(&self) -> Vec<u16> {
+        let mut ports: Vec<u16> = Vec::new();
+        for (_, _, port) in self.slot_ranges() {
+            if !ports.contains(&port) {
+                ports.push(port);
+            }
+        }
+        ports
+    }
+
+    /// Which master (an index into [`RedisCluster::masters`]) serves a slot, now.
+    pub fn slot_owners(&self) -> impl Fn(u16) -> usize + use<> {
+        let ranges = self.slot_ranges();
+        let masters = self.masters();
+        move |slot| {
+            let (_, _, port) = ranges
+                .iter()
+                .find(|(first, last, _)| (*first..=*last).contains(&i64::from(slot)))
+                .expect("every slot is served");
+            masters.iter().position(|p| p == port).unwrap()
+        }
+    }
+
+    /// The node on `port`.
+    pub fn node(&mut self, port: u16) -> &mut Redis {
+        self.nodes.iter_mut().find(|n| n.port == port).expect("a node of this cluster")
+    }
+}
+
+/// A free port whose cluster bus port (+10000) is free too.
+fn cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        if port < 55_535 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
     }
 }
 

@@ -71,6 +71,16 @@ struct Args {
     #[arg(long = "redis", env = "REDISTRIBUTE_REDIS", value_delimiter = ',')]
     redis: Vec<String>,
 
+    /// Seed node of a Redis Cluster to run on (`redis://[user:password@]host:port`); repeat for
+    /// more seeds. Channels are spread over the cluster's masters by partition (--partitions).
+    #[arg(long = "redis-cluster", env = "REDISTRIBUTE_REDIS_CLUSTER", value_delimiter = ',', conflicts_with = "redis")]
+    redis_cluster: Vec<String>,
+
+    /// Redis Cluster: partitions of the channels, each with its own hash tag (`{p<n>.<k>}`) in the
+    /// keys and one stream reader per instance. Part of every key: fixed for the life of the data.
+    #[arg(long, env = "REDISTRIBUTE_PARTITIONS", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    partitions: u64,
+
     /// Memory engine: total bytes of messages kept before the oldest are trimmed.
     #[arg(long, env = "REDISTRIBUTE_MEMORY_MAX_BYTES", default_value_t = 256 << 20)]
     memory_max_bytes: usize,
@@ -238,10 +248,19 @@ enum LogFormat {
 /// What to do instead of serving.
 #[derive(Debug, clap::Subcommand)]
 enum Command {
-    /// Print the Redis key that holds CHANNEL (with --key-prefix), e.g. for `XADD <key> * f v`.
+    /// Print the Redis key that holds CHANNEL (with --key-prefix; with --redis-cluster, the
+    /// cluster's key, and its partition and slot on stderr), e.g. for `XADD <key> * f v`.
     Key {
         /// The channel.
         channel: String,
+    },
+    /// Copy every channel (streams with their consumer groups, dead letters, idempotency
+    /// records) of the Redis at FROM into the Redis Cluster of --redis-cluster, under their
+    /// cluster keys (--key-prefix, --partitions). The source is left as it was.
+    Migrate {
+        /// The single Redis holding the channels now (`redis://host:port`).
+        #[arg(long)]
+        from: String,
     },
 }
 
@@ -308,6 +327,8 @@ impl Args {
 
     fn config(&self, channels: Vec<ChannelRule>) -> anyhow::Result<Config> {
         let mut config = Config::with_targets(self.redis.iter().cloned());
+        config.cluster = self.redis_cluster.clone();
+        config.partitions = self.partitions as usize;
         config.memory.max_bytes = self.memory_max_bytes;
         config.memory.max_entries_per_channel = self.memory_max_entries;
         config.max_frame_bytes = self.max_frame_bytes;
@@ -371,7 +392,31 @@ async fn run() -> anyhow::Result<()> {
     let (args, channels) = Args::load()?;
     if let Some(Command::Key { channel }) = &args.command {
         redistribute::protocol::request::validate_channel(channel, args.max_channel_len)?;
-        println!("{}{channel}", args.key_prefix);
+        if args.redis_cluster.is_empty() {
+            println!("{}{channel}", args.key_prefix);
+        } else {
+            let partitions = args.partitions as usize;
+            let key = redistribute::engine::cluster_key(&args.key_prefix, channel, partitions);
+            println!("{key}");
+            let partition = redistribute::engine::partition_of(channel, partitions);
+            let slot = redistribute::engine::slot_of(&key);
+            eprintln!("channel {channel}: partition {partition} of {partitions}, slot {slot} (Redis Cluster)");
+        }
+        return Ok(());
+    }
+    if let Some(Command::Migrate { from }) = &args.command {
+        anyhow::ensure!(!args.redis_cluster.is_empty(), "migrate needs the cluster's seed nodes: --redis-cluster URI");
+        let partitions = args.partitions as usize;
+        let done = redistribute::engine::migrate_to_cluster(from, &args.redis_cluster, &args.key_prefix, partitions)
+            .await
+            .context("migration stopped")?;
+        println!("copied {} keys under {:?} into the cluster ({partitions} partitions)", done.copied, args.key_prefix);
+        if !done.existing.is_empty() {
+            println!("{} keys already existed in the cluster and were left alone:", done.existing.len());
+            for key in &done.existing {
+                println!("  {key}");
+            }
+        }
         return Ok(());
     }
     let filter: Targets = args.log.parse().context("invalid --log filter")?;
@@ -397,6 +442,7 @@ async fn run() -> anyhow::Result<()> {
             "no --redis given: running on the embedded memory engine (single instance only, messages are lost on restart); \
              pass --redis redis://HOST:PORT to share streams between instances"
         ),
+        _ if !args.redis_cluster.is_empty() => tracing::info!(partitions = args.partitions, "using a Redis Cluster"),
         engine => tracing::info!(targets = engine.target_count(), "using Redis"),
     }
     if let Err(e) = server.health().await {

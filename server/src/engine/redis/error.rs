@@ -3,8 +3,10 @@
 use crate::engine::EngineError;
 use redis::RedisError;
 
-/// Server error codes that mean "not now": Redis is loading, busy, or has no master.
-const TRANSIENT: [&str; 5] = ["LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN"];
+/// Server error codes that mean "not now": Redis is loading, busy, or has no master; on a
+/// cluster, the slot moved or the node became a replica (a dedicated connection then reconnects
+/// to the slot's master as the cluster describes it).
+const TRANSIENT: [&str; 8] = ["LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "MOVED", "ASK", "READONLY"];
 
 /// What the command context knows: the target it ran on and the channel (and group) it was for.
 pub(crate) struct Context<'a> {

@@ -20,9 +20,10 @@ pub struct RedisFollower {
 }
 
 impl RedisFollower {
-    /// Opens the connection and learns its `CLIENT ID`.
-    pub(crate) async fn connect(target: &Target) -> Result<RedisFollower, EngineError> {
-        let mut conn = target.dedicated_connection().await?;
+    /// Opens the connection (on a cluster, to the master of partition `within`'s slot) and
+    /// learns its `CLIENT ID`.
+    pub(crate) async fn connect(target: &Target, within: usize) -> Result<RedisFollower, EngineError> {
+        let mut conn = target.dedicated_connection(&target.partition_key(within)).await?;
         let client_id: i64 = redis::cmd("CLIENT")
             .arg("ID")
             .query_async(&mut conn)

@@ -118,7 +118,7 @@ impl RedisMember {
     /// `XREADGROUP … BLOCK` on the member's own connection (opened now if needed).
     async fn read_blocking(&mut self, count: usize, block: Duration) -> Result<Vec<(Entry, u64)>, EngineError> {
         if self.blocking.is_none() {
-            self.blocking = Some(self.target.dedicated_connection().await?);
+            self.blocking = Some(self.target.dedicated_connection(&self.key).await?);
         }
         let conn = self.blocking.as_mut().expect("just opened");
         let mut cmd = redis::cmd("XREADGROUP");
@@ -207,10 +207,23 @@ impl RedisMember {
         offset: StreamId,
         maxlen: Option<u64>,
     ) -> Result<(), EngineError> {
+        let dead = self.target.key(stream);
+        let mut ack = redis::cmd("XACK");
+        ack.arg(&self.key).arg(&self.group).arg(offset.to_string());
+        if !self.target.same_slot(&dead, &self.key) {
+            // A dead-letter stream in another slot of a cluster (a custom name; the default
+            // `<channel>:dead` shares its channel's): no transaction can span both, so the entry
+            // is acknowledged once it is dead-lettered, and a failure in between dead-letters it
+            // again (at least once).
+            let mut commands = self.target.commands();
+            let at = self.at();
+            xadd(dead, fields, maxlen).query_async::<()>(&mut commands).await.map_err(|e| classify(e, &at))?;
+            return ack.query_async::<()>(&mut commands).await.map_err(|e| classify(e, &at));
+        }
         let mut pipe = redis::pipe();
         pipe.atomic();
-        pipe.add_command(xadd(self.target.key(stream), fields, maxlen)).ignore();
-        pipe.cmd("XACK").arg(&self.key).arg(&self.group).arg(offset.to_string()).ignore();
+        pipe.add_command(xadd(dead, fields, maxlen)).ignore();
+        pipe.add_command(ack).ignore();
         pipe.query_async::<()>(&mut self.target.commands()).await.map_err(|e| classify(e, &self.at()))
     }
 

@@ -1,19 +1,31 @@
-//! The Redis engine: streams in one or more Redis servers, channels sharded by a stable hash.
+//! The Redis engine: streams in one or more Redis servers (channels sharded over them by a
+//! stable hash), or in a Redis Cluster.
 //!
 //! Every Redis command the server sends lives under this module: appends, inspection and
-//! history here, blocking tail reads in [`follow`], consumer groups in [`groups`], the decoding
-//! of replies in `reply` and the classification of errors in `error`.
+//! history here, blocking tail reads in [`follow`], consumer groups in [`groups`], what differs
+//! on a cluster in `cluster`, the decoding of replies in `reply` and the classification of
+//! errors in `error`.
 //!
 //! Each target has one multiplexed command connection (publish, inspect, history, acks,
-//! `CLIENT UNBLOCK`) that reconnects by itself. Blocking reads never run on it: stream readers
-//! and consumer group members open dedicated connections.
+//! `CLIENT UNBLOCK`) that reconnects by itself; a cluster's routes each command by its key.
+//! Blocking reads never run on it: stream readers and consumer group members open dedicated
+//! connections (on a cluster, to the master of their partition's slot).
+//!
+//! Keys: on one server (or several), channel `c` is the key `<prefix>c`. On a cluster it is
+//! `<prefix>{<tag>}c`, the tag being its partition's ([`partition_tag`]), so that a partition's
+//! keys share one slot.
 
+pub(crate) mod cluster;
 pub(crate) mod error;
 pub(super) mod follow;
 pub(super) mod groups;
+pub(crate) mod migrate;
 pub(crate) mod reply;
 
+pub use self::cluster::slot_of;
+use self::cluster::{Cluster, Commands};
 use self::error::{Context, classify, classify_write};
+pub use self::migrate::{Migration, migrate_to_cluster};
 use super::{Appended, EngineError, HistoryPage, Once, StreamState, Write};
 use prometheus::HistogramVec;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
@@ -22,18 +34,27 @@ use redistribute_protocol::{Entry, StreamId};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// One Redis server that holds a share of the channels.
+/// One Redis server that holds a share of the channels, or a whole Redis Cluster.
 #[derive(Clone)]
 pub struct Target {
     /// The URI with any password removed, for logs.
     display: String,
     /// Prepended to channel names to make keys (`rd:` by default).
     prefix: Arc<str>,
-    client: Client,
-    commands: ConnectionManager,
+    backend: Backend,
     timeout: Duration,
     /// Latency of commands by name, shared by every target of the engine.
     latency: HistogramVec,
+}
+
+/// What a target is.
+#[derive(Clone)]
+enum Backend {
+    /// One server: its client (for dedicated connections) and its command connection.
+    Single { client: Client, commands: ConnectionManager },
+    /// A cluster whose keys carry the hash tag of their channel's partition (`tags[n]` for
+    /// partition `n`).
+    Cluster { cluster: Cluster, tags: Arc<[String]> },
 }
 
 impl std::fmt::Debug for Target {
@@ -48,14 +69,48 @@ impl Target {
         &self.display
     }
 
-    /// The key of `channel`: the prefix, then the name.
+    /// The key of `channel`: the prefix, then (on a cluster) its partition's hash tag, then the
+    /// name.
     pub(crate) fn key(&self, channel: &str) -> String {
-        format!("{}{channel}", self.prefix)
+        match self.backend {
+            Backend::Single { .. } => format!("{}{channel}", self.prefix),
+            Backend::Cluster { ref tags, .. } => {
+                format!("{}{{{}}}{channel}", self.prefix, tags[partition_of(channel, tags.len())])
+            }
+        }
+    }
+
+    /// A key in partition `within`'s slot (on one server, any key: there is one node).
+    pub(crate) fn partition_key(&self, within: usize) -> String {
+        match &self.backend {
+            Backend::Single { .. } => self.prefix.to_string(),
+            Backend::Cluster { tags, .. } => format!("{}{{{}}}", self.prefix, tags[within]),
+        }
     }
 
     /// The channel a key of this target belongs to (`None` for keys outside the prefix).
     pub(crate) fn channel<'k>(&self, key: &'k str) -> Option<&'k str> {
-        key.strip_prefix(&*self.prefix)
+        let name = key.strip_prefix(&*self.prefix)?;
+        match self.backend {
+            Backend::Single { .. } => Some(name),
+            Backend::Cluster { .. } => name.strip_prefix('{')?.split_once('}').map(|(_, channel)| channel),
+        }
+    }
+
+    /// Writes that may share one pipeline: all of a server's; on a cluster, a partition's.
+    fn pipeline_group(&self, channel: &str) -> usize {
+        match &self.backend {
+            Backend::Single { .. } => 0,
+            Backend::Cluster { tags, .. } => partition_of(channel, tags.len()),
+        }
+    }
+
+    /// Whether `a` and `b` are in one slot, so that one transaction may touch both.
+    pub(crate) fn same_slot(&self, a: &str, b: &str) -> bool {
+        match self.backend {
+            Backend::Single { .. } => true,
+            Backend::Cluster { .. } => cluster::slot_of(a) == cluster::slot_of(b),
+        }
     }
 
     /// The error context of a command on this target for `channel` (and `group`).
@@ -72,29 +127,39 @@ impl Target {
     }
 
     /// The shared command connection (multiplexed: never block on it).
-    pub(crate) fn commands(&self) -> ConnectionManager {
-        self.commands.clone()
+    pub(crate) fn commands(&self) -> Commands {
+        match &self.backend {
+            Backend::Single { commands, .. } => Commands::Single(commands.clone()),
+            Backend::Cluster { cluster, .. } => Commands::Cluster(cluster.clone()),
+        }
     }
 
-    /// Opens a dedicated connection for blocking reads. It has no response timeout of its own:
-    /// its users bound each blocking read themselves.
-    pub(crate) async fn dedicated_connection(&self) -> Result<MultiplexedConnection, EngineError> {
-        let config = AsyncConnectionConfig::new().set_connection_timeout(Some(self.timeout)).set_response_timeout(None);
-        self.client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(|e| classify(e, &self.at("", None)))
+    /// Opens a dedicated connection for blocking reads of `key` (on a cluster, to the master of
+    /// its slot). It has no response timeout of its own: its users bound each blocking read
+    /// themselves.
+    pub(crate) async fn dedicated_connection(&self, key: &str) -> Result<MultiplexedConnection, EngineError> {
+        let connected = match &self.backend {
+            Backend::Single { client, .. } => {
+                let config =
+                    AsyncConnectionConfig::new().set_connection_timeout(Some(self.timeout)).set_response_timeout(None);
+                client.get_multiplexed_async_connection_with_config(&config).await
+            }
+            Backend::Cluster { cluster, .. } => cluster.dedicated_connection(key).await,
+        };
+        connected.map_err(|e| classify(e, &self.at("", None)))
     }
 
-    /// Wakes the connection with this `CLIENT ID` if it is blocked. Returns whether it was.
-    pub(crate) async fn unblock(&self, client_id: i64) -> Result<bool, EngineError> {
-        let woken: i64 = redis::cmd("CLIENT")
-            .arg("UNBLOCK")
-            .arg(client_id)
-            .query_async(&mut self.commands())
-            .await
-            .map_err(|e| classify(e, &self.at("", None)))?;
-        Ok(woken == 1)
+    /// Wakes the connection with this `CLIENT ID`, a dedicated connection for `key`, if it is
+    /// blocked. Returns whether it was.
+    pub(crate) async fn unblock(&self, key: &str, client_id: i64) -> Result<bool, EngineError> {
+        let mut cmd = redis::cmd("CLIENT");
+        cmd.arg("UNBLOCK").arg(client_id);
+        let woken = match &self.backend {
+            Backend::Single { .. } => cmd.query_async::<Value>(&mut self.commands()).await,
+            Backend::Cluster { cluster, .. } => cluster.on_master_of(key, cmd).await,
+        };
+        let woken = woken.map_err(|e| classify(e, &self.at("", None)))?;
+        Ok(woken == Value::Int(1))
     }
 
     async fn ping(&self) -> Result<(), EngineError> {
@@ -112,6 +177,33 @@ pub struct RedisEngine {
 }
 
 impl RedisEngine {
+    /// A Redis Cluster reached through `seeds`, its channels in `partitions` partitions (channel
+    /// `c` at key `<key_prefix>{<tag>}c`, see [`cluster_key`]). Connects lazily, as
+    /// [`RedisEngine::new`] does.
+    ///
+    /// # Errors
+    /// When there is no seed, a URI cannot be parsed, or `partitions` is 0.
+    pub fn cluster(
+        seeds: &[String],
+        timeout: Duration,
+        key_prefix: &str,
+        partitions: usize,
+    ) -> Result<Self, crate::Error> {
+        if seeds.is_empty() || partitions == 0 {
+            return Err(crate::Error::Config("a cluster needs seed nodes and at least one partition".into()));
+        }
+        let cluster = Cluster::new(seeds, timeout).map_err(|e| {
+            let seeds = seeds.iter().map(|s| redact(s)).collect::<Vec<_>>().join(", ");
+            crate::Error::Config(format!("Redis Cluster {seeds}: {e}"))
+        })?;
+        let latency = crate::metrics::command_latency();
+        let display = format!("cluster {}", redact(&seeds[0]));
+        let tags = (0..partitions).map(|n| partition_tag(n, partitions)).collect();
+        let backend = Backend::Cluster { cluster, tags };
+        let target = Target { display, prefix: Arc::from(key_prefix), backend, timeout, latency: latency.clone() };
+        Ok(RedisEngine { targets: vec![target], latency })
+    }
+
     /// Prepares connections to every target, with channel `c` stored at key `<key_prefix>c`.
     /// Connections are made lazily, so a Redis that is down at start-up is not an error: the
     /// server starts, reports unhealthy, and retries.
@@ -137,7 +229,8 @@ impl RedisEngine {
                 let commands = ConnectionManager::new_lazy_with_config(client.clone(), config)
                     .map_err(|e| crate::Error::Config(format!("Redis target {:?}: {e}", redact(uri))))?;
                 let latency = latency.clone();
-                Ok(Target { display: redact(uri), prefix: prefix.clone(), client, commands, timeout, latency })
+                let backend = Backend::Single { client, commands };
+                Ok(Target { display: redact(uri), prefix: prefix.clone(), backend, timeout, latency })
             })
             .collect::<Result<_, crate::Error>>()?;
         Ok(RedisEngine { targets, latency })
@@ -193,12 +286,19 @@ impl RedisEngine {
             let appended = self.publish(channel, fields, *maxlen).await;
             return vec![appended.map(|offset| Appended { offset, duplicate: false })];
         }
-        let mut outcomes: Vec<Option<Result<Appended, EngineError>>> = writes.iter().map(|_| None).collect();
-        for (index, target) in self.targets.iter().enumerate() {
-            let mine: Vec<usize> = (0..writes.len()).filter(|&i| self.target_of(writes[i].channel) == index).collect();
-            if mine.is_empty() {
-                continue;
+        // One pipeline per target, and on a cluster per partition (a pipeline stays in one slot),
+        // all sent at once; each keeps its writes in order.
+        let mut groups: Vec<((usize, usize), Vec<usize>)> = Vec::new();
+        for (i, write) in writes.iter().enumerate() {
+            let target = self.target_of(write.channel);
+            let group = (target, self.targets[target].pipeline_group(write.channel));
+            match groups.iter_mut().find(|(g, _)| *g == group) {
+                Some((_, mine)) => mine.push(i),
+                None => groups.push((group, vec![i])),
             }
+        }
+        let pipelines = groups.into_iter().map(|((index, _), mine)| async move {
+            let target = &self.targets[index];
             let mut pipe = redis::pipe();
             pipe.ignore_errors();
             for &i in &mine {
@@ -210,6 +310,10 @@ impl RedisEngine {
                 });
             }
             let replies: Result<Vec<Value>, _> = target.timed("XADD", pipe.query_async(&mut target.commands())).await;
+            (target, mine, replies)
+        });
+        let mut outcomes: Vec<Option<Result<Appended, EngineError>>> = writes.iter().map(|_| None).collect();
+        for (target, mine, replies) in futures_util::future::join_all(pipelines).await {
             match replies {
                 Ok(replies) if replies.len() == mine.len() => {
                     for (&i, reply) in mine.iter().zip(replies) {
@@ -352,6 +456,41 @@ fn is_no_such_key(detail: &str) -> bool {
     detail.contains("no such key")
 }
 
+/// The key of `channel` on a Redis Cluster with `partitions` partitions: `<prefix>{<tag>}<channel>`,
+/// the tag being its partition's ([`partition_of`], [`partition_tag`]); all keys of a partition
+/// share the tag, so they live in one slot.
+pub fn cluster_key(prefix: &str, channel: &str, partitions: usize) -> String {
+    format!("{prefix}{{{}}}{channel}", partition_tag(partition_of(channel, partitions), partitions))
+}
+
+/// The hash tag of partition `n` of `count`: `p<n>.<k>` with the smallest `k` whose slot falls in
+/// the `n`-th of `count` equal shares of the 16384 slots. Tags spread evenly over the slots, so a
+/// cluster whose masters serve equal slot ranges serves equal numbers of partitions (plain
+/// `p<n>` tags land where CRC16 puts them: 4, 5 and 7 of 16 partitions on 3 masters).
+pub fn partition_tag(n: usize, count: usize) -> String {
+    let share = n * 16384 / count..(n + 1) * 16384 / count;
+    (0..)
+        .map(|k| format!("p{n}.{k}"))
+        .find(|tag| share.contains(&usize::from(slot_of(tag))))
+        .expect("some suffix lands in every share of the slots")
+}
+
+/// The partition of `channel` among `count`: FNV-1a (64 bits) of its name, mixed by MurmurHash3's
+/// 64-bit finalizer (FNV alone barely spreads names that differ in their last characters over
+/// few partitions), modulo `count`. A dead-letter stream `<channel>:dead` counts as its channel,
+/// so it shares its partition (and, on a cluster, its slot). On a cluster the partition is part
+/// of the key: the function and the count are fixed for the life of the data.
+pub fn partition_of(channel: &str, count: usize) -> usize {
+    let base = channel.strip_suffix(":dead").unwrap_or(channel);
+    let mut h = channel_hash(base);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
+    (h % count as u64) as usize
+}
+
 /// FNV-1a, 64 bits: tiny, stable, and good enough to spread channel names.
 pub(crate) fn channel_hash(channel: &str) -> u64 {
     channel.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
@@ -378,6 +517,35 @@ mod tests {
         assert_eq!(redact("redis://:secret@h:6379/0"), "redis://:***@h:6379/0");
         assert_eq!(redact("rediss://u:p@h"), "rediss://u:***@h");
         assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+
+    #[test]
+    fn partitions_are_stable_and_dead_letters_share_their_channels() {
+        // Fixed values: on a cluster the partition is part of the key.
+        assert_eq!(partition_of("chat", 16), partition_of("chat:dead", 16));
+        assert_eq!([partition_of("chat", 16), partition_of("", 16), partition_of("room-1", 1024)], [6, 6, 63]);
+        let mut counts = [0usize; 16];
+        for i in 0..1600 {
+            counts[partition_of(&format!("room-{i}"), 16)] += 1;
+        }
+        assert!(counts.iter().all(|&n| (60..=140).contains(&n)), "names spread evenly: {counts:?}");
+    }
+
+    #[test]
+    fn partition_tags_spread_evenly_over_the_slots() {
+        let tags: Vec<String> = (0..16).map(|n| partition_tag(n, 16)).collect();
+        for (n, tag) in tags.iter().enumerate() {
+            assert_eq!(usize::from(slot_of(tag)) / 1024, n, "{tag}");
+        }
+        // Three masters with equal slot ranges (as `redis-cli --cluster create` makes them).
+        let master = |slot: u16| usize::from(slot) * 3 / 16384;
+        let mut per_master = [0; 3];
+        for tag in &tags {
+            per_master[master(slot_of(tag))] += 1;
+        }
+        assert_eq!(per_master, [5, 5, 6]);
+        assert_eq!(cluster_key("rd:", "chat", 16), format!("rd:{{{}}}chat", tags[partition_of("chat", 16)]));
+        assert!(partition_tag(1023, 1024).starts_with("p1023."));
     }
 
     #[test]

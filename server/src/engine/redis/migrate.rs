@@ -1,0 +1,106 @@
+//! Moving a single Redis's channels into a Redis Cluster: `redistribute-server migrate`.
+//!
+//! On one Redis, channel `c` is the key `<prefix>c`; on a cluster it is `<prefix>{<tag>}c` (see
+//! [`super::cluster_key`]), so the keys are copied under their new names with `DUMP` and
+//! `RESTORE` (a stream keeps its entries, IDs and consumer groups; an idempotency record keeps its
+//! expiry). The source is left as it was: stop the servers, migrate, point them at the cluster,
+//! check, then delete the old keys.
+
+use super::cluster_key;
+use redis::{AsyncCommands, Value};
+
+/// What a migration did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Migration {
+    /// Keys copied into the cluster.
+    pub copied: u64,
+    /// Source keys whose new key already existed in the cluster: left alone, not overwritten.
+    pub existing: Vec<String>,
+}
+
+/// Copies every key under `prefix` of the Redis at `source` into the cluster reached through
+/// `seeds`, in the cluster layout with `partitions` partitions.
+///
+/// # Errors
+/// When either side cannot be reached or answers with an error (keys copied so far stay copied;
+/// running it again skips them as existing).
+pub async fn migrate_to_cluster(
+    source: &str,
+    seeds: &[String],
+    prefix: &str,
+    partitions: usize,
+) -> Result<Migration, redis::RedisError> {
+    let mut from = redis::Client::open(source)?.get_multiplexed_async_connection().await?;
+    let mut to = redis::cluster::ClusterClient::new(seeds.to_vec())?.get_async_connection().await?;
+    let pattern = format!("{}*", escape_glob(prefix));
+    let mut migration = Migration::default();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut from)
+            .await?;
+        for key in keys {
+            let Some(new_key) = cluster_name(&key, prefix, partitions) else { continue };
+            let dump: Value = redis::cmd("DUMP").arg(&key).query_async(&mut from).await?;
+            let ttl: i64 = from.pttl(&key).await?;
+            let Value::BulkString(payload) = dump else { continue }; // gone meanwhile
+            let restored: redis::RedisResult<()> =
+                redis::cmd("RESTORE").arg(&new_key).arg(ttl.max(0)).arg(payload).query_async(&mut to).await;
+            match restored {
+                Ok(()) => migration.copied += 1,
+                Err(e) if e.code() == Some("BUSYKEY") => migration.existing.push(new_key),
+                Err(e) => return Err(e),
+            }
+        }
+        if next == 0 {
+            return Ok(migration);
+        }
+        cursor = next;
+    }
+}
+
+/// The cluster name of a source key: its channel's cluster key, with what followed the channel
+/// (`~idempotency~…`; a channel name cannot hold `~`) kept. `None` for a key outside `prefix`.
+fn cluster_name(key: &str, prefix: &str, partitions: usize) -> Option<String> {
+    let name = key.strip_prefix(prefix)?;
+    let (channel, rest) = match name.find('~') {
+        Some(at) => name.split_at(at),
+        None => (name, ""),
+    };
+    Some(format!("{}{rest}", cluster_key(prefix, channel, partitions)))
+}
+
+/// `prefix` with the glob characters of `SCAN MATCH` escaped.
+fn escape_glob(prefix: &str) -> String {
+    let mut out = String::with_capacity(prefix.len());
+    for c in prefix.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_get_their_cluster_names() {
+        let chat = cluster_key("rd:", "chat", 16);
+        assert_eq!(cluster_name("rd:chat", "rd:", 16), Some(chat.clone()));
+        assert_eq!(
+            cluster_name("rd:chat~idempotency~3:ann:k-1", "rd:", 16),
+            Some(format!("{chat}~idempotency~3:ann:k-1"))
+        );
+        assert_eq!(cluster_name("rd:chat:dead", "rd:", 16), Some(cluster_key("rd:", "chat:dead", 16)));
+        assert_eq!(cluster_name("other:chat", "rd:", 16), None);
+        assert_eq!(escape_glob("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
+    }
+}

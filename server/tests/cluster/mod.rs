@@ -1,0 +1,266 @@
+//! The server on a real Redis Cluster (3 masters, 3 replicas): channels on every master reach
+//! every instance, replays and joins stay gap-free, publishes and consumer groups work across
+//! slots. Each test has its own key prefix on the shared cluster. (The engine's semantics are
+//! checked on the cluster by the conformance suite.)
+
+use crate::support::{PATIENCE, RedisCluster, TestServer, connect};
+use redistribute::Config;
+use redistribute::engine::{cluster_key, slot_of};
+use serde_json::json;
+use std::collections::HashSet;
+use std::time::Duration;
+
+/// A server on the shared cluster, with keys under `prefix`.
+async fn server(cluster: &RedisCluster, prefix: &str) -> TestServer {
+    let mut config = Config::with_cluster(cluster.seeds());
+    config.key_prefix = prefix.to_owned();
+    TestServer::start(config).await
+}
+
+fn prefix(test: &str) -> String {
+    format!("{test}:{}:", std::process::id())
+}
+
+/// Channels whose keys land on each master: one per master, in the masters' order.
+fn one_channel_per_master(cluster: &RedisCluster, prefix: &str) -> Vec<String> {
+    let slots = cluster.slot_owners();
+    let mut found: Vec<Option<String>> = vec![None; cluster.masters().len()];
+    for i in 0.. {
+        let channel = format!("room-{i}");
+        let owner = slots(slot_of(&cluster_key(prefix, &channel, 16)));
+        if found[owner].is_none() {
+            found[owner] = Some(channel);
+        }
+        if found.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    found.into_iter().map(Option::unwrap).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_on_every_master_reach_every_instance() {
+    let cluster = RedisCluster::shared();
+    let prefix = prefix("every_master");
+    let (a, b) = (server(cluster, &prefix).await, server(cluster, &prefix).await);
+    let channels = one_channel_per_master(cluster, &prefix);
+    assert_eq!(channels.len(), 3);
+    let mut on_a = connect(&a.url()).await;
+    let mut on_b = connect(&b.url()).await;
+    for channel in &channels {
+        on_a.subscribe(channel, "$").await;
+        on_b.subscribe(channel, "$").await;
+    }
+    for channel in &channels {
+        let from_a = on_a.publish(channel, &["who", "a"]).await;
+        let from_b = on_b.publish(channel, &["who", "b"]).await;
+        // Written by another program straight into the cluster.
+        let direct = cluster.xadd(&cluster_key(&prefix, channel, 16), &[("who", "redis-cli")]);
+        let expected: Vec<String> = vec![from_a, from_b, direct];
+        for client in [&mut on_a, &mut on_b] {
+            let got: Vec<String> = client.entries(channel, 3).await.into_iter().map(|(offset, _)| offset).collect();
+            assert_eq!(got, expected, "#{channel}");
+        }
+        let stored: Vec<String> =
+            cluster.xrange(&cluster_key(&prefix, channel, 16)).into_iter().map(|(id, _)| id).collect();
+        assert_eq!(stored, expected, "#{channel} in the cluster");
+    }
+    on_a.assert_quiet().await;
+    on_b.assert_quiet().await;
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Subscribers join at staggered points, from varied offsets, while a publisher writes on the
+/// other instance: each gets exactly `XRANGE` after its offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_under_load_are_gap_free_on_the_cluster() {
+    const TOTAL: usize = 2000;
+    const JOINERS: usize = 6;
+    let cluster = RedisCluster::shared();
+    let prefix = prefix("joins");
+    let mut config = Config::with_cluster(cluster.seeds());
+    config.key_prefix = prefix.clone();
+    config.history_page = 50;
+    let a = TestServer::start(config.clone()).await;
+    let b = TestServer::start(config).await;
+    let key = cluster_key(&prefix, "load", 16);
+
+    let publisher_url = a.url();
+    let publisher = tokio::spawn(async move {
+        let mut client = connect(&publisher_url).await;
+        for i in 0..TOTAL {
+            client.publish("load", &["seq", &i.to_string()]).await;
+        }
+    });
+    let mut joiners = Vec::new();
+    for j in 0..JOINERS {
+        let url = b.url();
+        let key = key.clone();
+        joiners.push(tokio::spawn(async move {
+            let cluster = RedisCluster::shared();
+            let deadline = std::time::Instant::now() + PATIENCE;
+            let existing = loop {
+                let existing = cluster.xrange(&key);
+                if existing.len() >= TOTAL * j / JOINERS {
+                    break existing;
+                }
+                assert!(std::time::Instant::now() < deadline, "the publisher stalled");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            let offset = match j % 3 {
+                0 => "$".to_owned(),
+                1 => "0".to_owned(),
+                _ if existing.is_empty() => "0".to_owned(),
+                _ => existing[existing.len() / 2].0.clone(),
+            };
+            let mut client = connect(&url).await;
+            let start = client.subscribe("load", &offset).await["offset"].as_str().unwrap().to_owned();
+            let last = (TOTAL - 1).to_string();
+            let got = client.entries_until("load", |e| e.last().is_some_and(|(_, f)| f[1] == last)).await;
+            (start, got)
+        }));
+    }
+    publisher.await.unwrap();
+    let all = cluster.xrange(&key);
+    assert_eq!(all.len(), TOTAL);
+    for joiner in joiners {
+        let (start, got) = joiner.await.unwrap();
+        let after = all.iter().position(|(id, _)| *id == start).map_or(0, |i| i + 1);
+        assert_eq!(got, all[after..], "subscriber from {start}");
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Pipelined publishes to channels of different slots (one pipeline per partition), with and
+/// without idempotency keys: each answered in order, stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_publishes_across_slots_are_stored_once_each() {
+    let cluster = RedisCluster::shared();
+    let prefix = prefix("pipelined");
+    let server = server(cluster, &prefix).await;
+    let channels = one_channel_per_master(cluster, &prefix);
+    let mut client = connect(&server.url()).await;
+    let mut sent = 0;
+    for round in 0..2 {
+        for (i, channel) in channels.iter().enumerate() {
+            // The same key in both rounds: the second is a retry.
+            let body = json!({"id": 1000 + sent, "op": "publish", "channel": channel, "fields": ["n", round.to_string()], "idempotency_key": format!("k{i}")});
+            client.send_text(&body.to_string()).await;
+            sent += 1;
+        }
+    }
+    let mut replies = Vec::new();
+    for _ in 0..sent {
+        replies.push(client.reply().await);
+    }
+    let ids: Vec<u64> = replies.iter().map(|r| r["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, (1000..1000 + sent as u64).collect::<Vec<_>>(), "answered in order");
+    for (i, channel) in channels.iter().enumerate() {
+        let (first, retry) = (&replies[i]["ok"], &replies[i + channels.len()]["ok"]);
+        assert_eq!(retry, &json!({"offset": first["offset"], "duplicate": true}), "#{channel}");
+        let stored = cluster.xrange(&cluster_key(&prefix, channel, 16));
+        assert_eq!(stored.len(), 1, "#{channel} once");
+    }
+    server.stop().await;
+}
+
+/// Three members of a group, on two instances, share a channel's entries exactly once and
+/// acknowledge them; the group lives in the channel's slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_groups_share_the_work_on_the_cluster() {
+    const TOTAL: usize = 300;
+    let cluster = RedisCluster::shared();
+    let prefix = prefix("groups");
+    let (a, b) = (server(cluster, &prefix).await, server(cluster, &prefix).await);
+    let mut members = Vec::new();
+    for (w, url) in [a.url(), b.url(), a.url()].into_iter().enumerate() {
+        let mut client = connect(&url).await;
+        let joined = client
+            .request(
+                json!({"op": "subscribe", "channel": "jobs", "group": "g", "consumer": format!("w{w}"), "offset": "0"}),
+            )
+            .await;
+        assert_eq!(joined["ok"], json!({}), "{joined}");
+        members.push(client);
+    }
+    let mut publisher = connect(&a.url()).await;
+    for i in 0..TOTAL {
+        publisher.publish("jobs", &["n", &i.to_string()]).await;
+    }
+    let mut seen = HashSet::new();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while seen.len() < TOTAL {
+        assert!(std::time::Instant::now() < deadline, "{} of {TOTAL} delivered", seen.len());
+        for member in &mut members {
+            let Ok(push) = tokio::time::timeout(Duration::from_millis(50), member.push()).await else { continue };
+            let offsets: Vec<String> =
+                push["messages"].as_array().unwrap().iter().map(|m| m["offset"].as_str().unwrap().to_owned()).collect();
+            for offset in &offsets {
+                assert!(seen.insert(offset.clone()), "{offset} delivered twice");
+            }
+            let acked = member.request(json!({"op": "ack", "channel": "jobs", "group": "g", "offsets": offsets})).await;
+            assert_eq!(acked["ok"]["acked"], json!(offsets.len()), "{acked}");
+        }
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+/// `redistribute-server migrate`: a single Redis's channels (a stream with a consumer group
+/// that has pending entries, its dead letters, an idempotency record) move into the cluster under
+/// their cluster keys, and a server on the cluster carries on with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_redis_migrates_into_the_cluster() {
+    let single = crate::support::Redis::start();
+    let prefix = prefix("migrate");
+    let before = TestServer::start({
+        let mut config = redistribute::Config::with_targets([single.url()]);
+        config.key_prefix = prefix.clone();
+        config
+    })
+    .await;
+    let mut client = connect(&before.url()).await;
+    let keyed = client
+        .request(json!({"op": "publish", "channel": "orders", "fields": ["n", "0"], "idempotency_key": "k-0"}))
+        .await["ok"]["offset"]
+        .clone();
+    for n in 1..5 {
+        client.publish("orders", &["n", &n.to_string()]).await;
+    }
+    let joined = client
+        .request(json!({"op": "subscribe", "channel": "orders", "group": "g", "consumer": "w", "offset": "0"}))
+        .await;
+    assert_eq!(joined["ok"], json!({}), "{joined}");
+    // Delivered to the group, not acknowledged: pending.
+    let push = client.push().await;
+    assert_eq!(push["messages"].as_array().unwrap().len(), 5, "{push}");
+    drop(client);
+    before.stop().await;
+    let source: Vec<(String, Vec<String>)> =
+        redis::cmd("XRANGE").arg(format!("{prefix}orders")).arg("-").arg("+").query(&mut single.conn()).unwrap();
+
+    let cluster = RedisCluster::shared();
+    let done = redistribute::engine::migrate_to_cluster(&single.url(), &cluster.seeds(), &prefix, 16).await.unwrap();
+    assert_eq!(done.copied, 2, "the stream and its idempotency record: {done:?}");
+    let again = redistribute::engine::migrate_to_cluster(&single.url(), &cluster.seeds(), &prefix, 16).await.unwrap();
+    assert_eq!((again.copied, again.existing.len()), (0, 2), "a second run overwrites nothing");
+    assert_eq!(cluster.xrange(&cluster_key(&prefix, "orders", 16)), source, "entries and IDs kept");
+
+    let after = server(cluster, &prefix).await;
+    let mut client = connect(&after.url()).await;
+    let retry = client
+        .request(json!({"op": "publish", "channel": "orders", "fields": ["n", "0"], "idempotency_key": "k-0"}))
+        .await["ok"]
+        .clone();
+    assert_eq!(retry, json!({"offset": keyed, "duplicate": true}), "the idempotency record came along");
+    // The group came along with its pending entries: the consumer rejoining gets them again.
+    let joined = client.request(json!({"op": "subscribe", "channel": "orders", "group": "g", "consumer": "w"})).await;
+    assert_eq!(joined["ok"], json!({}), "{joined}");
+    let push = client.push().await;
+    let offsets: Vec<&str> =
+        push["messages"].as_array().unwrap().iter().map(|m| m["offset"].as_str().unwrap()).collect();
+    assert_eq!(offsets, source.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(), "{push}");
+    after.stop().await;
+}
