@@ -234,11 +234,14 @@ struct Subscription<R> {
     /// Calls waiting for the first confirmation.
     waiters: Vec<R>,
     confirmed: bool,
+    /// The stream lost entries this subscription was given (a push said `ahead`): the next
+    /// entry is taken even below `resume`.
+    rewound: bool,
 }
 
 impl<R> Subscription<R> {
     fn new(kind: Kind, start: Start, done: R) -> Self {
-        Subscription { kind, start, resume: None, waiters: vec![done], confirmed: false }
+        Subscription { kind, start, resume: None, waiters: vec![done], confirmed: false, rewound: false }
     }
 
     fn offset(&self) -> Start {
@@ -694,9 +697,9 @@ impl<R> Machine<R> {
     pub fn received(&mut self, text: &str) -> Vec<Effect<R>> {
         match wire::decode(text) {
             Ok(Frame::Reply { id, outcome }) => self.on_reply(id, outcome.map_err(ClientError::from)),
-            Ok(Frame::Push { channel, messages, truncated, broadcast, rejected }) => {
+            Ok(Frame::Push { channel, messages, truncated, ahead, broadcast, rejected }) => {
                 let mut effects = rejected_entries(&channel, rejected);
-                effects.extend(self.on_push(channel, messages, truncated, broadcast));
+                effects.extend(self.on_push(channel, messages, truncated, ahead, broadcast));
                 effects
             }
             Ok(Frame::GroupPush { channel, group, messages, rejected }) => {
@@ -805,11 +808,18 @@ impl<R> Machine<R> {
         channel: String,
         messages: Vec<Entry>,
         lost: bool,
+        ahead: bool,
         broadcast: Option<String>,
     ) -> Vec<Effect<R>> {
         let Some(subscription) = self.subscriptions.get_mut(&(channel.clone(), None)) else { return Vec::new() };
         let mut effects = Vec::new();
-        if lost {
+        if lost && ahead {
+            // The stream lost entries this client has: its stored history no longer matches, and
+            // what follows may come below the offsets it had.
+            subscription.rewound = true;
+            effects.push(Effect::HistoryLost(channel.clone()));
+            effects.push(Effect::Error(history_lost(&channel)));
+        } else if lost {
             effects.push(Effect::Error(truncated(&channel)));
         }
         if let Some(message) = broadcast {
@@ -817,7 +827,7 @@ impl<R> Machine<R> {
         }
         // Each entry must follow the last one delivered: a repeat or a step back is the server's
         // error, reported and left out (never delivered nor stored), without losing the rest.
-        let mut last = subscription.resume;
+        let mut last = if subscription.rewound { None } else { subscription.resume };
         let mut out_of_order = Vec::new();
         let mut fresh = Vec::with_capacity(messages.len());
         for entry in messages {
@@ -834,6 +844,7 @@ impl<R> Machine<R> {
         effects.extend(rejected_entries(&channel, out_of_order));
         if let Some(last) = fresh.last() {
             subscription.resume = Some(last.offset);
+            subscription.rewound = false;
             effects.push(Effect::Messages(channel, fresh));
         }
         effects
@@ -1006,6 +1017,22 @@ mod tests {
         // New entries, below the old resume point, are delivered.
         let effects = core.received(r#"{"channel":"chat","messages":[{"offset":"5-0","fields":["k","v"]}]}"#);
         assert!(matches!(&effects[..], [Effect::Messages(_, e)] if e[0].offset == StreamId::new(5, 0)), "{effects:?}");
+    }
+
+    #[test]
+    fn a_live_subscription_whose_stream_lost_delivered_entries_goes_on_below_them() {
+        let mut core = open();
+        core.subscribe("chat", Some(Start::Latest), None, 1);
+        core.received(r#"{"id":1,"ok":{"offset":"10-0"}}"#);
+        core.received(r#"{"channel":"chat","messages":[{"offset":"20-0","fields":["k","v"]}]}"#);
+        // A failover lost 20-0: the server says so, and continues after the stream's new end.
+        let effects = core.received(r#"{"channel":"chat","truncated":true,"reason":"ahead"}"#);
+        assert!(effects.contains(&Effect::HistoryLost("chat".into())), "{effects:?}");
+        let effects = core.received(r#"{"channel":"chat","messages":[{"offset":"15-0","fields":["k","w"]}]}"#);
+        assert!(matches!(&effects[..], [Effect::Messages(_, e)] if e[0].offset == StreamId::new(15, 0)), "{effects:?}");
+        // Order is checked again from there.
+        let effects = core.received(r#"{"channel":"chat","messages":[{"offset":"15-0","fields":["k","w"]}]}"#);
+        assert!(matches!(&effects[..], [Effect::Error(e)] if e.code == "protocol"), "{effects:?}");
     }
 
     fn settings() -> Settings {

@@ -162,8 +162,12 @@ pub enum Frame {
         channel: String,
         /// The well-formed entries, in the order received.
         messages: Vec<Entry>,
-        /// Entries after the last delivered one were trimmed before delivery.
+        /// Entries after the last delivered one were trimmed before delivery, or (`ahead`) the
+        /// stream lost entries already delivered.
         truncated: bool,
+        /// With `truncated`: the stream lost entries already delivered; what follows continues
+        /// after its new end, maybe below offsets given before.
+        ahead: bool,
         /// A broadcast's value, as JSON text.
         broadcast: Option<String>,
         /// Why each malformed entry was left out (its neighbours are kept).
@@ -271,6 +275,7 @@ fn push(value: &Json, channel: &str) -> Result<Frame, &'static str> {
         channel: channel.to_owned(),
         messages: good.into_iter().map(|(entry, _)| entry).collect(),
         truncated: value.get("truncated").and_then(Json::as_bool).unwrap_or(false),
+        ahead: value.get("reason").and_then(Json::as_str) == Some("ahead"),
         broadcast: value.get("broadcast").map(Json::to_text),
         rejected,
     })
@@ -297,7 +302,7 @@ fn checked_entry(value: &Json) -> Result<Entry, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use redistribute_protocol::frame::{GroupEntry, GroupPush, OkBody, Push, Reply};
+    use redistribute_protocol::frame::{GroupEntry, GroupPush, OkBody, Push, Reply, Truncation};
     use redistribute_protocol::{ErrorCode, Op, ProtocolError};
     use std::borrow::Cow;
 
@@ -419,26 +424,36 @@ mod tests {
                 channel: "chat".into(),
                 messages: entries.to_vec(),
                 truncated: false,
+                ahead: false,
                 broadcast: None,
                 rejected: vec![]
             })
         );
-        let lost =
-            Push { channel: Cow::Borrowed("chat"), messages: Cow::Borrowed(&[]), truncated: true, broadcast: None };
-        assert_eq!(
-            push(lost),
-            Ok(Frame::Push {
-                channel: "chat".into(),
-                messages: vec![],
+        for (reason, ahead) in [(Truncation::Trimmed, false), (Truncation::Ahead, true)] {
+            let lost = Push {
+                channel: Cow::Borrowed("chat"),
+                messages: Cow::Borrowed(&[]),
                 truncated: true,
+                reason: Some(reason),
                 broadcast: None,
-                rejected: vec![]
-            })
-        );
+            };
+            assert_eq!(
+                push(lost),
+                Ok(Frame::Push {
+                    channel: "chat".into(),
+                    messages: vec![],
+                    truncated: true,
+                    ahead,
+                    broadcast: None,
+                    rejected: vec![]
+                })
+            );
+        }
         let broadcast = Push {
             channel: Cow::Borrowed("chat"),
             messages: Cow::Borrowed(&[]),
             truncated: false,
+            reason: None,
             broadcast: Some(serde_json::json!({"typing": "ann"})),
         };
         assert_eq!(
@@ -447,6 +462,7 @@ mod tests {
                 channel: "chat".into(),
                 messages: vec![],
                 truncated: false,
+                ahead: false,
                 broadcast: Some(r#"{"typing":"ann"}"#.into()),
                 rejected: vec![]
             })

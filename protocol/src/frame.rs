@@ -120,9 +120,16 @@ pub struct Push<'a> {
     #[serde(default, skip_serializing_if = "is_empty")]
     pub messages: Cow<'a, [Entry]>,
     /// Entries between the previous push (or the subscribe reply) and this one were trimmed or
-    /// deleted before they could be delivered.
+    /// deleted before they could be delivered, or (`reason: "ahead"`) the stream lost entries
+    /// already delivered.
     #[serde(default, skip_serializing_if = "is_false")]
     pub truncated: bool,
+    /// With `truncated`: `"trimmed"`, or `"ahead"` when the stream lost entries this subscription
+    /// was already given (a failover that lost writes, a storage restarted without persistence):
+    /// what follows continues after the stream's new end, whose offsets may be below ones given
+    /// before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Truncation>,
     /// A transient message sent with `broadcast` by a server: not stored, no offset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broadcast: Option<serde_json::Value>,
@@ -131,7 +138,13 @@ pub struct Push<'a> {
 impl<'a> Push<'a> {
     /// A push of stream entries.
     pub fn messages(channel: &'a str, messages: &'a [Entry]) -> Self {
-        Push { channel: Cow::Borrowed(channel), messages: Cow::Borrowed(messages), truncated: false, broadcast: None }
+        Push {
+            channel: Cow::Borrowed(channel),
+            messages: Cow::Borrowed(messages),
+            truncated: false,
+            reason: None,
+            broadcast: None,
+        }
     }
 
     /// Serialises the push to its JSON text.

@@ -25,6 +25,14 @@ impl StreamId {
         StreamId { ms, seq }
     }
 
+    /// The previous ID in stream order, or `None` for `0-0`.
+    pub fn predecessor(self) -> Option<StreamId> {
+        match self.seq.checked_sub(1) {
+            Some(seq) => Some(StreamId { ms: self.ms, seq }),
+            None => self.ms.checked_sub(1).map(|ms| StreamId { ms, seq: u64::MAX }),
+        }
+    }
+
     /// The next ID in stream order, or `None` at the maximum.
     pub fn successor(self) -> Option<StreamId> {
         match self.seq.checked_add(1) {

@@ -16,6 +16,11 @@ pub struct Config {
     /// The cluster's partitions: each has one stream reader per instance and its own hash tag
     /// in the keys of its channels, so the number is fixed for the life of the data.
     pub partitions: usize,
+    /// Redis replicas that must confirm a publish (`WAIT`) before it is answered `ok`; without
+    /// their confirmation within `replica_wait` it is answered `unknown_outcome`. 0: off.
+    pub publish_replicas: usize,
+    /// How long a publish waits for `publish_replicas` confirmations.
+    pub replica_wait: Duration,
     /// Bounds of the memory engine (used when `targets` is empty).
     pub memory: crate::engine::MemoryLimits,
     /// Largest text frame answered normally; larger ones get a `too_large` error reply.
@@ -106,6 +111,8 @@ impl Default for Config {
             readers_per_target: 1,
             cluster: Vec::new(),
             partitions: 16,
+            publish_replicas: 0,
+            replica_wait: Duration::from_secs(1),
             block: Duration::from_secs(5),
             redis_timeout: Duration::from_secs(5),
             default_maxlen: None,
@@ -212,6 +219,11 @@ impl Config {
         }
         if !self.targets.is_empty() && !self.cluster.is_empty() {
             return Err(crate::Error::Config("give Redis targets or a Redis Cluster, not both".into()));
+        }
+        if self.publish_replicas > 0 && self.targets.is_empty() && self.cluster.is_empty() {
+            return Err(crate::Error::Config(
+                "publish_replicas needs Redis (the memory engine has no replicas)".into(),
+            ));
         }
         if self.partitions > MAX_PARTITIONS {
             return Err(crate::Error::Config(format!("at most {MAX_PARTITIONS} partitions")));

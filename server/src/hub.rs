@@ -13,6 +13,7 @@
 
 use crate::hooks::{ConnInfo, DynHooks, StreamEvent};
 use crate::outbox::Outbox;
+use redistribute_protocol::frame::Truncation;
 use redistribute_protocol::{Entry, Push, StreamId, close};
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -87,7 +88,8 @@ fn encode(channel: &str, messages: Cow<'_, [Entry]>, truncated: bool) -> Option<
     if messages.is_empty() && !truncated {
         return None;
     }
-    let push = Push { channel: Cow::Borrowed(channel), messages, truncated, broadcast: None };
+    let reason = truncated.then_some(Truncation::Trimmed);
+    let push = Push { channel: Cow::Borrowed(channel), messages, truncated, reason, broadcast: None };
     Some(push.to_json().into())
 }
 
@@ -405,6 +407,46 @@ impl Partition {
         queued
     }
 
+    /// The stream of `channel` lost entries the reader had already fanned out (its cursor `from`
+    /// is ahead of the stream's last ID `to`: a failover that lost writes, a storage restarted
+    /// without persistence). The reader continues after `to`; live subscribers are told
+    /// (`truncated`, `reason: "ahead"`) and take what follows even below what they were given;
+    /// subscribers still joining are closed with 4000 to resubscribe (their resume is then
+    /// reported the same way). Ignored if the cursor moved meanwhile. Returns how many were told.
+    pub(crate) fn rewind(&self, channel: &str, from: StreamId, to: StreamId) -> usize {
+        let mut told = Vec::new();
+        {
+            let mut channels = self.lock();
+            let Some(entry) = channels.get_mut(channel) else { return 0 };
+            if entry.cursor != from {
+                return 0;
+            }
+            entry.cursor = to;
+            for subscriber in entry.subscribers.values_mut() {
+                match &mut subscriber.state {
+                    SubState::Live { last_sent } => {
+                        *last_sent = to;
+                        told.push(subscriber.outbox.clone());
+                    }
+                    SubState::Joining { .. } => {
+                        subscriber.outbox.kick(close::LAGGING, "the stream lost entries while you joined: resubscribe");
+                        subscriber.state = SubState::Dead;
+                    }
+                    SubState::Dead => {}
+                }
+            }
+        }
+        let push = Push {
+            channel: Cow::Borrowed(channel),
+            messages: Cow::Borrowed(&[]),
+            truncated: true,
+            reason: Some(Truncation::Ahead),
+            broadcast: None,
+        };
+        let frame: Utf8Bytes = push.to_json().into();
+        told.into_iter().filter(|outbox| outbox.push(frame.clone())).count()
+    }
+
     /// Forgets a channel that can no longer be followed, closing its subscribers' connections
     /// with 1011 and `reason` (they may resubscribe once the channel is fixed).
     pub(crate) fn evict(&self, channel: &str, reason: &str) {
@@ -553,6 +595,6 @@ mod tests {
         assert_eq!(values, ["a", "SHOUT"]);
         assert!(render(&Redact, &conn(1), "c", &entries[1..2], StreamId::ZERO, false, None).is_none());
         let gap = render(&Redact, &conn(1), "c", &entries[1..2], StreamId::ZERO, true, None).unwrap();
-        assert_eq!(gap.as_str(), r#"{"channel":"c","truncated":true}"#);
+        assert_eq!(gap.as_str(), r#"{"channel":"c","truncated":true,"reason":"trimmed"}"#);
     }
 }

@@ -158,15 +158,16 @@ impl ServerBuilder {
     pub fn build(self) -> Result<Server, Error> {
         let config = self.config;
         config.validate()?;
+        let confirm = |redis: RedisEngine| redis.confirm_writes(config.publish_replicas, config.replica_wait);
         let (engine, readers) = if !config.cluster.is_empty() {
             let cluster =
                 RedisEngine::cluster(&config.cluster, config.redis_timeout, &config.key_prefix, config.partitions)?;
-            (Engine::Redis(cluster), config.partitions)
+            (Engine::Redis(confirm(cluster)), config.partitions)
         } else if config.targets.is_empty() {
             (Engine::Memory(MemoryEngine::new(config.memory)), config.readers_per_target)
         } else {
             let redis = RedisEngine::new(&config.targets, config.redis_timeout, &config.key_prefix)?;
-            (Engine::Redis(redis), config.readers_per_target)
+            (Engine::Redis(confirm(redis)), config.readers_per_target)
         };
         let partitions = (0..engine.target_count())
             .flat_map(|target| (0..readers).map(move |within| (target, within)))
@@ -291,6 +292,7 @@ impl Server {
             channel: Cow::Borrowed(channel),
             messages: Cow::Borrowed(&[]),
             truncated: false,
+            reason: None,
             broadcast: Some(message),
         };
         self.shared.partition_of(channel).broadcast(channel, &push.to_json().into())

@@ -11,7 +11,11 @@
 //! it last read with).
 //!
 //! On any storage error the reader reconnects with backoff and resumes from the same cursors, so
-//! a Redis restart loses nothing that Redis kept.
+//! a Redis restart loses nothing that Redis kept. What Redis did not keep is reported: after a
+//! reconnect, a channel whose cursor (the last entry fanned out) is no longer in its stream, and
+//! was neither deleted nor trimmed, lost entries the reader had already fanned out (a failover
+//! that lost writes, a restart without persistence); its subscribers are told (`truncated`,
+//! `"ahead"`) and the reader continues from there (or from the stream's end, if that is earlier).
 //!
 //! [`Engine::wake`]: crate::engine::Engine::wake
 
@@ -28,7 +32,9 @@ use tracing::{debug, info, warn};
 pub(crate) async fn run_reader(shared: Arc<Shared>, index: usize) {
     let partition = &shared.partitions[index];
     let target = shared.engine.describe(partition.target);
-    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+    // Up to 2 s between attempts: a failover is over in seconds, and the reader should be back
+    // soon after.
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     let mut failing = false;
     loop {
         let result = tokio::select! {
@@ -64,6 +70,7 @@ async fn connect_and_follow(
             target = shared.engine.describe(partition.target),
             "stream reader reconnected; resuming from its cursors"
         );
+        report_lost_entries(shared, partition).await?;
     }
     let config = &shared.config;
     loop {
@@ -95,6 +102,42 @@ async fn connect_and_follow(
             }
         }
     }
+}
+
+/// Checks every followed channel for entries the stream lost after the reader fanned them out
+/// and rewinds those channels, telling their subscribers. A few channels at a time.
+async fn report_lost_entries(shared: &Shared, partition: &Partition) -> Result<(), EngineError> {
+    let (streams, _) = partition.snapshot();
+    for chunk in streams.chunks(64) {
+        let checks = chunk.iter().map(|(channel, cursor)| lost_after(shared, channel, *cursor));
+        for ((channel, cursor), lost) in chunk.iter().zip(futures_util::future::join_all(checks).await) {
+            if let Some(resume) = lost? {
+                let told = partition.rewind(channel, *cursor, resume);
+                warn!(
+                    channel,
+                    delivered_up_to = %cursor,
+                    resuming_after = %resume,
+                    subscribers_told = told,
+                    "the stream lost entries already delivered (a failover or restart that lost writes)"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `channel`'s stream lost the entry at `cursor` (the last one fanned out): it is gone,
+/// though nothing deleted it (`XDEL`) nor trimmed past it. Then where to go on: the cursor, or the
+/// stream's end if that is earlier (what the stream holds now may all be older). New entries
+/// written since carry later IDs than the lost ones (IDs follow the clock), so none is skipped.
+async fn lost_after(shared: &Shared, channel: &str, cursor: StreamId) -> Result<Option<StreamId>, EngineError> {
+    let Some(before) = cursor.predecessor() else { return Ok(None) };
+    let page = shared.engine.history_page(channel, before, 1).await?;
+    let state = page.state;
+    let present = page.entries.first().is_some_and(|e| e.offset == cursor);
+    let trimmed = state.first.is_some_and(|first| first > cursor) && state.entries_added > state.length;
+    let removed = state.max_deleted >= cursor || trimmed;
+    Ok((!present && !removed).then(|| cursor.min(state.last_generated)))
 }
 
 /// Finds the followed keys that no longer hold streams and evicts their channels.

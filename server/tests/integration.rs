@@ -220,6 +220,29 @@ async fn a_resume_offset_ahead_of_the_stream_after_redis_lost_its_data_is_report
     server.stop().await;
 }
 
+/// A live subscriber whose stream lost what it was given (Redis came back empty) is told when the
+/// server's reader reconnects (`truncated`, `"ahead"`), and then gets the entries written since,
+/// though their offsets are below the ones it had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_subscriber_is_told_when_redis_lost_what_it_delivered() {
+    let mut redis = Redis::start();
+    let server = TestServer::start(config(&redis)).await;
+    let mut subscriber = connect(&server.url()).await;
+    subscriber.subscribe("lost", "$").await;
+    // Entries far in the future: whatever Redis stores after the restart has lower IDs.
+    for i in 0..3 {
+        redis.xadd_with_id("lost", &format!("99999999999999-{i}"), &[("n", &i.to_string())]);
+    }
+    assert_eq!(subscriber.entries("lost", 3).await.len(), 3);
+    redis.restart_empty();
+    let report = subscriber.push().await;
+    assert_eq!(report, json!({"channel": "lost", "truncated": true, "reason": "ahead"}));
+    let fresh = redis.xadd("lost", &[("n", "after the loss")]);
+    assert_eq!(subscriber.entries("lost", 1).await, vec![(fresh, strings(&["n", "after the loss"]))]);
+    subscriber.assert_quiet().await;
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_offset_ahead_of_the_stream_is_reported_on_the_memory_engine() {
     let server = TestServer::start(Config::default()).await;

@@ -64,7 +64,13 @@ impl Redis {
         let binary = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
         let mut command = Command::new(&binary);
         if self.cluster {
+            // A replica may take over however long ago it last heard from its master (the default
+            // validity factor refuses after ~10 node timeouts of silence, which a 1 s timeout
+            // reaches within seconds of an idle test cluster).
             command.args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"]);
+            command.args(["--cluster-replica-validity-factor", "0", "--repl-ping-replica-period", "1"]);
+            // Replicas sync at once (not after the default 5 s wait for more of them).
+            command.args(["--repl-diskless-sync-delay", "0"]);
             command.args(["--cluster-config-file", &format!("nodes-{}.conf", self.port)]);
         }
         let child = command
@@ -132,6 +138,16 @@ impl Redis {
         cmd.query(&mut self.conn()).unwrap()
     }
 
+    /// `XADD <key of channel> <id> fields…` with an explicit ID.
+    pub fn xadd_with_id(&self, channel: &str, id: &str, fields: &[(&str, &str)]) -> String {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(key(channel)).arg(id);
+        for (k, v) in fields {
+            cmd.arg(*k).arg(*v);
+        }
+        cmd.query(&mut self.conn()).unwrap()
+    }
+
     /// `XRANGE <key of channel> (after +` as `(id, fields)` pairs.
     pub fn xrange_after(&self, channel: &str, after: &str) -> Vec<(String, Vec<String>)> {
         let start = if after == "0" || after == "0-0" { "-".to_owned() } else { format!("({after}") };
@@ -170,7 +186,24 @@ impl RedisCluster {
         assert!(created.status.success(), "redis-cli --cluster create: {}", String::from_utf8_lossy(&created.stderr));
         let cluster = RedisCluster { nodes };
         cluster.wait_until_ok();
+        cluster.wait_for_replicas();
         cluster
+    }
+
+    /// Waits until every master has a replica in sync (`WAIT` can be satisfied).
+    fn wait_for_replicas(&self) {
+        let deadline = Instant::now() + PATIENCE;
+        for port in self.masters() {
+            let node = self.nodes.iter().find(|n| n.port == port).unwrap();
+            loop {
+                let info: String = redis::cmd("INFO").arg("replication").query(&mut node.conn()).unwrap_or_default();
+                if info.contains("state=online") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the replica of {port} did not sync: {info}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
     }
 
     /// One cluster for every test of this process that only reads and writes (tests that kill
@@ -213,6 +246,17 @@ impl RedisCluster {
             assert!(Instant::now() < deadline, "the cluster did not become ok: {states:?}");
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Waits until the master on `port` (stopped) was replaced by its replica and the cluster is
+    /// `ok` again.
+    pub fn wait_for_failover(&self, port: u16) {
+        let deadline = Instant::now() + PATIENCE;
+        while self.masters().contains(&port) {
+            assert!(Instant::now() < deadline, "no replica took over from the master on {port}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.wait_until_ok();
     }
 
     /// Seed URIs (every node).

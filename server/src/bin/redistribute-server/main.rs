@@ -76,6 +76,11 @@ struct Args {
     #[arg(long = "redis-cluster", env = "REDISTRIBUTE_REDIS_CLUSTER", value_delimiter = ',', conflicts_with = "redis")]
     redis_cluster: Vec<String>,
 
+    /// Answer a publish `ok` only once this many Redis replicas confirmed it (`WAIT`, up to 1 s;
+    /// else `unknown_outcome`), so acknowledged publishes survive a failover. 0: off.
+    #[arg(long, env = "REDISTRIBUTE_PUBLISH_REPLICAS", default_value_t = 0)]
+    publish_replicas: usize,
+
     /// Redis Cluster: partitions of the channels, each with its own hash tag (`{p<n>.<k>}`) in the
     /// keys and one stream reader per instance. Part of every key: fixed for the life of the data.
     #[arg(long, env = "REDISTRIBUTE_PARTITIONS", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
@@ -329,6 +334,7 @@ impl Args {
         let mut config = Config::with_targets(self.redis.iter().cloned());
         config.cluster = self.redis_cluster.clone();
         config.partitions = self.partitions as usize;
+        config.publish_replicas = self.publish_replicas;
         config.memory.max_bytes = self.memory_max_bytes;
         config.memory.max_entries_per_channel = self.memory_max_entries;
         config.max_frame_bytes = self.max_frame_bytes;

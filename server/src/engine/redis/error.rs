@@ -23,13 +23,20 @@ impl<'a> Context<'a> {
 }
 
 /// The error code Redis answered with, also for a failed command inside a pipeline or
-/// transaction (where the crate keeps it only in the list of server errors).
-fn server_code(e: &RedisError) -> Option<String> {
-    if let Some(code) = e.code() {
-        return Some(code.to_owned());
+/// transaction (where the crate keeps it in the list of server errors: the first command's code
+/// says why, e.g. `MOVED` rather than the transaction's `EXECABORT`).
+pub(crate) fn server_code(e: &RedisError) -> Option<String> {
+    if let Some(errors) = e.clone().into_server_errors()
+        && let Some((_, error)) = errors.first()
+    {
+        return Some(error.code().to_owned());
     }
-    let errors = e.clone().into_server_errors()?;
-    errors.first().map(|(_, error)| error.code().to_owned())
+    e.code().map(str::to_owned)
+}
+
+/// Whether a cluster node answered that the key's slot is served elsewhere.
+pub(crate) fn redirected(e: &RedisError) -> bool {
+    matches!(server_code(e).as_deref(), Some("MOVED" | "ASK"))
 }
 
 /// Classifies `e`, keeping it as the source.

@@ -224,7 +224,13 @@ impl RedisMember {
         pipe.atomic();
         pipe.add_command(xadd(dead, fields, maxlen)).ignore();
         pipe.add_command(ack).ignore();
-        pipe.query_async::<()>(&mut self.target.commands()).await.map_err(|e| classify(e, &self.at()))
+        match pipe.query_async::<()>(&mut self.target.commands()).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.target.learn_route(&self.key, &e).await;
+                Err(classify(e, &self.at()))
+            }
+        }
     }
 
     /// `XACK`: returns how many of `offsets` were pending.

@@ -105,6 +105,15 @@ impl Target {
         }
     }
 
+    /// After a pipeline was answered `MOVED` or `ASK` on a cluster (a pipeline, unlike a single
+    /// command, does not follow redirects): one command on `key` makes the cluster connection
+    /// follow it and learn where the slot is now, so that the next try goes there.
+    pub(crate) async fn learn_route(&self, key: &str, e: &redis::RedisError) {
+        if matches!(self.backend, Backend::Cluster { .. }) && error::redirected(e) {
+            let _: redis::RedisResult<Value> = redis::cmd("EXISTS").arg(key).query_async(&mut self.commands()).await;
+        }
+    }
+
     /// Whether `a` and `b` are in one slot, so that one transaction may touch both.
     pub(crate) fn same_slot(&self, a: &str, b: &str) -> bool {
         match self.backend {
@@ -174,6 +183,15 @@ impl Target {
 pub struct RedisEngine {
     targets: Vec<Target>,
     latency: HistogramVec,
+    /// Replicas that must confirm every write before it counts as stored (`WAIT`).
+    replicas: Option<Replicas>,
+}
+
+/// `WAIT <count> <timeout>` after every write.
+#[derive(Clone, Copy, Debug)]
+struct Replicas {
+    count: usize,
+    timeout: Duration,
 }
 
 impl RedisEngine {
@@ -201,7 +219,7 @@ impl RedisEngine {
         let tags = (0..partitions).map(|n| partition_tag(n, partitions)).collect();
         let backend = Backend::Cluster { cluster, tags };
         let target = Target { display, prefix: Arc::from(key_prefix), backend, timeout, latency: latency.clone() };
-        Ok(RedisEngine { targets: vec![target], latency })
+        Ok(RedisEngine { targets: vec![target], latency, replicas: None })
     }
 
     /// Prepares connections to every target, with channel `c` stored at key `<key_prefix>c`.
@@ -233,7 +251,17 @@ impl RedisEngine {
                 Ok(Target { display: redact(uri), prefix: prefix.clone(), backend, timeout, latency })
             })
             .collect::<Result<_, crate::Error>>()?;
-        Ok(RedisEngine { targets, latency })
+        Ok(RedisEngine { targets, latency, replicas: None })
+    }
+
+    /// Makes every write wait until `count` replicas confirmed it (`WAIT count timeout` on the
+    /// connection that wrote it, so on the master that holds it): a write they do not confirm
+    /// within `timeout` fails with [`EngineError::UnknownOutcome`], since it is on the master but
+    /// may not survive its failover. 0 turns it off.
+    #[must_use]
+    pub fn confirm_writes(mut self, count: usize, timeout: Duration) -> Self {
+        self.replicas = (count > 0).then_some(Replicas { count, timeout });
+        self
     }
 
     /// The histogram of command latencies (`redistribute_redis_command_seconds`).
@@ -269,6 +297,15 @@ impl RedisEngine {
         fields: &[String],
         maxlen: Option<u64>,
     ) -> Result<StreamId, EngineError> {
+        if self.replicas.is_some() {
+            let write = Write { channel, fields, maxlen, once: None };
+            return self.publish_many(&[write]).await.remove(0).map(|appended| appended.offset);
+        }
+        self.append(channel, fields, maxlen).await
+    }
+
+    /// One `XADD`, unconfirmed.
+    async fn append(&self, channel: &str, fields: &[String], maxlen: Option<u64>) -> Result<StreamId, EngineError> {
         let target = self.target(channel);
         let id: Value = target
             .timed("XADD", xadd(target.key(channel), fields, maxlen).query_async(&mut target.commands()))
@@ -282,8 +319,8 @@ impl RedisEngine {
     /// a key goes through [`APPEND_ONCE`], which checks and records the key atomically with the
     /// `XADD`.
     pub(crate) async fn publish_many(&self, writes: &[Write<'_>]) -> Vec<Result<Appended, EngineError>> {
-        if let [Write { channel, fields, maxlen, once: None }] = writes {
-            let appended = self.publish(channel, fields, *maxlen).await;
+        if let ([Write { channel, fields, maxlen, once: None }], None) = (writes, self.replicas) {
+            let appended = self.append(channel, fields, *maxlen).await;
             return vec![appended.map(|offset| Appended { offset, duplicate: false })];
         }
         // One pipeline per target, and on a cluster per partition (a pipeline stays in one slot),
@@ -309,17 +346,49 @@ impl RedisEngine {
                     Some(once) => append_once(&key, fields, maxlen, once),
                 });
             }
-            let replies: Result<Vec<Value>, _> = target.timed("XADD", pipe.query_async(&mut target.commands())).await;
-            (target, mine, replies)
+            if let Some(Replicas { count, timeout }) = self.replicas {
+                // On the same connection (on a cluster, routed with the writes to their master):
+                // waits for everything written before it.
+                pipe.cmd("WAIT").arg(count).arg(timeout.as_millis() as u64);
+            }
+            let mut replies: Result<Vec<Value>, _> =
+                target.timed("XADD", pipe.query_async(&mut target.commands())).await;
+            let moved = match &replies {
+                Ok(replies) => replies.iter().find_map(|r| match r {
+                    Value::ServerError(e) => Some(redis::RedisError::from(e.clone())),
+                    _ => None,
+                }),
+                Err(e) => Some(e.clone()),
+            };
+            if let Some(e) = moved {
+                target.learn_route(&target.key(writes[mine[0]].channel), &e).await;
+            }
+            // With `WAIT`, its reply (how many replicas confirmed) comes last.
+            let unconfirmed = match (&mut replies, self.replicas) {
+                (Ok(replies), Some(Replicas { count, .. })) => match replies.pop() {
+                    Some(Value::Int(n)) if usize::try_from(n).is_ok_and(|n| n >= count) => None,
+                    Some(Value::Int(n)) => Some(format!("{n} of {count} replicas confirmed the write in time")),
+                    other => Some(format!("WAIT answered {other:?}")),
+                },
+                _ => None,
+            };
+            (target, mine, replies, unconfirmed)
         });
         let mut outcomes: Vec<Option<Result<Appended, EngineError>>> = writes.iter().map(|_| None).collect();
-        for (target, mine, replies) in futures_util::future::join_all(pipelines).await {
+        for (target, mine, replies, unconfirmed) in futures_util::future::join_all(pipelines).await {
             match replies {
                 Ok(replies) if replies.len() == mine.len() => {
                     for (&i, reply) in mine.iter().zip(replies) {
-                        outcomes[i] = Some(match reply {
-                            Value::ServerError(e) => Err(classify_write(e.into(), &target.at(writes[i].channel, None))),
-                            reply => appended(&reply),
+                        outcomes[i] = Some(match (reply, &unconfirmed) {
+                            (Value::ServerError(e), _) => {
+                                Err(classify_write(e.into(), &target.at(writes[i].channel, None)))
+                            }
+                            // On the master, but maybe not on enough replicas to survive a failover.
+                            (_, Some(why)) => Err(EngineError::UnknownOutcome {
+                                target: target.display().to_owned(),
+                                source: redis::RedisError::from((redis::ErrorKind::Io, "not replicated", why.clone())),
+                            }),
+                            (reply, None) => appended(&reply),
                         });
                     }
                 }
@@ -371,10 +440,13 @@ impl RedisEngine {
         let key = target.key(channel);
         pipe.cmd("XINFO").arg("STREAM").arg(&key);
         pipe.cmd("XRANGE").arg(&key).arg(format!("({after}")).arg("+").arg("COUNT").arg(count);
-        let results: Vec<Value> = target
-            .timed("XRANGE", pipe.query_async(&mut target.commands()))
-            .await
-            .map_err(|e| classify(e, &target.at(channel, None)))?;
+        let results: Vec<Value> = match target.timed("XRANGE", pipe.query_async(&mut target.commands())).await {
+            Ok(results) => results,
+            Err(e) => {
+                target.learn_route(&key, &e).await;
+                return Err(classify(e, &target.at(channel, None)));
+            }
+        };
         let Ok([info, range]) = <[Value; 2]>::try_from(results) else {
             return Err(EngineError::Reply("MULTI did not return two results".into()));
         };
