@@ -4,8 +4,8 @@
 #
 #   bash scripts/setup.sh build   what `npm start` needs: the wasm32 target, wasm-bindgen-cli (the
 #                                 exact version in Cargo.lock) and the root npm packages
-#   bash scripts/setup.sh test    what `npm test` needs on top: redis-server, chromium and
-#                                 chromedriver (apt), and wasm-pack (for `wasm-pack test`)
+#   bash scripts/setup.sh test    what `npm test` needs on top: redis-server, redis-cli, chromium,
+#                                 chromedriver and haproxy (apt), and wasm-pack
 #
 # `npm start`, `npm test` and `.ci/run` all call it; each step prints one line.
 set -euo pipefail
@@ -20,10 +20,13 @@ say() { printf 'setup: %s\n' "$*"; }
 apt_packages() {
   local missing=()
   command -v redis-server >/dev/null || missing+=(redis-server)
+  command -v redis-cli >/dev/null || missing+=(redis-tools)
   command -v chromium >/dev/null || missing+=(chromium)
   command -v chromedriver >/dev/null || missing+=(chromium-driver)
+  # The end-to-end test of a deployment runs the real load balancer (deploy/haproxy.cfg).
+  command -v haproxy >/dev/null || missing+=(haproxy)
   if [ ${#missing[@]} -eq 0 ]; then
-    say "redis-server, chromium, chromedriver present"
+    say "redis-server, redis-cli, chromium, chromedriver, haproxy present"
     return
   fi
   say "installing ${missing[*]} (apt)"

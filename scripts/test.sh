@@ -41,8 +41,8 @@ suite "client in headless Chromium (wasm-bindgen-test, real servers)" \
   node tests/harness.mjs -- wasm-pack test --headless --chrome client-wasm
 suite "client package in Node.js (ws)" node tests/harness.mjs -- node --test tests/node/
 suite "demo app built with Vite on the packed package" bash scripts/build-demo.sh
-suite "end-to-end: the demo in headless Chromium across two servers" \
-  env RD_STATIC=www-demo/dist node tests/harness.mjs -- node --test tests/e2e/
+suite "end-to-end: the demo in headless Chromium across servers, and behind HAProxy on a Redis Cluster" \
+  env RD_STATIC=www-demo/dist RD_CLUSTER=1 node tests/harness.mjs -- node --test tests/e2e/
 
 echo
 printf '%s\n' "${summary[@]}"

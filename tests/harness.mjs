@@ -28,6 +28,15 @@
 //   GET  /pages/…              test pages (tests/e2e/pages)
 //
 // With RD_STATIC=DIR the servers also serve DIR themselves (`--static`).
+//
+// With RD_CLUSTER=1 it also starts a Redis Cluster (3 masters, 3 replicas), two more servers on it
+// and HAProxy in front of them with deploy/haproxy.cfg, and adds:
+//   RD_LB                      http:// URL of the load balancer (pages and WebSockets)
+//   POST /cluster/server/<0|1>/stop|start   SIGTERM / start an instance behind it
+//   GET  /cluster/websockets   [n0, n1]: WebSockets open on each instance (from /metrics)
+//   POST /cluster/publisher?channel=C&count=N&interval=MS   XADDs into the cluster
+//   GET  /cluster/publisher/wait
+//   GET  /cluster/xrange?channel=C     as /xrange, from the cluster
 
 import { spawn, execFile } from 'node:child_process';
 import { createServer } from 'node:http';
@@ -75,10 +84,55 @@ async function until(what, check, ms = 20000) {
   throw new Error(`harness: ${what} did not happen within ${ms} ms`);
 }
 
-function redisCli(port, args) {
+function redisCli(port, args, cluster = false) {
+  const mode = cluster ? ['-c'] : [];
   return new Promise((resolve, reject) => {
-    execFile('redis-cli', ['-p', String(port), '--json', ...args], (err, stdout) => (err ? reject(err) : resolve(JSON.parse(stdout))));
+    execFile('redis-cli', ['-p', String(port), ...mode, '--json', ...args], (err, stdout) => (err ? reject(err) : resolve(JSON.parse(stdout))));
   });
+}
+
+function output(cmd, args) {
+  return new Promise((resolve, reject) => {
+    execFile(cmd, args, (err, stdout, stderr) => (err ? reject(new Error(`${cmd}: ${stderr || err}`)) : resolve(stdout.trim())));
+  });
+}
+
+// A free port whose cluster bus port (+10000) is free too.
+async function clusterPort() {
+  for (;;) {
+    const port = await freePort();
+    if (port >= 55535) continue;
+    const bus = await new Promise((resolve) => {
+      const srv = net.createServer();
+      srv.once('error', () => resolve(false));
+      srv.listen(port + 10000, '127.0.0.1', () => srv.close(() => resolve(true)));
+    });
+    if (bus) return port;
+  }
+}
+
+/** A Redis Cluster of 3 masters and 3 replicas in `dir`; resolves to its node ports. */
+async function startCluster(dir) {
+  const ports = [];
+  for (let i = 0; i < 6; i++) ports.push(await clusterPort());
+  for (const port of ports) {
+    run('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
+      '--cluster-enabled', 'yes', '--cluster-node-timeout', '1000', '--cluster-replica-validity-factor', '0', '--repl-ping-replica-period', '1', '--repl-diskless-sync-delay', '0',
+      '--cluster-config-file', `nodes-${port}.conf`, '--dir', dir], { stdio: 'ignore' });
+  }
+  for (const port of ports) await until(`cluster node ${port}`, async () => (await redisCli(port, ['PING'])) === 'PONG');
+  await output('redis-cli', ['--cluster', 'create', ...ports.map((p) => `127.0.0.1:${p}`), '--cluster-replicas', '1', '--cluster-yes']);
+  for (const port of ports) {
+    await until('the cluster to be ok', async () => (await output('redis-cli', ['-p', String(port), 'CLUSTER', 'INFO'])).includes('cluster_state:ok'));
+  }
+  // Every master's replica in sync, so that publishes confirmed by a replica (`WAIT`) go through.
+  for (const port of ports) {
+    const info = await output('redis-cli', ['-p', String(port), 'INFO', 'replication']);
+    if (info.includes('role:master')) {
+      await until(`the replica of ${port} to sync`, async () => (await output('redis-cli', ['-p', String(port), 'INFO', 'replication'])).includes('state=online'));
+    }
+  }
+  return ports;
 }
 
 // A tiny token issuer: an HS256 JWT with the given user, lifetime and channel grants.
@@ -129,6 +183,37 @@ async function main() {
   await startServer(0);
   await startServer(1);
   await startServer(2);
+
+  // Optional: a cluster, two servers on it, and HAProxy in front of them.
+  const lb = process.env.RD_CLUSTER === '1' ? { instances: [], publisher: Promise.resolve() } : null;
+  if (lb) {
+    lb.nodes = await startCluster(dir);
+    const seeds = lb.nodes.slice(0, 3).flatMap((p) => ['--redis-cluster', `redis://127.0.0.1:${p}`]);
+    lb.key = (channel) => output(serverBin, [...seeds, 'key', channel]);
+    for (let i = 0; i < 2; i++) lb.instances.push({ port: await freePort(), child: null });
+    lb.start = async (i) => {
+      const s = lb.instances[i];
+      const extra = staticDir ? ['--static', staticDir] : [];
+      s.child = run(serverBin, ['--listen', `127.0.0.1:${s.port}`, ...seeds, '--publish-replicas', '1', '--log', 'warn', '--shutdown-grace', '2', '--allowed-origin', '*', ...extra]);
+      await until(`cluster server ${i} start`, async () => (await fetch(`http://127.0.0.1:${s.port}/healthz`)).ok);
+    };
+    lb.stop = async (i) => {
+      const s = lb.instances[i];
+      if (s.child && s.child.exitCode === null) {
+        s.child.kill('SIGTERM');
+        await exited(s.child);
+      }
+      s.child = null;
+    };
+    await lb.start(0);
+    await lb.start(1);
+    lb.port = await freePort();
+    run('haproxy', ['-db', '-f', resolve(root, 'deploy', 'haproxy.cfg')], {
+      stdio: ['ignore', 'ignore', 'inherit'],
+      env: { ...process.env, LB_BIND: `127.0.0.1:${lb.port}`, REDISTRIBUTE_1: `127.0.0.1:${lb.instances[0].port}`, REDISTRIBUTE_2: `127.0.0.1:${lb.instances[1].port}` },
+    });
+    await until('haproxy start', async () => (await fetch(`http://127.0.0.1:${lb.port}/healthz`)).ok);
+  }
 
   // Static files on the control origin, which outlives the servers: the demo, the built package
   // as it would sit in node_modules, and test pages.
@@ -192,6 +277,42 @@ async function main() {
         await publisher;
         return reply(200, { done: true });
       }
+      if (lb && (m = url.pathname.match(/^\/cluster\/server\/(\d)\/(stop|start)$/))) {
+        await (m[2] === 'stop' ? lb.stop(Number(m[1])) : lb.start(Number(m[1])));
+        return reply(200, { ok: true });
+      }
+      if (lb && url.pathname === '/cluster/websockets') {
+        const counts = await Promise.all(lb.instances.map(async (s) => {
+          if (!s.child) return 0;
+          const text = await (await fetch(`http://127.0.0.1:${s.port}/metrics`)).text();
+          return Number(/^redistribute_websockets_open (\d+)$/m.exec(text)[1]);
+        }));
+        return reply(200, counts);
+      }
+      if (lb && url.pathname === '/cluster/xrange') {
+        return reply(200, await redisCli(lb.nodes[0], ['XRANGE', await lb.key(q('channel')), '-', '+'], true));
+      }
+      if (lb && url.pathname === '/cluster/publisher') {
+        const count = Number(q('count'));
+        const interval = Number(q('interval') ?? 10);
+        const key = await lb.key(q('channel'));
+        lb.publisher = (async () => {
+          const cli = spawn('redis-cli', ['-c', '-p', String(lb.nodes[0])], { stdio: ['pipe', 'ignore', 'inherit'] });
+          children.add(cli);
+          for (let n = 0; n < count; n++) {
+            cli.stdin.write(`XADD ${key} * n ${n}\n`);
+            await sleep(interval);
+          }
+          cli.stdin.end();
+          await exited(cli);
+          children.delete(cli);
+        })();
+        return reply(200, { started: true });
+      }
+      if (lb && url.pathname === '/cluster/publisher/wait') {
+        await lb.publisher;
+        return reply(200, { done: true });
+      }
       reply(404, { error: 'unknown control route' });
     } catch (err) {
       reply(500, { error: String(err) });
@@ -208,6 +329,7 @@ async function main() {
     RD_CONTROL: `http://127.0.0.1:${controlPort}`,
     RD_REDIS_PORT: String(redisPort),
     RD_APP: `http://127.0.0.1:${controlPort}/app/`,
+    ...(lb ? { RD_LB: `http://127.0.0.1:${lb.port}/` } : {}),
   };
   console.log(`harness: redis :${redisPort}, servers ${env.RD_SERVER_A} ${env.RD_SERVER_B}, control ${env.RD_CONTROL}`);
   const test = spawn(command[0], command.slice(1), { stdio: 'inherit', env });

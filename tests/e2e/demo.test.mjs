@@ -8,8 +8,8 @@ import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { chromium } from 'playwright-core';
 
-const { RD_SERVER_A, RD_SERVER_B, RD_CONTROL, RD_APP } = process.env;
-assert.ok(RD_SERVER_A && RD_APP, 'run through tests/harness.mjs with RD_STATIC=www-demo/dist');
+const { RD_SERVER_A, RD_SERVER_B, RD_CONTROL, RD_APP, RD_LB } = process.env;
+assert.ok(RD_SERVER_A && RD_APP && RD_LB, 'run through tests/harness.mjs with RD_STATIC=www-demo/dist RD_CLUSTER=1');
 const httpA = RD_SERVER_A.replace(/^ws/, 'http');
 const httpB = RD_SERVER_B.replace(/^ws/, 'http');
 const PATIENCE = 20000;
@@ -247,6 +247,39 @@ test('shared tabs: each tab gets what it follows; publishes waiting at a handove
   assert.deepEqual(stream.slice(1), offsets, 'each publish stored once, its call resolved with its offset');
   await waitForMessages(follower, side, 3, 'its publishes');
   assert.deepEqual(await received(follower, side), stream);
+  await context.close();
+});
+
+test('behind HAProxy on a Redis Cluster: the instance the page is on goes away, and it misses nothing', async () => {
+  const channel = unique('lb');
+  const target = RD_LB.replace(/^http/, 'ws');
+  const context = await browser.newContext();
+  // The page comes through the load balancer too (the instances serve the demo).
+  const page = await open(context, RD_LB, [target], channel);
+  await connectedTo(page, target);
+  let counts;
+  const deadline = Date.now() + PATIENCE;
+  while ((counts = await control('GET', '/cluster/websockets')).reduce((a, b) => a + b, 0) !== 1) {
+    assert.ok(Date.now() < deadline, `one WebSocket on the instances, got ${counts}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  const on = counts.indexOf(1);
+  await control('POST', `/cluster/publisher?channel=${channel}&count=300&interval=10`);
+  await waitForMessages(page, channel, 30, 'before the instance goes');
+  // SIGTERM: the instance closes its sockets with 1001 and stops accepting; HAProxy sends the
+  // page's reconnect to the other one.
+  await control('POST', `/cluster/server/${on}/stop`);
+  try {
+    await control('GET', '/cluster/publisher/wait');
+    await waitForMessages(page, channel, 300, 'after the instance went away');
+    const stream = (await control('GET', `/cluster/xrange?channel=${channel}`)).map(([offset]) => offset);
+    assert.equal(stream.length, 300);
+    assert.deepEqual(await received(page, channel), stream, 'exactly the stream, in order');
+    assert.deepEqual(await control('GET', '/cluster/websockets'), on === 0 ? [0, 1] : [1, 0], 'now on the other instance');
+    assert.match(await page.textContent('#log'), /disconnected \(1001/);
+  } finally {
+    await control('POST', `/cluster/server/${on}/start`);
+  }
   await context.close();
 });
 
