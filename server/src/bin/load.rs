@@ -258,15 +258,12 @@ async fn main() -> anyhow::Result<()> {
     }
     drop(baseline);
     let ours = Report::median(&ours);
-    if args.runs > 1 {
-        println!("-- median of {} runs", args.runs);
-        ours.print("");
-    }
+    // Also for one run, so that scripts read the figures in one place.
+    println!("-- median of {} runs", args.runs);
+    ours.print("");
     if !base.is_empty() {
         let base = Report::median(&base);
-        if args.runs > 1 {
-            base.print("baseline ");
-        }
+        base.print("baseline ");
         println!("-- ratio to the baseline");
         println!("deliveries/s       {:.2}x", ours.deliveries_per_s / base.deliveries_per_s);
         println!("published/s        {:.2}x", ours.published_per_s / base.published_per_s);
