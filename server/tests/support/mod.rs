@@ -130,22 +130,12 @@ impl Redis {
 
     /// `XADD <key of channel> * fields…` straight into Redis, as another program would.
     pub fn xadd(&self, channel: &str, fields: &[(&str, &str)]) -> String {
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(key(channel)).arg("*");
-        for (k, v) in fields {
-            cmd.arg(*k).arg(*v);
-        }
-        cmd.query(&mut self.conn()).unwrap()
+        self.xadd_with_id(channel, "*", fields)
     }
 
     /// `XADD <key of channel> <id> fields…` with an explicit ID.
     pub fn xadd_with_id(&self, channel: &str, id: &str, fields: &[(&str, &str)]) -> String {
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(key(channel)).arg(id);
-        for (k, v) in fields {
-            cmd.arg(*k).arg(*v);
-        }
-        cmd.query(&mut self.conn()).unwrap()
+        xadd(&key(channel), id, fields).query(&mut self.conn()).unwrap()
     }
 
     /// `XRANGE <key of channel> (after +` as `(id, fields)` pairs.
@@ -277,12 +267,7 @@ impl RedisCluster {
 
     /// `XADD key * fields…` through the cluster, as another program would; returns the ID.
     pub fn xadd(&self, key: &str, fields: &[(&str, &str)]) -> String {
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(key).arg("*");
-        for (k, v) in fields {
-            cmd.arg(*k).arg(*v);
-        }
-        cmd.query(&mut self.client().get_connection().unwrap()).unwrap()
+        xadd(key, "*", fields).query(&mut self.client().get_connection().unwrap()).unwrap()
     }
 
     /// `(first slot, last slot, master port)` of every slot range, in slot order.
@@ -331,6 +316,16 @@ impl RedisCluster {
     pub fn node(&mut self, port: u16) -> &mut Redis {
         self.nodes.iter_mut().find(|n| n.port == port).expect("a node of this cluster")
     }
+}
+
+/// `XADD key id field value …`.
+fn xadd(key: &str, id: &str, fields: &[(&str, &str)]) -> redis::Cmd {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(key).arg(id);
+    for (k, v) in fields {
+        cmd.arg(*k).arg(*v);
+    }
+    cmd
 }
 
 /// A free port whose cluster bus port (+10000) is free too.

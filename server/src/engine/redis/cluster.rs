@@ -116,11 +116,7 @@ fn master_of(slots: &Value, slot: i64) -> Option<(String, u16)> {
         if !(*first..=*last).contains(&slot) {
             return None;
         }
-        let host = match master.first()? {
-            Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok()?,
-            Value::SimpleString(text) => text.clone(),
-            _ => return None,
-        };
+        let host = super::reply::text(master.first()?)?;
         let Value::Int(port) = master.get(1)? else { return None };
         Some((host, u16::try_from(*port).ok()?))
     })
