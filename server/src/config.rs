@@ -13,6 +13,8 @@ pub struct Config {
     pub targets: Vec<String>,
     /// Seed nodes of a Redis Cluster to run on, instead of `targets` (give one or the other).
     pub cluster: Vec<String>,
+    /// Certificates for `rediss://` targets and cluster seeds.
+    pub redis_tls: crate::engine::RedisTls,
     /// The cluster's partitions: each has one stream reader per instance and its own hash tag
     /// in the keys of its channels, so the number is fixed for the life of the data.
     pub partitions: usize,
@@ -110,6 +112,7 @@ impl Default for Config {
             read_count: 1000,
             readers_per_target: 1,
             cluster: Vec::new(),
+            redis_tls: crate::engine::RedisTls::default(),
             partitions: 16,
             publish_replicas: 0,
             replica_wait: Duration::from_secs(1),

@@ -160,13 +160,18 @@ impl ServerBuilder {
         config.validate()?;
         let confirm = |redis: RedisEngine| redis.confirm_writes(config.publish_replicas, config.replica_wait);
         let (engine, readers) = if !config.cluster.is_empty() {
-            let cluster =
-                RedisEngine::cluster(&config.cluster, config.redis_timeout, &config.key_prefix, config.partitions)?;
+            let cluster = RedisEngine::cluster(
+                &config.cluster,
+                config.redis_timeout,
+                &config.key_prefix,
+                config.partitions,
+                &config.redis_tls,
+            )?;
             (Engine::Redis(confirm(cluster)), config.partitions)
         } else if config.targets.is_empty() {
             (Engine::Memory(MemoryEngine::new(config.memory)), config.readers_per_target)
         } else {
-            let redis = RedisEngine::new(&config.targets, config.redis_timeout, &config.key_prefix)?;
+            let redis = RedisEngine::new(&config.targets, config.redis_timeout, &config.key_prefix, &config.redis_tls)?;
             (Engine::Redis(confirm(redis)), config.readers_per_target)
         };
         let partitions = (0..engine.target_count())

@@ -12,7 +12,7 @@ use redistribute::protocol::{Entry, Start};
 use redistribute::{Config, ConnInfo, Decision, Hooks, ListenOptions, Server, StreamEvent};
 use serde_json::{Value, json};
 use std::time::Duration;
-use support::{PATIENCE, Redis, TestServer, config, connect, key};
+use support::{Hardened, PATIENCE, Redis, TestServer, config, connect, key};
 
 fn strings(fields: &[&str]) -> Vec<String> {
     fields.iter().map(|s| s.to_string()).collect()
@@ -930,6 +930,72 @@ async fn tls_with_a_self_signed_certificate() {
     assert_eq!(client.entries("secure", 1).await[0].0, offset);
     server.stop().await;
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Redis as a hardened deployment runs it: TLS only, certificates from a private CA, client
+/// certificates required, an ACL user. The server works with the right settings, and each
+/// missing or wrong piece is refused rather than worked around.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_over_tls_with_a_client_certificate_and_an_acl_user() {
+    let hardened = Hardened::new();
+    let mut redis = Redis::start_hardened(&hardened);
+    let mut settings = config(&redis);
+    settings.redis_tls = hardened.redis_tls();
+    settings.redis_timeout = Duration::from_secs(2);
+    let server = TestServer::start(settings.clone()).await;
+    let mut subscriber = connect(&server.url()).await;
+    subscriber.subscribe("vault", "$").await;
+    let mut publisher = connect(&server.url()).await;
+    publisher.publish("vault", &["over", "tls"]).await;
+    let keyed = json!({"op": "publish", "channel": "vault", "fields": ["n", "1"], "idempotency_key": "k-1"});
+    let first = publisher.request(keyed.clone()).await["ok"]["offset"].clone();
+    let retry = publisher.request(keyed).await;
+    assert_eq!(retry["ok"], json!({"offset": first, "duplicate": true}), "{retry}");
+    assert_eq!(subscriber.entries("vault", 2).await, redis.xrange_after("vault", "0"));
+    // Redis restarts: the stream reader reconnects (and checks for lost entries), publishes work again.
+    redis.restart();
+    let offset = loop {
+        let reply = publisher.request(json!({"op": "publish", "channel": "vault", "fields": ["n", "2"]})).await;
+        if let Some(offset) = reply["ok"]["offset"].as_str() {
+            break offset.to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(subscriber.entries("vault", 1).await[0].0, offset);
+    let mut late = connect(&server.url()).await;
+    late.subscribe("vault", "0").await;
+    assert_eq!(late.entries("vault", 3).await, redis.xrange_after("vault", "0"), "history");
+    assert_eq!(health(&server).await, 200);
+    server.stop().await;
+    assert_eq!(redis.acl_denials(), Vec::<String>::new(), "the server's ACL rule allows all it sends");
+
+    let refused = |change: fn(&mut Config)| {
+        let mut settings = settings.clone();
+        change(&mut settings);
+        async move {
+            let server = Server::builder(settings).build().unwrap();
+            let error = server.health().await.expect_err("Redis refuses the connection");
+            server.shutdown();
+            server.stopped().await;
+            redistribute::engine::Chain(&error).to_string()
+        }
+    };
+    let untrusted = refused(|c| c.redis_tls.ca_file = None).await;
+    assert!(untrusted.contains("certificate"), "the system trust store does not know the test CA: {untrusted}");
+    let anonymous = refused(|c| (c.redis_tls.cert_file, c.redis_tls.key_file) = (None, None)).await;
+    assert!(anonymous.contains("CertificateRequired"), "Redis requires a client certificate: {anonymous}");
+    let wrong_password = refused(|c| c.targets[0] = c.targets[0].replace(Hardened::PASSWORD, "guess")).await;
+    assert!(wrong_password.contains("authentication failed"), "{wrong_password}");
+    let mut plain = settings.clone();
+    plain.targets[0] = plain.targets[0].replace("rediss://", "redis://");
+    let Err(redistribute::Error::Config(message)) = Server::builder(plain).build() else {
+        panic!("TLS files with a redis:// URI are a configuration error")
+    };
+    assert!(message.contains("rediss://"), "{message}");
+    let mut insecure = settings.clone();
+    insecure.targets[0].push_str("/#insecure");
+    insecure.redis_tls = Default::default();
+    assert!(matches!(Server::builder(insecure).build(), Err(redistribute::Error::Config(_))), "no unverified TLS");
 }
 
 /// The embedded memory engine behind the full protocol: replay, live tail and the handover.

@@ -20,8 +20,8 @@ pub use self::error::{Chain, EngineError};
 pub use self::memory::{MemoryEngine, MemoryLimits, MemoryMember};
 pub use self::redis::follow::RedisFollower;
 pub use self::redis::groups::RedisMember;
-pub use self::redis::{Migration, cluster_key, migrate_to_cluster, partition_of, partition_tag, slot_of};
-pub use self::redis::{RedisEngine, Target};
+pub use self::redis::{Migration, acl_rule, cluster_key, migrate_to_cluster, partition_of, partition_tag, slot_of};
+pub use self::redis::{RedisEngine, RedisTls, Target};
 
 use redistribute_protocol::{Entry, Start, StreamId};
 use std::time::Duration;

@@ -3,9 +3,9 @@
 //! slots. Each test has its own key prefix on the shared cluster. (The engine's semantics are
 //! checked on the cluster by the conformance suite.)
 
-use crate::support::{PATIENCE, RedisCluster, TestServer, connect};
+use crate::support::{Hardened, PATIENCE, PREFIX, Redis, RedisCluster, TestServer, connect};
 use redistribute::Config;
-use redistribute::engine::{cluster_key, slot_of};
+use redistribute::engine::{cluster_key, migrate_to_cluster, slot_of};
 use serde_json::json;
 use std::collections::HashSet;
 use std::time::Duration;
@@ -215,7 +215,7 @@ async fn consumer_groups_share_the_work_on_the_cluster() {
 /// their cluster keys, and a server on the cluster carries on with them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_redis_migrates_into_the_cluster() {
-    let single = crate::support::Redis::start();
+    let single = Redis::start();
     let prefix = prefix("migrate");
     let before = TestServer::start({
         let mut config = redistribute::Config::with_targets([single.url()]);
@@ -244,9 +244,9 @@ async fn a_single_redis_migrates_into_the_cluster() {
         redis::cmd("XRANGE").arg(format!("{prefix}orders")).arg("-").arg("+").query(&mut single.conn()).unwrap();
 
     let cluster = RedisCluster::shared();
-    let done = redistribute::engine::migrate_to_cluster(&single.url(), &cluster.seeds(), &prefix, 16).await.unwrap();
+    let done = migrate_to_cluster(&single.url(), &cluster.seeds(), &prefix, 16, &Default::default()).await.unwrap();
     assert_eq!(done.copied, 2, "the stream and its idempotency record: {done:?}");
-    let again = redistribute::engine::migrate_to_cluster(&single.url(), &cluster.seeds(), &prefix, 16).await.unwrap();
+    let again = migrate_to_cluster(&single.url(), &cluster.seeds(), &prefix, 16, &Default::default()).await.unwrap();
     assert_eq!((again.copied, again.existing.len()), (0, 2), "a second run overwrites nothing");
     assert_eq!(cluster.xrange(&cluster_key(&prefix, "orders", 16)), source, "entries and IDs kept");
 
@@ -265,6 +265,50 @@ async fn a_single_redis_migrates_into_the_cluster() {
         push["messages"].as_array().unwrap().iter().map(|m| m["offset"].as_str().unwrap()).collect();
     assert_eq!(offsets, source.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(), "{push}");
     after.stop().await;
+}
+
+/// A hardened cluster (TLS only, client certificates required, an ACL user; see [`Hardened`]):
+/// a hardened single Redis migrates into it, and two instances on it carry channels on every
+/// master (the stream readers' dedicated connections find their masters over TLS) and a
+/// consumer group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_over_tls_with_client_certificates_and_an_acl_user() {
+    let hardened = Hardened::new();
+    let cluster = RedisCluster::start_hardened(&hardened);
+    let single = Redis::start_hardened(&hardened);
+    let moved = single.xadd("moved", &[("n", "0")]);
+    // An operator's task, with a user allowed SCAN, DUMP and RESTORE (the servers' is not).
+    let done = migrate_to_cluster(&single.admin_url(), &cluster.admin_seeds(), PREFIX, 16, &hardened.redis_tls())
+        .await
+        .unwrap();
+    assert_eq!(done.copied, 1, "{done:?}");
+
+    let mut config = Config::with_cluster(cluster.seeds());
+    config.redis_tls = hardened.redis_tls();
+    let (a, b) = (TestServer::start(config.clone()).await, TestServer::start(config).await);
+    let (mut on_a, mut on_b) = (connect(&a.url()).await, connect(&b.url()).await);
+    on_b.subscribe("moved", "0").await;
+    assert_eq!(on_b.entries("moved", 1).await[0].0, moved, "the migrated stream");
+    let channels = one_channel_per_master(&cluster, PREFIX);
+    for channel in &channels {
+        on_b.subscribe(channel, "$").await;
+    }
+    for channel in &channels {
+        let offset = on_a.publish(channel, &["over", "tls"]).await;
+        assert_eq!(on_b.entries(channel, 1).await[0].0, offset, "#{channel}");
+    }
+    let joined =
+        on_b.request(json!({"op": "subscribe", "channel": "jobs", "group": "g", "consumer": "w", "offset": "0"})).await;
+    assert_eq!(joined["ok"], json!({}), "{joined}");
+    let offset = on_a.publish("jobs", &["n", "1"]).await;
+    let push = on_b.push().await;
+    assert_eq!(push["messages"][0]["offset"], json!(offset), "{push}");
+    let acked = on_b.request(json!({"op": "ack", "channel": "jobs", "group": "g", "offsets": [offset]})).await;
+    assert_eq!(acked["ok"]["acked"], json!(1), "{acked}");
+    on_b.assert_quiet().await;
+    a.stop().await;
+    b.stop().await;
+    assert_eq!(cluster.acl_denials(), Vec::<String>::new(), "the servers' ACL rule allows all they send");
 }
 
 /// What a subscriber saw of a channel: the offsets delivered, and which of them came before a

@@ -17,7 +17,7 @@ macro_rules! conformance {
                 async fn $case() {
                     let redis = crate::support::Redis::start();
                     let engine = redistribute::engine::Engine::Redis(
-                        redistribute::engine::RedisEngine::new(&[redis.url()], std::time::Duration::from_secs(5), crate::support::PREFIX)
+                        redistribute::engine::RedisEngine::new(&[redis.url()], std::time::Duration::from_secs(5), crate::support::PREFIX, &Default::default())
                             .unwrap(),
                     );
                     super::$case(&engine).await;
@@ -32,7 +32,7 @@ macro_rules! conformance {
                     let cluster = crate::support::RedisCluster::shared();
                     let prefix = format!("{}:{}:", stringify!($case), std::process::id());
                     let engine = redistribute::engine::Engine::Redis(
-                        redistribute::engine::RedisEngine::cluster(&cluster.seeds(), std::time::Duration::from_secs(5), &prefix, 16)
+                        redistribute::engine::RedisEngine::cluster(&cluster.seeds(), std::time::Duration::from_secs(5), &prefix, 16, &Default::default())
                             .unwrap(),
                     );
                     super::$case(&engine).await;

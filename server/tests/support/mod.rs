@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
@@ -39,23 +40,183 @@ pub struct Redis {
     dir: PathBuf,
     /// A cluster node (`--cluster-enabled yes`).
     cluster: bool,
+    /// TLS only, with client certificates and an ACL user (else plain TCP, no password).
+    hardened: Option<Arc<Hardened>>,
+}
+
+/// What a hardened Redis deployment looks like: TLS only (`--port 0`), certificates signed by a
+/// private CA (for 127.0.0.1), client certificates required, and ACL users: the servers' (`app`,
+/// with just the rule `redistribute-server redis-acl` prints) and the tests' own (`admin`); the
+/// `default` user is off. The PEM files live in a temporary directory, removed on drop.
+pub struct Hardened {
+    dir: PathBuf,
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    acl: PathBuf,
+}
+
+impl Hardened {
+    pub const USER: &str = "app";
+    pub const PASSWORD: &str = "s3cret-app";
+    const ADMIN: &str = "admin";
+    const ADMIN_PASSWORD: &str = "s3cret-admin";
+
+    pub fn new() -> Arc<Hardened> {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+        let dir = std::env::temp_dir().join(format!("redistribute-pki-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Every certificate needs its own subject: OpenSSL takes one named as its issuer for
+        // self-signed.
+        let params = |name: &str, alt_names: Vec<String>| {
+            let mut params = CertificateParams::new(alt_names).unwrap();
+            params.distinguished_name.push(DnType::CommonName, name);
+            params
+        };
+        let mut ca_params = params("redistribute test CA", Vec::new());
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let write = |name: &str, pem: String| {
+            let path = dir.join(name);
+            std::fs::write(&path, pem).unwrap();
+            path
+        };
+        let issue = |name: &str| {
+            let key = KeyPair::generate().unwrap();
+            let cert = params(name, vec!["127.0.0.1".to_owned()]).signed_by(&key, &ca).unwrap();
+            (write(&format!("{name}.pem"), cert.pem()), write(&format!("{name}.key"), key.serialize_pem()))
+        };
+        let (server_cert, server_key) = issue("server");
+        let (client_cert, client_key) = issue("client");
+        let ca_path = write("ca.pem", ca.pem());
+        // The default user is off (nobody logs in as it) but keeps its permissions: Redis 7.0
+        // replays transactions from the append-only file as that user, and drops what it may not
+        // run.
+        let acl = write(
+            "users.acl",
+            format!(
+                "user default off ~* &* +@all\nuser {} on >{} {}\nuser {} on >{} ~* &* +@all\n",
+                Self::USER,
+                Self::PASSWORD,
+                redistribute::engine::acl_rule(PREFIX),
+                Self::ADMIN,
+                Self::ADMIN_PASSWORD
+            ),
+        );
+        Arc::new(Hardened { dir, ca: ca_path, server_cert, server_key, client_cert, client_key, acl })
+    }
+
+    /// The server's settings for this deployment: the CA and the client certificate.
+    pub fn redis_tls(&self) -> redistribute::engine::RedisTls {
+        redistribute::engine::RedisTls {
+            ca_file: Some(self.ca.clone()),
+            cert_file: Some(self.client_cert.clone()),
+            key_file: Some(self.client_key.clone()),
+        }
+    }
+
+    /// The same, for the `redis` crate's clients of the test.
+    fn certificates(&self) -> redis::TlsCertificates {
+        let read = |path: &PathBuf| std::fs::read(path).unwrap();
+        redis::TlsCertificates {
+            client_tls: Some(redis::ClientTlsConfig {
+                client_cert: read(&self.client_cert),
+                client_key: read(&self.client_key),
+            }),
+            root_cert: Some(read(&self.ca)),
+        }
+    }
+
+    /// The servers' URI of the node on `port`.
+    fn url(&self, port: u16) -> String {
+        format!("rediss://{}:{}@127.0.0.1:{port}", Self::USER, Self::PASSWORD)
+    }
+
+    /// The tests' own URI of the node on `port` (every command).
+    fn admin_url(&self, port: u16) -> String {
+        format!("rediss://{}:{}@127.0.0.1:{port}", Self::ADMIN, Self::ADMIN_PASSWORD)
+    }
+
+    /// `redis-server` arguments: TLS on `port` only, for clients, replication and the cluster bus.
+    fn server_args(&self, port: u16) -> Vec<String> {
+        let path = |p: &PathBuf| p.display().to_string();
+        [
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            &path(&self.server_cert),
+            "--tls-key-file",
+            &path(&self.server_key),
+            "--tls-ca-cert-file",
+            &path(&self.ca),
+            "--tls-auth-clients",
+            "yes",
+            "--tls-replication",
+            "yes",
+            "--tls-cluster",
+            "yes",
+            "--aclfile",
+            &path(&self.acl),
+            "--masteruser",
+            Self::ADMIN,
+            "--masterauth",
+            Self::ADMIN_PASSWORD,
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+
+    /// `redis-cli` arguments to reach a node.
+    fn cli_args(&self) -> Vec<String> {
+        let path = |p: &PathBuf| p.display().to_string();
+        [
+            "--tls",
+            "--cacert",
+            &path(&self.ca),
+            "--cert",
+            &path(&self.client_cert),
+            "--key",
+            &path(&self.client_key),
+            "--user",
+            Self::ADMIN,
+            "--pass",
+            Self::ADMIN_PASSWORD,
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+}
+
+impl Drop for Hardened {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 impl Redis {
     /// Starts a Redis with append-only persistence in a fresh directory, so a restart keeps data.
     pub fn start() -> Redis {
-        Redis::start_with(free_port(), false)
+        Redis::start_with(free_port(), false, None)
+    }
+
+    /// Starts a hardened Redis (see [`Hardened`]).
+    pub fn start_hardened(hardened: &Arc<Hardened>) -> Redis {
+        Redis::start_with(free_port(), false, Some(hardened.clone()))
     }
 
     /// Starts a cluster node (not joined yet) on `port`.
-    fn start_node(port: u16) -> Redis {
-        Redis::start_with(port, true)
+    fn start_node(port: u16, hardened: Option<Arc<Hardened>>) -> Redis {
+        Redis::start_with(port, true, hardened)
     }
 
-    fn start_with(port: u16, cluster: bool) -> Redis {
+    fn start_with(port: u16, cluster: bool, hardened: Option<Arc<Hardened>>) -> Redis {
         let dir = std::env::temp_dir().join(format!("redistribute-test-redis-{port}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut redis = Redis { child: None, port, dir, cluster };
+        let mut redis = Redis { child: None, port, dir, cluster, hardened };
         redis.spawn();
         redis
     }
@@ -73,8 +234,12 @@ impl Redis {
             command.args(["--repl-diskless-sync-delay", "0"]);
             command.args(["--cluster-config-file", &format!("nodes-{}.conf", self.port)]);
         }
+        match &self.hardened {
+            Some(hardened) => command.args(hardened.server_args(self.port)),
+            None => command.args(["--port", &self.port.to_string()]),
+        };
         let child = command
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--bind", "127.0.0.1", "--save", ""])
             .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
             .arg(&self.dir)
             .stdout(Stdio::null())
@@ -83,23 +248,39 @@ impl Redis {
             .unwrap_or_else(|e| panic!("cannot start {binary} (install redis-server or set REDIS_SERVER): {e}"));
         self.child = Some(child);
         let deadline = Instant::now() + PATIENCE;
+        let mut last = None;
         while Instant::now() < deadline {
-            if let Ok(mut conn) = self.client().get_connection()
-                && redis::cmd("PING").query::<String>(&mut conn).is_ok()
-            {
-                return;
+            match self.client().get_connection().and_then(|mut c| redis::cmd("PING").query::<String>(&mut c)) {
+                Ok(_) => return,
+                Err(e) => last = Some(e),
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("redis-server on port {} did not become ready", self.port);
+        panic!("redis-server on port {} did not become ready: {last:?}", self.port);
     }
 
+    /// The URI servers are given.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.hardened {
+            Some(hardened) => hardened.url(self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
     }
 
+    /// A URI allowed every command (on a hardened Redis, the tests' own user).
+    pub fn admin_url(&self) -> String {
+        match &self.hardened {
+            Some(hardened) => hardened.admin_url(self.port),
+            None => self.url(),
+        }
+    }
+
+    /// A client for the tests' own checks, allowed every command.
     pub fn client(&self) -> redis::Client {
-        redis::Client::open(self.url()).unwrap()
+        match &self.hardened {
+            Some(hardened) => redis::Client::build_with_tls(self.admin_url(), hardened.certificates()).unwrap(),
+            None => redis::Client::open(self.url()).unwrap(),
+        }
     }
 
     pub fn conn(&self) -> redis::Connection {
@@ -126,6 +307,17 @@ impl Redis {
         let _ = std::fs::remove_dir_all(&self.dir);
         std::fs::create_dir_all(&self.dir).unwrap();
         self.spawn();
+    }
+
+    /// What Redis refused for lack of permission (`ACL LOG`): `"<context> <command or key>"`.
+    pub fn acl_denials(&self) -> Vec<String> {
+        let log: Vec<std::collections::HashMap<String, redis::Value>> =
+            redis::cmd("ACL").arg("LOG").query(&mut self.conn()).unwrap();
+        let text = |v: Option<&redis::Value>| match v {
+            Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+            other => format!("{other:?}"),
+        };
+        log.iter().map(|entry| format!("{} {}", text(entry.get("context")), text(entry.get("object")))).collect()
     }
 
     /// `XADD <key of channel> * fields…` straight into Redis, as another program would.
@@ -159,24 +351,37 @@ impl Drop for Redis {
 /// short node timeout so a failover takes a few seconds. Killed on drop.
 pub struct RedisCluster {
     nodes: Vec<Redis>,
+    hardened: Option<Arc<Hardened>>,
 }
 
 impl RedisCluster {
     pub fn start() -> RedisCluster {
-        let nodes: Vec<Redis> = (0..6).map(|_| Redis::start_node(cluster_port())).collect();
+        RedisCluster::start_with(6, 1, None)
+    }
+
+    /// A hardened cluster (see [`Hardened`]) of 3 masters and no replicas.
+    pub fn start_hardened(hardened: &Arc<Hardened>) -> RedisCluster {
+        RedisCluster::start_with(3, 0, Some(hardened.clone()))
+    }
+
+    fn start_with(count: usize, replicas: usize, hardened: Option<Arc<Hardened>>) -> RedisCluster {
+        let nodes: Vec<Redis> = (0..count).map(|_| Redis::start_node(cluster_port(), hardened.clone())).collect();
         let addresses: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
         let created = Command::new("redis-cli")
+            .args(hardened.as_ref().map(|h| h.cli_args()).unwrap_or_default())
             .args(["--cluster", "create"])
             .args(&addresses)
-            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .output()
             .expect("redis-cli is needed to create the test cluster");
         assert!(created.status.success(), "redis-cli --cluster create: {}", String::from_utf8_lossy(&created.stderr));
-        let cluster = RedisCluster { nodes };
+        let cluster = RedisCluster { nodes, hardened };
         cluster.wait_until_ok();
-        cluster.wait_for_replicas();
+        if replicas > 0 {
+            cluster.wait_for_replicas();
+        }
         cluster
     }
 
@@ -249,14 +454,28 @@ impl RedisCluster {
         self.wait_until_ok();
     }
 
-    /// Seed URIs (every node).
+    /// What the nodes refused for lack of permission (see [`Redis::acl_denials`]).
+    pub fn acl_denials(&self) -> Vec<String> {
+        self.nodes.iter().filter(|n| n.child.is_some()).flat_map(Redis::acl_denials).collect()
+    }
+
+    /// Seed URIs (every node), as servers are given them.
     pub fn seeds(&self) -> Vec<String> {
         self.nodes.iter().map(Redis::url).collect()
     }
 
+    /// Seed URIs allowed every command.
+    pub fn admin_seeds(&self) -> Vec<String> {
+        self.nodes.iter().map(Redis::admin_url).collect()
+    }
+
     /// A client that follows the cluster, for checks straight in Redis.
     pub fn client(&self) -> redis::cluster::ClusterClient {
-        redis::cluster::ClusterClient::new(self.seeds()).unwrap()
+        let mut builder = redis::cluster::ClusterClient::builder(self.admin_seeds());
+        if let Some(hardened) = &self.hardened {
+            builder = builder.certs(hardened.certificates());
+        }
+        builder.build().unwrap()
     }
 
     /// `XRANGE key - +` of a key, through the cluster, as `(id, fields)` pairs.

@@ -7,6 +7,7 @@ mod config_file;
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser};
 use redistribute::access::{AccessConfig, ChannelRule, TokenVerifier};
+use redistribute::engine::RedisTls;
 use redistribute::rate::{Rate, RateLimits};
 use redistribute::{Config, Engine, ListenOptions, Server};
 use std::ffi::OsString;
@@ -75,6 +76,19 @@ struct Args {
     /// more seeds. Channels are spread over the cluster's masters by partition (--partitions).
     #[arg(long = "redis-cluster", env = "REDISTRIBUTE_REDIS_CLUSTER", value_delimiter = ',', conflicts_with = "redis")]
     redis_cluster: Vec<String>,
+
+    /// PEM certificates of the authorities that sign the Redis servers' certificates, for
+    /// `rediss://` URIs (default: the system's trust store). Certificates are always verified.
+    #[arg(long = "redis-ca", env = "REDISTRIBUTE_REDIS_CA")]
+    redis_ca: Option<PathBuf>,
+
+    /// PEM client certificate presented to Redis over TLS (Redis's `tls-auth-clients yes`).
+    #[arg(long = "redis-cert", env = "REDISTRIBUTE_REDIS_CERT", requires = "redis_key")]
+    redis_cert: Option<PathBuf>,
+
+    /// PEM private key of --redis-cert.
+    #[arg(long = "redis-key", env = "REDISTRIBUTE_REDIS_KEY", requires = "redis_cert")]
+    redis_key: Option<PathBuf>,
 
     /// Answer a publish `ok` only once this many Redis replicas confirmed it (`WAIT`, up to 1 s;
     /// else `unknown_outcome`), so acknowledged publishes survive a failover. 0: off.
@@ -267,6 +281,10 @@ enum Command {
         #[arg(long)]
         from: String,
     },
+    /// Print the Redis ACL rule that allows the server exactly the commands it sends, on the keys
+    /// under --key-prefix and no others, e.g. for an ACL file:
+    /// `echo "user redistribute on >PASSWORD $(redistribute-server redis-acl)" >> users.acl`.
+    RedisAcl,
 }
 
 fn parse_maxlen(text: &str) -> Result<(String, u64), String> {
@@ -330,9 +348,18 @@ impl Args {
         Ok(Some(verifier))
     }
 
+    fn redis_tls(&self) -> RedisTls {
+        RedisTls {
+            ca_file: self.redis_ca.clone(),
+            cert_file: self.redis_cert.clone(),
+            key_file: self.redis_key.clone(),
+        }
+    }
+
     fn config(&self, channels: Vec<ChannelRule>) -> anyhow::Result<Config> {
         let mut config = Config::with_targets(self.redis.iter().cloned());
         config.cluster = self.redis_cluster.clone();
+        config.redis_tls = self.redis_tls();
         config.partitions = self.partitions as usize;
         config.publish_replicas = self.publish_replicas;
         config.memory.max_bytes = self.memory_max_bytes;
@@ -410,12 +437,22 @@ async fn run() -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    if let Some(Command::RedisAcl) = &args.command {
+        println!("{}", redistribute::engine::acl_rule(&args.key_prefix));
+        return Ok(());
+    }
     if let Some(Command::Migrate { from }) = &args.command {
         anyhow::ensure!(!args.redis_cluster.is_empty(), "migrate needs the cluster's seed nodes: --redis-cluster URI");
         let partitions = args.partitions as usize;
-        let done = redistribute::engine::migrate_to_cluster(from, &args.redis_cluster, &args.key_prefix, partitions)
-            .await
-            .context("migration stopped")?;
+        let done = redistribute::engine::migrate_to_cluster(
+            from,
+            &args.redis_cluster,
+            &args.key_prefix,
+            partitions,
+            &args.redis_tls(),
+        )
+        .await
+        .context("migration stopped")?;
         println!("copied {} keys under {:?} into the cluster ({partitions} partitions)", done.copied, args.key_prefix);
         if !done.existing.is_empty() {
             println!("{} keys already existed in the cluster and were left alone:", done.existing.len());

@@ -16,7 +16,7 @@ use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
-use redis::{AsyncConnectionConfig, Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisFuture, Value};
+use redis::{AsyncConnectionConfig, Cmd, ConnectionAddr, ConnectionInfo, RedisFuture, TlsCertificates, Value};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::OnceCell;
@@ -27,26 +27,46 @@ pub(crate) struct Cluster(Arc<Inner>);
 
 struct Inner {
     client: ClusterClient,
-    /// The first seed: its credentials (and scheme) are used for the dedicated connections.
+    /// The first seed: its credentials, scheme and certificates are used for the dedicated
+    /// connections.
     seed: ConnectionInfo,
     connection: OnceCell<ClusterConnection>,
     timeout: Duration,
 }
 
 impl Cluster {
-    /// A cluster reached through `seeds` (not connected yet).
-    pub(crate) fn new(seeds: &[String], timeout: Duration) -> redis::RedisResult<Cluster> {
-        let seed = seeds[0].as_str().into_connection_info()?;
-        let client = ClusterClient::builder(seeds.iter().map(String::as_str))
+    /// A cluster reached through `seeds` (not connected yet), over TLS with `certificates` when
+    /// the seeds are `rediss://`.
+    pub(crate) fn new(
+        seeds: &[String],
+        timeout: Duration,
+        certificates: Option<&TlsCertificates>,
+    ) -> redis::RedisResult<Cluster> {
+        // The first seed's scheme decides for every node: a mix is a mistake, not a fallback.
+        let tls = super::tls::uses_tls(&seeds[0])?;
+        for seed in &seeds[1..] {
+            if super::tls::uses_tls(seed)? != tls {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "the seed nodes mix redis:// and rediss://",
+                )));
+            }
+        }
+        // Its credentials, scheme and certificates are those of the dedicated connections.
+        let seed = super::tls::open(&seeds[0], certificates)?.get_connection_info().clone();
+        let mut builder = ClusterClient::builder(seeds.iter().map(String::as_str))
             .connection_timeout(timeout)
             .response_timeout(timeout)
-            .retries(2)
-            .build()?;
+            .retries(2);
+        if let Some(certificates) = certificates {
+            builder = builder.certs(certificates.clone());
+        }
+        let client = builder.build()?;
         Ok(Cluster(Arc::new(Inner { client, seed, connection: OnceCell::new(), timeout })))
     }
 
     /// The cluster connection, made now if there is none yet.
-    async fn connection(&self) -> redis::RedisResult<ClusterConnection> {
+    pub(crate) async fn connection(&self) -> redis::RedisResult<ClusterConnection> {
         let inner = &self.0;
         inner.connection.get_or_try_init(|| inner.client.get_async_connection()).await.cloned()
     }
@@ -169,6 +189,18 @@ mod tests {
 
     fn bulk(s: &str) -> Value {
         Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn seeds_agree_on_tls() {
+        let seeds = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let timeout = Duration::from_secs(1);
+        let mixed = Cluster::new(&seeds(&["redis://127.0.0.1:7000", "rediss://127.0.0.1:7001"]), timeout, None);
+        assert!(mixed.err().unwrap().to_string().contains("mix"));
+        let certificates = TlsCertificates { client_tls: None, root_cert: None };
+        let plain = Cluster::new(&seeds(&["redis://127.0.0.1:7000"]), timeout, Some(&certificates));
+        assert!(plain.err().unwrap().to_string().contains("rediss://"));
+        assert!(Cluster::new(&seeds(&["rediss://127.0.0.1:7000", "rediss://h:7001"]), timeout, None).is_ok());
     }
 
     #[test]

@@ -6,8 +6,11 @@
 //! expiry). The source is left as it was: stop the servers, migrate, point them at the cluster,
 //! check, then delete the old keys.
 
-use super::cluster_key;
+use super::cluster::Cluster;
+use super::error::{Context, classify};
+use super::{RedisTls, cluster_key, escape_glob, redact};
 use redis::{AsyncCommands, Value};
+use std::time::Duration;
 
 /// What a migration did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -19,19 +22,32 @@ pub struct Migration {
 }
 
 /// Copies every key under `prefix` of the Redis at `source` into the cluster reached through
-/// `seeds`, in the cluster layout with `partitions` partitions.
+/// `seeds`, in the cluster layout with `partitions` partitions; `rediss://` URIs use `tls`.
 ///
 /// # Errors
-/// When either side cannot be reached or answers with an error (keys copied so far stay copied;
+/// [`crate::Error::Config`] for a URI or TLS file that cannot be used; [`crate::Error::Engine`]
+/// when either side cannot be reached or answers with an error (keys copied so far stay copied;
 /// running it again skips them as existing).
 pub async fn migrate_to_cluster(
     source: &str,
     seeds: &[String],
     prefix: &str,
     partitions: usize,
-) -> Result<Migration, redis::RedisError> {
-    let mut from = redis::Client::open(source)?.get_multiplexed_async_connection().await?;
-    let mut to = redis::cluster::ClusterClient::new(seeds.to_vec())?.get_async_connection().await?;
+    tls: &RedisTls,
+) -> Result<Migration, crate::Error> {
+    let certificates = tls.load()?;
+    let config = |e: redis::RedisError| crate::Error::Config(e.to_string());
+    let source_name = redact(source);
+    let at_source = |e| crate::Error::Engine(classify(e, &Context::on(&source_name)));
+    let at_cluster = |e| crate::Error::Engine(classify(e, &Context::on("the cluster")));
+    let mut from = super::tls::open(source, certificates.as_ref())
+        .map_err(config)?
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(at_source)?;
+    // A large stream's DUMP and RESTORE take a while: a timeout for them, not for a web request.
+    let cluster = Cluster::new(seeds, Duration::from_secs(60), certificates.as_ref()).map_err(config)?;
+    let mut to = cluster.connection().await.map_err(at_cluster)?;
     let pattern = format!("{}*", escape_glob(prefix));
     let mut migration = Migration::default();
     let mut cursor: u64 = 0;
@@ -43,18 +59,19 @@ pub async fn migrate_to_cluster(
             .arg("COUNT")
             .arg(1000)
             .query_async(&mut from)
-            .await?;
+            .await
+            .map_err(at_source)?;
         for key in keys {
             let Some(new_key) = cluster_name(&key, prefix, partitions) else { continue };
-            let dump: Value = redis::cmd("DUMP").arg(&key).query_async(&mut from).await?;
-            let ttl: i64 = from.pttl(&key).await?;
+            let dump: Value = redis::cmd("DUMP").arg(&key).query_async(&mut from).await.map_err(at_source)?;
+            let ttl: i64 = from.pttl(&key).await.map_err(at_source)?;
             let Value::BulkString(payload) = dump else { continue }; // gone meanwhile
             let restored: redis::RedisResult<()> =
                 redis::cmd("RESTORE").arg(&new_key).arg(ttl.max(0)).arg(payload).query_async(&mut to).await;
             match restored {
                 Ok(()) => migration.copied += 1,
                 Err(e) if e.code() == Some("BUSYKEY") => migration.existing.push(new_key),
-                Err(e) => return Err(e),
+                Err(e) => return Err(at_cluster(e)),
             }
         }
         if next == 0 {
@@ -73,18 +90,6 @@ fn cluster_name(key: &str, prefix: &str, partitions: usize) -> Option<String> {
         None => (name, ""),
     };
     Some(format!("{}{rest}", cluster_key(prefix, channel, partitions)))
-}
-
-/// `prefix` with the glob characters of `SCAN MATCH` escaped.
-fn escape_glob(prefix: &str) -> String {
-    let mut out = String::with_capacity(prefix.len());
-    for c in prefix.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }
 
 #[cfg(test)]

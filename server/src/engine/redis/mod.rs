@@ -15,17 +15,21 @@
 //! `<prefix>{<tag>}c`, the tag being its partition's ([`partition_tag`]), so that a partition's
 //! keys share one slot.
 
+pub(crate) mod acl;
 pub(crate) mod cluster;
 pub(crate) mod error;
 pub(super) mod follow;
 pub(super) mod groups;
 pub(crate) mod migrate;
 pub(crate) mod reply;
+pub(crate) mod tls;
 
+pub use self::acl::acl_rule;
 pub use self::cluster::slot_of;
 use self::cluster::{Cluster, Commands};
 use self::error::{Context, classify, classify_write};
 pub use self::migrate::{Migration, migrate_to_cluster};
+pub use self::tls::RedisTls;
 use super::{Appended, EngineError, HistoryPage, Once, StreamState, Write};
 use prometheus::HistogramVec;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
@@ -50,8 +54,9 @@ pub struct Target {
 /// What a target is.
 #[derive(Clone)]
 enum Backend {
-    /// One server: its client (for dedicated connections) and its command connection.
-    Single { client: Client, commands: ConnectionManager },
+    /// One server: its client (for dedicated connections; boxed, it carries the TLS settings)
+    /// and its command connection.
+    Single { client: Box<Client>, commands: ConnectionManager },
     /// A cluster whose keys carry the hash tag of their channel's partition (`tags[n]` for
     /// partition `n`).
     Cluster { cluster: Cluster, tags: Arc<[String]> },
@@ -197,20 +202,23 @@ struct Replicas {
 impl RedisEngine {
     /// A Redis Cluster reached through `seeds`, its channels in `partitions` partitions (channel
     /// `c` at key `<key_prefix>{<tag>}c`, see [`cluster_key`]). Connects lazily, as
-    /// [`RedisEngine::new`] does.
+    /// [`RedisEngine::new`] does; `rediss://` seeds use `tls`.
     ///
     /// # Errors
-    /// When there is no seed, a URI cannot be parsed, or `partitions` is 0.
+    /// When there is no seed, a URI cannot be parsed, the seeds mix `redis://` and `rediss://`,
+    /// a TLS file cannot be read or parsed, or `partitions` is 0.
     pub fn cluster(
         seeds: &[String],
         timeout: Duration,
         key_prefix: &str,
         partitions: usize,
+        tls: &RedisTls,
     ) -> Result<Self, crate::Error> {
         if seeds.is_empty() || partitions == 0 {
             return Err(crate::Error::Config("a cluster needs seed nodes and at least one partition".into()));
         }
-        let cluster = Cluster::new(seeds, timeout).map_err(|e| {
+        let certificates = tls.load()?;
+        let cluster = Cluster::new(seeds, timeout, certificates.as_ref()).map_err(|e| {
             let seeds = seeds.iter().map(|s| redact(s)).collect::<Vec<_>>().join(", ");
             crate::Error::Config(format!("Redis Cluster {seeds}: {e}"))
         })?;
@@ -222,22 +230,24 @@ impl RedisEngine {
         Ok(RedisEngine { targets: vec![target], latency, replicas: None })
     }
 
-    /// Prepares connections to every target, with channel `c` stored at key `<key_prefix>c`.
-    /// Connections are made lazily, so a Redis that is down at start-up is not an error: the
-    /// server starts, reports unhealthy, and retries.
+    /// Prepares connections to every target, with channel `c` stored at key `<key_prefix>c`;
+    /// `rediss://` URIs use `tls`. Connections are made lazily, so a Redis that is down at
+    /// start-up is not an error: the server starts, reports unhealthy, and retries.
     ///
     /// # Errors
-    /// When the list is empty or a URI cannot be parsed.
-    pub fn new(uris: &[String], timeout: Duration, key_prefix: &str) -> Result<Self, crate::Error> {
+    /// When the list is empty, a URI cannot be parsed, or a TLS file cannot be read or parsed
+    /// (or is given for a `redis://` URI).
+    pub fn new(uris: &[String], timeout: Duration, key_prefix: &str, tls: &RedisTls) -> Result<Self, crate::Error> {
         let prefix: Arc<str> = Arc::from(key_prefix);
         let latency = crate::metrics::command_latency();
         if uris.is_empty() {
             return Err(crate::Error::Config("at least one Redis target is required".into()));
         }
+        let certificates = tls.load()?;
         let targets = uris
             .iter()
             .map(|uri| {
-                let client = Client::open(uri.as_str())
+                let client = tls::open(uri, certificates.as_ref())
                     .map_err(|e| crate::Error::Config(format!("invalid Redis URI {:?}: {e}", redact(uri))))?;
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(timeout))
@@ -247,7 +257,7 @@ impl RedisEngine {
                 let commands = ConnectionManager::new_lazy_with_config(client.clone(), config)
                     .map_err(|e| crate::Error::Config(format!("Redis target {:?}: {e}", redact(uri))))?;
                 let latency = latency.clone();
-                let backend = Backend::Single { client, commands };
+                let backend = Backend::Single { client: Box::new(client), commands };
                 Ok(Target { display: redact(uri), prefix: prefix.clone(), backend, timeout, latency })
             })
             .collect::<Result<_, crate::Error>>()?;
@@ -569,6 +579,18 @@ pub(crate) fn channel_hash(channel: &str) -> u64 {
 }
 
 /// Removes the password from `redis://user:password@host` for logging.
+/// `prefix` with the glob characters of `SCAN MATCH` and ACL key patterns escaped.
+fn escape_glob(prefix: &str) -> String {
+    let mut out = String::with_capacity(prefix.len());
+    for c in prefix.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 fn redact(uri: &str) -> String {
     match (uri.find("://"), uri.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
