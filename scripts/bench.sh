@@ -94,6 +94,11 @@ if [ -z "$quick" ]; then
   echo "== catch-up replay: 100,000 entries from offset 0 ($engine engine)"
   "$bin/redistribute-load" --url "$url" --catch-up 100000 --runs "$runs" | tail -1
 fi
+if [ "$engine" = redis ] && [ -z "$quick" ]; then
+  echo
+  echo "== resume after the server's Redis connections are cut, 10,000 channels followed"
+  "$bin/redistribute-load" --url "$url" --resume 10000 --redis "redis://127.0.0.1:$redis_port" --runs "$runs" | tail -1
+fi
 if [ "$engine" = cluster ]; then
   echo
   echo "== Redis connections of the server (CLIENT LIST on every master)"

@@ -8,6 +8,10 @@
 //! ```text
 //! redistribute-load --url ws://127.0.0.1:8080/ --subscribers 1000 --seconds 10
 //! ```
+//!
+//! Two other scenarios time one thing each: `--catch-up N` (a new subscriber replaying N
+//! entries) and `--resume N --redis URI` (the pause after the server's Redis connections are cut
+//! while it follows N channels).
 
 use anyhow::{Context, bail};
 use clap::Parser;
@@ -69,6 +73,15 @@ struct Args {
     /// new subscriber replaying all of them from offset 0 (catch-up replay), once per run.
     #[arg(long)]
     catch_up: Option<u64>,
+    /// Instead of the fan-out scenario: follow this many channels (one entry stored in each),
+    /// cut every Redis client connection (`CLIENT KILL TYPE normal` on --redis) and time until a
+    /// publish made right after reaches its subscriber, once per run: the stream reader's
+    /// reconnect and its check of every followed channel for lost entries.
+    #[arg(long, requires = "redis")]
+    resume: Option<usize>,
+    /// The server's Redis (loopback only), for --resume.
+    #[arg(long)]
+    redis: Option<String>,
 }
 
 /// What one run measured.
@@ -244,6 +257,10 @@ async fn main() -> anyhow::Result<()> {
     if let Some(entries) = args.catch_up {
         return catch_up(&args, entries).await;
     }
+    if let (Some(channels), Some(redis)) = (args.resume, &args.redis) {
+        check_loopback(redis)?;
+        return resume(&args, channels, redis).await;
+    }
     let baseline = args.baseline.then(start_baseline).transpose()?;
     let (mut base, mut ours) = (Vec::new(), Vec::new());
     for run_number in 1..=args.runs.max(1) {
@@ -308,7 +325,7 @@ async fn catch_up(args: &Args, entries: u64) -> anyhow::Result<()> {
     let url = &args.urls[0];
     let channel = args.channel.clone().unwrap_or_else(|| format!("catch-up-{}", now_micros()));
     let filling = Instant::now();
-    fill(url, &channel, entries, &"x".repeat(args.payload), args.window.max(1)).await?;
+    fill(url, std::slice::from_ref(&channel), entries, &"x".repeat(args.payload), args.window.max(1)).await?;
     println!("stored             {entries} entries in {:.2?}", filling.elapsed());
     let mut times = Vec::new();
     for run_number in 1..=args.runs.max(1) {
@@ -336,12 +353,86 @@ async fn catch_up(args: &Args, entries: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Publishes `entries` entries to `channel`, `window` in flight at a time.
-async fn fill(url: &str, channel: &str, entries: u64, payload: &str, window: usize) -> anyhow::Result<()> {
+/// Channels one subscribing connection follows in the --resume scenario (the server's default
+/// `--max-subscriptions` is 256).
+const CHANNELS_PER_CONNECTION: usize = 250;
+
+/// Follows `channels` fresh channels with one entry each, then, once per run, cuts the server's
+/// Redis connections and times until a publish made right after reaches its subscriber.
+async fn resume(args: &Args, channels: usize, redis_url: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(channels > 0, "--resume needs at least one channel");
+    let url = &args.urls[0];
+    let base = format!("resume-{}", now_micros());
+    let names: Vec<String> = (0..channels).map(|i| format!("{base}-{i}")).collect();
+    let mut subscribers = Vec::new();
+    for chunk in names.chunks(CHANNELS_PER_CONNECTION) {
+        let mut ws = connect(url).await?;
+        for (id, channel) in chunk.iter().enumerate() {
+            let request = format!(r#"{{"id":{id},"op":"subscribe","channel":"{channel}","offset":"$"}}"#);
+            ws.feed(Message::Text(request.into())).await?;
+        }
+        ws.flush().await?;
+        expect_frames(&mut ws, chunk.len(), "\"ok\"").await.context("subscribing")?;
+        subscribers.push(ws);
+    }
+    let payload = "x".repeat(args.payload);
+    let stored = Instant::now();
+    fill(url, &names, channels as u64, &payload, args.window.max(1)).await?;
+    for (ws, chunk) in subscribers.iter_mut().zip(names.chunks(CHANNELS_PER_CONNECTION)) {
+        expect_frames(ws, chunk.len(), "\"messages\"").await.context("receiving the first entries")?;
+    }
+    println!(
+        "following          {channels} channels, one entry each (stored and delivered in {:.2?})",
+        stored.elapsed()
+    );
+
+    let mut redis = redis::Client::open(redis_url)?.get_multiplexed_async_connection().await?;
+    let (probe, listener) = (names.last().expect("a channel"), subscribers.last_mut().expect("a subscriber"));
+    let mut times = Vec::new();
+    for run_number in 1..=args.runs.max(1) {
+        let killed: u64 = redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("normal").query_async(&mut redis).await?;
+        let started = Instant::now();
+        let mut publisher = connect(url).await?;
+        loop {
+            let frame = format!(r#"{{"id":1,"op":"publish","channel":"{probe}","fields":["probe","{run_number}"]}}"#);
+            publisher.send(Message::Text(frame.into())).await?;
+            match tokio::time::timeout(Duration::from_secs(30), publisher.next()).await {
+                Ok(Some(Ok(Message::Text(reply)))) if reply.contains("\"ok\"") => break,
+                Ok(Some(Ok(Message::Text(_)))) => tokio::time::sleep(Duration::from_millis(5)).await,
+                other => bail!("publishing the probe: {other:?}"),
+            }
+        }
+        expect_frames(listener, 1, "\"messages\"").await.context("waiting for the probe")?;
+        let took = started.elapsed();
+        println!("resume, run {run_number}     {took:.2?} ({killed} Redis connections cut)");
+        times.push(took);
+    }
+    times.sort();
+    println!("resume, median     {:.2?} with {channels} channels followed", times[times.len() / 2]);
+    Ok(())
+}
+
+/// Reads text frames until `count` of them contain `marker` (30 s without a frame is an error).
+async fn expect_frames(ws: &mut Socket, count: usize, marker: &str) -> anyhow::Result<()> {
+    let mut seen = 0;
+    while seen < count {
+        match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) if text.contains(marker) => seen += 1,
+            Ok(Some(Ok(Message::Text(text)))) if text.contains("\"error\"") => bail!("{text}"),
+            Ok(Some(Ok(_))) => {}
+            other => bail!("{seen} of {count} frames, then: {other:?}"),
+        }
+    }
+    Ok(())
+}
+
+/// Publishes `entries` entries over `channels` in turn, `window` in flight at a time.
+async fn fill(url: &str, channels: &[String], entries: u64, payload: &str, window: usize) -> anyhow::Result<()> {
     let mut ws = connect(url).await?;
     let (mut sent, mut acked) = (0u64, 0u64);
     while acked < entries {
         while sent < entries && sent - acked < window as u64 {
+            let channel = &channels[(sent % channels.len() as u64) as usize];
             sent += 1;
             let frame = format!(r#"{{"id":{sent},"op":"publish","channel":"{channel}","fields":["p","{payload}"]}}"#);
             ws.feed(Message::Text(frame.into())).await?;
