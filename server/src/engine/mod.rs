@@ -112,6 +112,17 @@ impl Engine {
         }
     }
 
+    /// Whether `channel`'s stream holds the entry `id`.
+    ///
+    /// # Errors
+    /// As for [`Engine::publish`].
+    pub async fn has_entry(&self, channel: &str, id: StreamId) -> Result<bool, EngineError> {
+        match self {
+            Engine::Redis(redis) => redis.has_entry(channel, id).await,
+            Engine::Memory(memory) => Ok(memory.has_entry(channel, id)),
+        }
+    }
+
     /// Checks that every target answers.
     ///
     /// # Errors

@@ -113,6 +113,9 @@ async fn ranges_read_strictly_after_an_id(engine: &Engine) {
     let past = ids[24].successor().unwrap();
     assert!(engine.history_page("range", past, 10).await.unwrap().entries.is_empty());
     assert_eq!(page.state.last_generated, ids[24], "pages carry the state read with them");
+    assert!(engine.has_entry("range", ids[0]).await.unwrap() && engine.has_entry("range", ids[24]).await.unwrap());
+    assert!(!engine.has_entry("range", before).await.unwrap(), "an ID that is no entry");
+    assert!(!engine.has_entry("range", past).await.unwrap());
 }
 
 async fn missing_streams_are_empty(engine: &Engine) {
@@ -121,6 +124,7 @@ async fn missing_streams_are_empty(engine: &Engine) {
     assert!(!state.lost_after(StreamId::ZERO));
     let page = engine.history_page("nothing", StreamId::ZERO, 10).await.unwrap();
     assert!(page.entries.is_empty());
+    assert!(!engine.has_entry("nothing", StreamId::new(1, 0)).await.unwrap());
     assert!(!page.state.lost_after(StreamId::ZERO));
 }
 

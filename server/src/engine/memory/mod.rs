@@ -369,6 +369,13 @@ impl MemoryEngine {
         })
     }
 
+    /// Whether `channel` holds the entry `id`.
+    pub fn has_entry(&self, channel: &str, id: StreamId) -> bool {
+        let Some(before) = id.predecessor() else { return false };
+        let streams = self.lock();
+        streams.map.get(channel).is_some_and(|stream| stream.after(before, 1).first().is_some_and(|e| e.offset == id))
+    }
+
     /// Waits up to `block` for entries after any of the cursors; returns up to `count` per
     /// channel (nothing on timeout or [`MemoryEngine::wake`]).
     pub async fn read(

@@ -434,6 +434,22 @@ impl RedisEngine {
         }
     }
 
+    /// Whether `channel`'s stream holds the entry `id` (`XRANGE key id id`): one command, for
+    /// checks where the answer is nearly always yes.
+    ///
+    /// # Errors
+    /// As for [`RedisEngine::publish`].
+    pub async fn has_entry(&self, channel: &str, id: StreamId) -> Result<bool, EngineError> {
+        let target = self.target(channel);
+        let mut range = redis::cmd("XRANGE");
+        range.arg(target.key(channel)).arg(id.to_string()).arg(id.to_string());
+        match target.timed("XRANGE", range.query_async::<Value>(&mut target.commands())).await {
+            Ok(Value::Array(entries)) => Ok(!entries.is_empty()),
+            Ok(other) => Err(EngineError::Reply(format!("XRANGE answered {other:?}"))),
+            Err(e) => Err(classify(e, &target.at(channel, None))),
+        }
+    }
+
     /// Reads up to `count` entries after `after`, atomically (MULTI) with the stream's state, so
     /// that a trim racing the read cannot go unnoticed.
     ///
