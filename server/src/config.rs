@@ -228,6 +228,11 @@ impl Config {
                 "publish_replicas needs Redis (the memory engine has no replicas)".into(),
             ));
         }
+        if self.redis_tls != crate::engine::RedisTls::default() && self.targets.is_empty() && self.cluster.is_empty() {
+            return Err(crate::Error::Config(
+                "Redis TLS files are given but no Redis (the memory engine would ignore them)".into(),
+            ));
+        }
         if self.partitions > MAX_PARTITIONS {
             return Err(crate::Error::Config(format!("at most {MAX_PARTITIONS} partitions")));
         }

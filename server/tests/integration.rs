@@ -996,6 +996,8 @@ async fn redis_over_tls_with_a_client_certificate_and_an_acl_user() {
     insecure.targets[0].push_str("/#insecure");
     insecure.redis_tls = Default::default();
     assert!(matches!(Server::builder(insecure).build(), Err(redistribute::Error::Config(_))), "no unverified TLS");
+    let memory = Config { redis_tls: hardened.redis_tls(), ..Config::default() };
+    assert!(matches!(Server::builder(memory).build(), Err(redistribute::Error::Config(_))), "files with no Redis");
 }
 
 /// The embedded memory engine behind the full protocol: replay, live tail and the handover.
