@@ -8,6 +8,7 @@ use crate::engine::EngineError;
 use redis::Value;
 use redis::aio::MultiplexedConnection;
 use redistribute_protocol::{Entry, StreamId};
+use std::fmt::Write as _;
 use std::time::Duration;
 
 /// A dedicated connection blocking in `XREAD` over many stream keys.
@@ -48,11 +49,17 @@ impl RedisFollower {
     ) -> Result<Vec<(String, Vec<Entry>)>, EngineError> {
         let mut cmd = redis::cmd("XREAD");
         cmd.arg("COUNT").arg(count).arg("BLOCK").arg(block.as_millis() as u64).arg("STREAMS");
+        // One buffer for every argument: this runs for each read, over every followed channel.
+        let mut arg = String::new();
         for (channel, _) in streams {
-            cmd.arg(self.target.key(channel));
+            arg.clear();
+            self.target.write_key(&mut arg, channel);
+            cmd.arg(arg.as_str());
         }
         for (_, id) in streams {
-            cmd.arg(id.to_string());
+            arg.clear();
+            write!(arg, "{id}").expect("writing to a String");
+            cmd.arg(arg.as_str());
         }
         let deadline = block + timeout;
         let value = match tokio::time::timeout(deadline, cmd.query_async::<Value>(&mut self.conn)).await {

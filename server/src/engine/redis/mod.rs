@@ -77,12 +77,21 @@ impl Target {
     /// The key of `channel`: the prefix, then (on a cluster) its partition's hash tag, then the
     /// name.
     pub(crate) fn key(&self, channel: &str) -> String {
-        match self.backend {
-            Backend::Single { .. } => format!("{}{channel}", self.prefix),
-            Backend::Cluster { ref tags, .. } => {
-                format!("{}{{{}}}{channel}", self.prefix, tags[partition_of(channel, tags.len())])
-            }
+        let mut key = String::new();
+        self.write_key(&mut key, channel);
+        key
+    }
+
+    /// Appends the key of `channel` to `out` (see [`Target::key`]), for loops that reuse one
+    /// buffer.
+    pub(crate) fn write_key(&self, out: &mut String, channel: &str) {
+        out.push_str(&self.prefix);
+        if let Backend::Cluster { tags, .. } = &self.backend {
+            out.push('{');
+            out.push_str(&tags[partition_of(channel, tags.len())]);
+            out.push('}');
         }
+        out.push_str(channel);
     }
 
     /// A key in partition `within`'s slot (on one server, any key: there is one node).
