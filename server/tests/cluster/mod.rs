@@ -282,6 +282,12 @@ async fn a_cluster_over_tls_with_client_certificates_and_an_acl_user() {
         .await
         .unwrap();
     assert_eq!(done.copied, 1, "{done:?}");
+    // The usual move: off a plain Redis into the TLS cluster (the files serve the TLS side).
+    let plain = Redis::start();
+    let old = plain.xadd("old", &[("n", "0")]);
+    let done =
+        migrate_to_cluster(&plain.url(), &cluster.admin_seeds(), PREFIX, 16, &hardened.redis_tls()).await.unwrap();
+    assert_eq!(done.copied, 1, "{done:?}");
 
     let mut config = Config::with_cluster(cluster.seeds());
     config.redis_tls = hardened.redis_tls();
@@ -289,6 +295,8 @@ async fn a_cluster_over_tls_with_client_certificates_and_an_acl_user() {
     let (mut on_a, mut on_b) = (connect(&a.url()).await, connect(&b.url()).await);
     on_b.subscribe("moved", "0").await;
     assert_eq!(on_b.entries("moved", 1).await[0].0, moved, "the migrated stream");
+    on_b.subscribe("old", "0").await;
+    assert_eq!(on_b.entries("old", 1).await[0].0, old, "the stream from the plain Redis");
     let channels = one_channel_per_master(&cluster, PREFIX);
     for channel in &channels {
         on_b.subscribe(channel, "$").await;

@@ -8,6 +8,7 @@
 
 use super::cluster::Cluster;
 use super::error::{Context, classify};
+use super::tls::uses_tls;
 use super::{RedisTls, cluster_key, escape_glob, redact};
 use redis::{AsyncCommands, Value};
 use std::time::Duration;
@@ -35,18 +36,33 @@ pub async fn migrate_to_cluster(
     partitions: usize,
     tls: &RedisTls,
 ) -> Result<Migration, crate::Error> {
+    if seeds.is_empty() {
+        return Err(crate::Error::Config("migrating needs the cluster's seed nodes".into()));
+    }
     let certificates = tls.load()?;
-    let config = |e: redis::RedisError| crate::Error::Config(e.to_string());
+    let config = |side: &str, e: redis::RedisError| crate::Error::Config(format!("{side}: {e}"));
     let source_name = redact(source);
+    // The files serve whichever side is `rediss://`: moving off a plain Redis into a TLS cluster
+    // is the usual case.
+    let (source_tls, cluster_tls) = match (uses_tls(source), uses_tls(&seeds[0])) {
+        (Ok(source_tls), Ok(cluster_tls)) => (source_tls, cluster_tls),
+        (Err(e), _) => return Err(config(&source_name, e)),
+        (_, Err(e)) => return Err(config("the cluster", e)),
+    };
+    if certificates.is_some() && !source_tls && !cluster_tls {
+        return Err(crate::Error::Config("TLS files are given but neither side is rediss://".into()));
+    }
+    let only_if = |tls: bool| if tls { certificates.as_ref() } else { None };
     let at_source = |e| crate::Error::Engine(classify(e, &Context::on(&source_name)));
     let at_cluster = |e| crate::Error::Engine(classify(e, &Context::on("the cluster")));
-    let mut from = super::tls::open(source, certificates.as_ref())
-        .map_err(config)?
+    let mut from = super::tls::open(source, only_if(source_tls))
+        .map_err(|e| config(&source_name, e))?
         .get_multiplexed_async_connection()
         .await
         .map_err(at_source)?;
     // A large stream's DUMP and RESTORE take a while: a timeout for them, not for a web request.
-    let cluster = Cluster::new(seeds, Duration::from_secs(60), certificates.as_ref()).map_err(config)?;
+    let cluster =
+        Cluster::new(seeds, Duration::from_secs(60), only_if(cluster_tls)).map_err(|e| config("the cluster", e))?;
     let mut to = cluster.connection().await.map_err(at_cluster)?;
     let pattern = format!("{}*", escape_glob(prefix));
     let mut migration = Migration::default();
