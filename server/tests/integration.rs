@@ -955,7 +955,9 @@ async fn redis_over_tls_with_a_client_certificate_and_an_acl_user() {
     // Redis restarts: the stream reader reconnects (and checks for lost entries), publishes work again.
     redis.restart();
     let offset = loop {
-        let reply = publisher.request(json!({"op": "publish", "channel": "vault", "fields": ["n", "2"]})).await;
+        // Keyed: an attempt whose outcome was unknown is not stored twice by the next.
+        let publish = json!({"op": "publish", "channel": "vault", "fields": ["n", "2"], "idempotency_key": "k-2"});
+        let reply = publisher.request(publish).await;
         if let Some(offset) = reply["ok"]["offset"].as_str() {
             break offset.to_owned();
         }
