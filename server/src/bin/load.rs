@@ -82,6 +82,10 @@ struct Args {
     /// The server's Redis (loopback only), for --resume.
     #[arg(long)]
     redis: Option<String>,
+    /// Also follow this many channels that get no traffic (250 per extra connection), so the
+    /// server's readers follow them too: what followed channels cost the busy ones.
+    #[arg(long, default_value_t = 0)]
+    idle_channels: usize,
 }
 
 /// What one run measured.
@@ -353,8 +357,8 @@ async fn catch_up(args: &Args, entries: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Channels one subscribing connection follows in the --resume scenario (the server's default
-/// `--max-subscriptions` is 256).
+/// Channels one connection follows in the --resume scenario and for --idle-channels (the
+/// server's default `--max-subscriptions` is 256).
 const CHANNELS_PER_CONNECTION: usize = 250;
 
 /// Follows `channels` fresh channels with one entry each, then, once per run, cuts the server's
@@ -364,17 +368,7 @@ async fn resume(args: &Args, channels: usize, redis_url: &str) -> anyhow::Result
     let url = &args.urls[0];
     let base = format!("resume-{}", now_micros());
     let names: Vec<String> = (0..channels).map(|i| format!("{base}-{i}")).collect();
-    let mut subscribers = Vec::new();
-    for chunk in names.chunks(CHANNELS_PER_CONNECTION) {
-        let mut ws = connect(url).await?;
-        for (id, channel) in chunk.iter().enumerate() {
-            let request = format!(r#"{{"id":{id},"op":"subscribe","channel":"{channel}","offset":"$"}}"#);
-            ws.feed(Message::Text(request.into())).await?;
-        }
-        ws.flush().await?;
-        expect_frames(&mut ws, chunk.len(), "\"ok\"").await.context("subscribing")?;
-        subscribers.push(ws);
-    }
+    let mut subscribers = follow_many(url, &names).await?;
     let payload = "x".repeat(args.payload);
     let stored = Instant::now();
     fill(url, &names, channels as u64, &payload, args.window.max(1)).await?;
@@ -410,6 +404,22 @@ async fn resume(args: &Args, channels: usize, redis_url: &str) -> anyhow::Result
     times.sort();
     println!("resume, median     {:.2?} with {channels} channels followed", times[times.len() / 2]);
     Ok(())
+}
+
+/// Subscribes to `channels` from `$`, 250 per connection; returns the connections.
+async fn follow_many(url: &str, channels: &[String]) -> anyhow::Result<Vec<Socket>> {
+    let mut connections = Vec::new();
+    for chunk in channels.chunks(CHANNELS_PER_CONNECTION) {
+        let mut ws = connect(url).await?;
+        for (id, channel) in chunk.iter().enumerate() {
+            let request = format!(r#"{{"id":{id},"op":"subscribe","channel":"{channel}","offset":"$"}}"#);
+            ws.feed(Message::Text(request.into())).await?;
+        }
+        ws.flush().await?;
+        expect_frames(&mut ws, chunk.len(), "\"ok\"").await.context("subscribing")?;
+        connections.push(ws);
+    }
+    Ok(connections)
 }
 
 /// Reads text frames until `count` of them contain `marker` (30 s without a frame is an error).
@@ -486,6 +496,9 @@ async fn run(args: &Arc<Args>, urls: &[String], server_pid: Option<u32>) -> anyh
         n => (0..n).map(|k| format!("{base}-{k}")).collect(),
     };
     let channels = Arc::new(channels);
+    let idle: Vec<String> = (0..args.idle_channels).map(|k| format!("{base}-idle-{k}")).collect();
+    // Held open (and never read: nothing is published to them) until the run ends.
+    let _idle = follow_many(&urls[0], &idle).await?;
     let ready = Arc::new(Barrier::new(args.subscribers + 1));
     let (expected, expected_rx) = watch::channel(None);
     let connecting = Instant::now();
