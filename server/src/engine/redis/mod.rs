@@ -603,7 +603,6 @@ pub(crate) fn channel_hash(channel: &str) -> u64 {
     channel.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
-/// Removes the password from `redis://user:password@host` for logging.
 /// `prefix` with the glob characters of `SCAN MATCH` and ACL key patterns escaped.
 fn escape_glob(prefix: &str) -> String {
     let mut out = String::with_capacity(prefix.len());
@@ -616,6 +615,7 @@ fn escape_glob(prefix: &str) -> String {
     out
 }
 
+/// Removes the password from `redis://user:password@host` for logging.
 fn redact(uri: &str) -> String {
     match (uri.find("://"), uri.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
