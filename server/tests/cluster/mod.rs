@@ -10,11 +10,14 @@ use serde_json::json;
 use std::collections::HashSet;
 use std::time::Duration;
 
-/// A server on the shared cluster, with keys under `prefix`.
+/// Settings for a server on `cluster`, with keys under `prefix`.
+fn config(cluster: &RedisCluster, prefix: &str) -> Config {
+    Config { key_prefix: prefix.to_owned(), ..Config::with_cluster(cluster.seeds()) }
+}
+
+/// A server on `cluster`, with keys under `prefix`.
 async fn server(cluster: &RedisCluster, prefix: &str) -> TestServer {
-    let mut config = Config::with_cluster(cluster.seeds());
-    config.key_prefix = prefix.to_owned();
-    TestServer::start(config).await
+    TestServer::start(config(cluster, prefix)).await
 }
 
 fn prefix(test: &str) -> String {
@@ -79,8 +82,7 @@ async fn joins_under_load_are_gap_free_on_the_cluster() {
     const JOINERS: usize = 6;
     let cluster = RedisCluster::shared();
     let prefix = prefix("joins");
-    let mut config = Config::with_cluster(cluster.seeds());
-    config.key_prefix = prefix.clone();
+    let mut config = config(cluster, &prefix);
     config.history_page = 50;
     let a = TestServer::start(config.clone()).await;
     let b = TestServer::start(config).await;
@@ -289,7 +291,7 @@ async fn a_cluster_over_tls_with_client_certificates_and_an_acl_user() {
         migrate_to_cluster(&plain.url(), &cluster.admin_seeds(), PREFIX, 16, &hardened.redis_tls()).await.unwrap();
     assert_eq!(done.copied, 1, "{done:?}");
 
-    let mut config = Config::with_cluster(cluster.seeds());
+    let mut config = config(&cluster, PREFIX);
     config.redis_tls = hardened.redis_tls();
     let (a, b) = (TestServer::start(config.clone()).await, TestServer::start(config).await);
     let (mut on_a, mut on_b) = (connect(&a.url()).await, connect(&b.url()).await);
@@ -365,8 +367,7 @@ async fn follow(url: String, channel: String, mut last: tokio::sync::watch::Rece
 async fn a_master_killed_while_publishing_loses_no_acknowledged_publish() {
     let mut cluster = RedisCluster::start();
     let prefix = prefix("failover");
-    let mut config = Config::with_cluster(cluster.seeds());
-    config.key_prefix = prefix.clone();
+    let mut config = config(&cluster, &prefix);
     config.publish_replicas = 1;
     let a = TestServer::start(config.clone()).await;
     let b = TestServer::start(config).await;
@@ -462,8 +463,7 @@ async fn a_master_killed_while_publishing_loses_no_acknowledged_publish() {
 async fn a_consumer_group_keeps_at_least_once_through_a_failover() {
     let mut cluster = RedisCluster::start();
     let prefix = prefix("group_failover");
-    let mut config = Config::with_cluster(cluster.seeds());
-    config.key_prefix = prefix.clone();
+    let mut config = config(&cluster, &prefix);
     config.group_claim_idle = Duration::from_secs(1);
     let a = TestServer::start(config.clone()).await;
     let b = TestServer::start(config).await;
